@@ -1,0 +1,2 @@
+//! The CodeArts Deploy API: field rules, wire types, the HTTP client.
+pub mod rules;

@@ -1,0 +1,5 @@
+//! deployd: declarative batch deploys on Huawei Cloud CodeArts Deploy.
+pub mod api;
+pub mod plan;
+pub mod schedule;
+pub mod secret;
