@@ -1,2 +1,7 @@
-//! The CodeArts Deploy API: field rules, wire types, the HTTP client.
+//! The CodeArts Deploy API: field rules, wire format, response types, the HTTP client.
+pub mod client;
+pub mod credentials;
+pub mod errors;
 pub mod rules;
+pub mod types;
+pub mod wire;

@@ -1,0 +1,483 @@
+//! The HTTP client of the CodeArts Deploy API: endpoint rules, timeouts, authentication
+//! headers, and turning every answer (or its absence) into a classified outcome. It never
+//! retries: the executor decides. It never logs a secret.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chrono::{NaiveDate, Utc};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+
+use crate::api::credentials::{Credentials, RequestToSign};
+use crate::api::errors::{self, StatusClass, body_request_id, parse_error_body, parse_retry_after};
+use crate::api::types::{CallInfo, HistoryPage, RecordStatus, StartOutcome, StartResponse};
+
+/// The regions the vendor's SDK knows (`CodeArtsDeployRegion`).
+pub const KNOWN_REGIONS: [&str; 9] = [
+    "ap-southeast-3",
+    "cn-south-1",
+    "cn-east-3",
+    "cn-east-2",
+    "cn-north-1",
+    "cn-north-4",
+    "sa-brazil-1",
+    "la-north-2",
+    "tr-west-1",
+];
+
+/// Why an endpoint was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// Not a URL.
+    #[error("endpoint {url:?} is not a valid URL: {reason}")]
+    Invalid {
+        /// The text given.
+        url: String,
+        /// Parser message.
+        reason: String,
+    },
+    /// Plain HTTP to something else than loopback would send tokens in clear text.
+    #[error(
+        "endpoint {0:?} uses http:// to a non-loopback host; use https:// (plain http is only allowed to 127.0.0.1, ::1 or localhost)"
+    )]
+    InsecureHttp(String),
+    /// Only http and https.
+    #[error("endpoint {0:?} must start with https:// (or http:// to a loopback address)")]
+    Scheme(String),
+    /// Unknown region id.
+    #[error("unknown region {0:?}; known regions: {known}; for another one pass --endpoint", known = KNOWN_REGIONS.join(", "))]
+    UnknownRegion(String),
+}
+
+/// A validated API base URL (scheme, host, port, optional path prefix; no query).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    url: Url,
+}
+
+impl Endpoint {
+    /// Parses and checks an endpoint URL. A URL without a scheme gets `https://`, as in the SDK.
+    pub fn parse(text: &str) -> Result<Self, EndpointError> {
+        let text = text.trim();
+        let with_scheme = if text.contains("://") { text.to_string() } else { format!("https://{text}") };
+        let url = Url::parse(&with_scheme)
+            .map_err(|e| EndpointError::Invalid { url: text.to_string(), reason: e.to_string() })?;
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback(&url) => {}
+            "http" => return Err(EndpointError::InsecureHttp(text.to_string())),
+            _ => return Err(EndpointError::Scheme(text.to_string())),
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(EndpointError::Invalid { url: text.to_string(), reason: "no host".into() });
+        }
+        Ok(Self { url })
+    }
+
+    /// `https://codearts-deploy.{region}.myhuaweicloud.com` for a region the SDK knows.
+    pub fn for_region(region: &str) -> Result<Self, EndpointError> {
+        if !KNOWN_REGIONS.contains(&region) {
+            return Err(EndpointError::UnknownRegion(region.to_string()));
+        }
+        Self::parse(&format!("https://codearts-deploy.{region}.myhuaweicloud.com"))
+    }
+
+    /// `host[:port]` as sent in `Host` and signed: the port only when it is not the default.
+    pub fn host_header(&self) -> String {
+        let host = self.url.host_str().unwrap_or_default();
+        let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
+        match self.url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        }
+    }
+
+    /// The endpoint as text, without a trailing slash.
+    pub fn as_str(&self) -> &str {
+        self.url.as_str().trim_end_matches('/')
+    }
+
+    fn join(&self, path: &str, query: &str) -> Result<Url, url::ParseError> {
+        let base = self.as_str();
+        let full = if query.is_empty() { format!("{base}{path}") } else { format!("{base}{path}?{query}") };
+        Url::parse(&full)
+    }
+
+    /// The path prefix of the endpoint (usually empty), prepended to API paths.
+    fn path_prefix(&self) -> &str {
+        self.url.path().trim_end_matches('/')
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// Timeouts and pool settings, always set explicitly (never the library defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// TCP + TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole request timeout, from sending to the end of the body.
+    pub request_timeout: Duration,
+    /// Idle pooled connections are closed after this, below common server keep-alives (60 s
+    /// on many gateways), so we never send on a connection the server is about to close.
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            pool_idle_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Why a client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client: {0}")]
+pub struct ClientBuildError(String);
+
+/// A failed GET (history or status query).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetFailure {
+    /// What is known about the exchange.
+    pub info: CallInfo,
+    /// Whether asking again may help (429, 5xx, transport errors).
+    pub retryable: bool,
+}
+
+impl std::fmt::Display for GetFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        describe(&self.info, f)
+    }
+}
+
+fn describe(info: &CallInfo, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    if let Some(status) = info.http_status {
+        write!(f, "HTTP {status}")?;
+    }
+    if let Some(code) = &info.error_code {
+        write!(f, " {code}")?;
+    }
+    if let Some(msg) = &info.error_msg {
+        write!(f, ": {msg}")?;
+    }
+    Ok(())
+}
+
+/// The CodeArts Deploy client. Cheap to clone (the connection pool is shared).
+#[derive(Clone)]
+pub struct DeployClient {
+    http: reqwest::Client,
+    endpoint: Endpoint,
+    credentials: Credentials,
+    user_agent: String,
+}
+
+impl std::fmt::Debug for DeployClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeployClient")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("auth", &self.credentials.method_name())
+            .finish()
+    }
+}
+
+/// A raw answer: status, headers, body.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+/// A transport failure, split by whether the request may have reached the server.
+struct TransportFailure {
+    /// True when the request certainly was not sent (connect, DNS, TLS, auth preparation).
+    before_send: bool,
+    class: &'static str,
+    message: String,
+}
+
+impl DeployClient {
+    /// Builds a client. Redirects are not followed (as in the SDK).
+    pub fn new(
+        endpoint: Endpoint,
+        credentials: Credentials,
+        options: ClientOptions,
+    ) -> Result<Self, ClientBuildError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.request_timeout)
+            .pool_idle_timeout(options.pool_idle_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ClientBuildError(e.to_string()))?;
+        Ok(Self {
+            http,
+            endpoint,
+            credentials,
+            user_agent: format!("deployd/{}", env!("CARGO_PKG_VERSION")),
+        })
+    }
+
+    /// The endpoint this client talks to.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The credentials in use.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// `POST /v2/tasks/{task_id}/start` with `body` (the exact bytes, see [`crate::api::wire`]).
+    pub async fn start_task(&self, task_id: &str, body: &str) -> StartOutcome {
+        let path = format!("/v2/tasks/{}/start", encode_segment(task_id));
+        let answer = match self.send(Method::POST, &path, &[], body.as_bytes()).await {
+            Ok(answer) => answer,
+            Err(failure) => {
+                let info = CallInfo {
+                    error_code: Some(failure.class.to_string()),
+                    error_msg: Some(failure.message),
+                    ..CallInfo::default()
+                };
+                return if failure.before_send { StartOutcome::Retryable(info) } else { StartOutcome::Unknown(info) };
+            }
+        };
+        let mut info = call_info(&answer);
+        if answer.status.is_success() {
+            return match serde_json::from_slice::<StartResponse>(&answer.body) {
+                Ok(response) if !response.id.is_empty() => StartOutcome::Started { response, info },
+                _ => {
+                    info.error_code = Some("unreadable_response".into());
+                    info.error_msg = Some(format!(
+                        "HTTP {} without a readable record id; the deployment may have started",
+                        answer.status.as_u16()
+                    ));
+                    StartOutcome::Unknown(info)
+                }
+            };
+        }
+        match errors::classify_status(answer.status.as_u16()) {
+            StatusClass::Retryable => StartOutcome::Retryable(info),
+            StatusClass::Final => StartOutcome::Final(info),
+            StatusClass::Unknown => StartOutcome::Unknown(info),
+        }
+    }
+
+    /// One page of `GET /v2/{project_id}/task/{task_id}/history` for a date window.
+    pub async fn history_page(
+        &self,
+        project_id: &str,
+        task_id: &str,
+        page: u32,
+        size: u32,
+        start_date: NaiveDate,
+        end_date: NaiveDate,
+    ) -> Result<HistoryPage, GetFailure> {
+        let path = format!("/v2/{}/task/{}/history", encode_segment(project_id), encode_segment(task_id));
+        let query = [
+            ("page".to_string(), page.to_string()),
+            ("size".to_string(), size.to_string()),
+            ("start_date".to_string(), start_date.format("%Y-%m-%d").to_string()),
+            ("end_date".to_string(), end_date.format("%Y-%m-%d").to_string()),
+        ];
+        let answer = self.get(&path, &query).await?;
+        serde_json::from_slice(&answer.body).map_err(|e| unreadable(&answer, e))
+    }
+
+    /// `GET /v2/tasks/{task_id}/state?record_id=` (ShowDeployStatus).
+    pub async fn record_status(&self, task_id: &str, record_id: &str) -> Result<RecordStatus, GetFailure> {
+        #[derive(serde::Deserialize)]
+        struct Envelope {
+            result: RecordStatus,
+        }
+        let path = format!("/v2/tasks/{}/state", encode_segment(task_id));
+        let query = [("record_id".to_string(), record_id.to_string())];
+        let answer = self.get(&path, &query).await?;
+        serde_json::from_slice::<Envelope>(&answer.body)
+            .map(|e| e.result)
+            .map_err(|e| unreadable(&answer, e))
+    }
+
+    async fn get(&self, path: &str, query: &[(String, String)]) -> Result<Answer, GetFailure> {
+        let answer = self.send(Method::GET, path, query, b"").await.map_err(|f| GetFailure {
+            info: CallInfo { error_code: Some(f.class.into()), error_msg: Some(f.message), ..CallInfo::default() },
+            retryable: true,
+        })?;
+        if answer.status.is_success() {
+            return Ok(answer);
+        }
+        let status = answer.status.as_u16();
+        Err(GetFailure { info: call_info(&answer), retryable: status == 429 || status >= 500 })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(String, String)],
+        body: &[u8],
+    ) -> Result<Answer, TransportFailure> {
+        let full_path = format!("{}{}", self.endpoint.path_prefix(), path);
+        let mut headers = vec![
+            ("Content-Type".to_string(), "application/json".to_string()),
+            ("User-Agent".to_string(), self.user_agent.clone()),
+        ];
+        let prepared = self
+            .credentials
+            .prepare(RequestToSign {
+                method: method.as_str(),
+                host: &self.endpoint.host_header(),
+                path: &full_path,
+                query,
+                headers: &mut headers,
+                body,
+                now: Utc::now(),
+            })
+            .await
+            .map_err(|e| TransportFailure { before_send: true, class: "auth_failed", message: e.to_string() })?;
+        let url = self
+            .endpoint
+            .join(path, &prepared.query_string)
+            .map_err(|e| TransportFailure { before_send: true, class: "bad_url", message: e.to_string() })?;
+        let mut header_map = HeaderMap::with_capacity(headers.len());
+        for (name, value) in &headers {
+            let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) else {
+                return Err(TransportFailure {
+                    before_send: true,
+                    class: "bad_header",
+                    message: format!("header {name:?} cannot be sent"),
+                });
+            };
+            header_map.append(name, value);
+        }
+        let response = self
+            .http
+            .request(method, url)
+            .headers(header_map)
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(transport_failure)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(transport_failure)?.to_vec();
+        Ok(Answer { status, headers, body })
+    }
+}
+
+fn transport_failure(e: reqwest::Error) -> TransportFailure {
+    // A connect failure (DNS, refused, TLS, connect timeout) happens before any byte of the
+    // request is written. Anything later may have reached the server.
+    let before_send = e.is_connect();
+    let class = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect_failed"
+    } else {
+        "connection_lost"
+    };
+    // reqwest's Display names the URL, which never holds a secret (auth is in headers).
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    TransportFailure { before_send, class, message }
+}
+
+fn call_info(answer: &Answer) -> CallInfo {
+    let request_id = answer
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| body_request_id(&answer.body));
+    let retry_after = answer
+        .headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, Utc::now()));
+    let status = answer.status.as_u16();
+    let (error_code, error_msg) = if answer.status.is_success() {
+        (None, None)
+    } else {
+        let (code, msg) = parse_error_body(&answer.body);
+        (Some(code.unwrap_or_else(|| status.to_string())), msg)
+    };
+    CallInfo { http_status: Some(status), request_id, error_code, error_msg, retry_after }
+}
+
+fn unreadable(answer: &Answer, e: serde_json::Error) -> GetFailure {
+    let mut info = call_info(answer);
+    info.error_code = Some("unreadable_response".into());
+    info.error_msg = Some(format!("the answer is not the expected JSON: {e}"));
+    GetFailure { info, retryable: true }
+}
+
+/// Percent-encodes one path segment with an empty safe set, as the SDK does.
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_only_to_loopback() {
+        assert!(Endpoint::parse("http://127.0.0.1:8080").is_ok());
+        assert!(Endpoint::parse("http://127.3.4.5").is_ok());
+        assert!(Endpoint::parse("http://[::1]:9000").is_ok());
+        assert!(Endpoint::parse("http://localhost:1").is_ok());
+        assert!(matches!(Endpoint::parse("http://10.0.0.1"), Err(EndpointError::InsecureHttp(_))));
+        assert!(matches!(Endpoint::parse("http://example.com"), Err(EndpointError::InsecureHttp(_))));
+        assert!(matches!(Endpoint::parse("ftp://example.com"), Err(EndpointError::Scheme(_))));
+        assert!(Endpoint::parse("https://codearts-deploy.cn-north-4.myhuaweicloud.com").is_ok());
+    }
+
+    #[test]
+    fn scheme_defaults_to_https_and_host_keeps_non_default_port() {
+        let e = Endpoint::parse("example.com:8443").expect("valid");
+        assert_eq!(e.as_str(), "https://example.com:8443");
+        assert_eq!(e.host_header(), "example.com:8443");
+        let e = Endpoint::parse("https://example.com:443/").expect("valid");
+        assert_eq!(e.host_header(), "example.com");
+        let e = Endpoint::parse("http://[::1]:9000").expect("valid");
+        assert_eq!(e.host_header(), "[::1]:9000");
+    }
+
+    #[test]
+    fn regions() {
+        let e = Endpoint::for_region("cn-north-4").expect("known");
+        assert_eq!(e.as_str(), "https://codearts-deploy.cn-north-4.myhuaweicloud.com");
+        let err = Endpoint::for_region("mars-1").expect_err("unknown");
+        assert!(err.to_string().contains("cn-north-4"));
+    }
+
+    #[test]
+    fn segments_are_encoded_with_upper_hex() {
+        assert_eq!(encode_segment("abc-_.~9"), "abc-_.~9");
+        assert_eq!(encode_segment("a b/c:é"), "a%20b%2Fc%3A%C3%A9");
+    }
+}

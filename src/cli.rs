@@ -1,0 +1,155 @@
+//! The command line (clap derive): `run`, `check`, `exec`, `next`, `emulator`, `schema`, and
+//! the options they share. Parsing only: no files read, nothing built here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::settings::Overrides;
+
+/// deployd: declarative batch deploys on Huawei Cloud CodeArts Deploy.
+#[derive(Debug, Parser)]
+#[command(name = "deployd", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The daemon: watch the plans folder, fire schedules, run plans, write results.
+    Run(Common),
+    /// Validate plan files or folders; print every error as FILE:LINE:COL: field: message.
+    Check(CheckArgs),
+    /// Run one plan now, in the foreground, and write its result file.
+    Exec(ExecArgs),
+    /// Print the next fire times of scheduled plans, in the plan's zone and in UTC.
+    Next(NextArgs),
+    /// Run a local CodeArts Deploy server (for trying plans and for tests).
+    Emulator(crate::emulator::EmulatorArgs),
+    /// Print the JSON Schema of the plan format.
+    Schema,
+}
+
+/// Options shared by the commands that talk to the API.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Common {
+    /// Config file (YAML). Flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Watched plans folder [default: plans].
+    #[arg(long, value_name = "DIR")]
+    pub plans_dir: Option<PathBuf>,
+    /// Result files folder [default: results, or $STATE_DIRECTORY/results].
+    #[arg(long, value_name = "DIR")]
+    pub results_dir: Option<PathBuf>,
+    /// State folder [default: state, or $STATE_DIRECTORY/state].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// API base URL (https://..., or http:// to a loopback address).
+    #[arg(long, value_name = "URL", conflicts_with = "region")]
+    pub endpoint: Option<String>,
+    /// Region id: the endpoint becomes https://codearts-deploy.REGION.myhuaweicloud.com.
+    #[arg(long, value_name = "ID")]
+    pub region: Option<String>,
+    /// Project id (32 letters and digits), for history lookups [env: CLOUD_SDK_PROJECT_ID].
+    #[arg(long, value_name = "ID")]
+    pub project_id: Option<String>,
+    /// Start calls per second, all plans together [default: 5].
+    #[arg(long, value_name = "N")]
+    pub rate: Option<f64>,
+    /// Calls allowed at once after an idle period [default: 1].
+    #[arg(long, value_name = "N")]
+    pub burst: Option<u32>,
+    /// Calls in flight, all plans together [default: 8].
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Run against an embedded emulator instead of the cloud (no credentials needed).
+    #[arg(long, conflicts_with_all = ["endpoint", "region"])]
+    pub emulator: bool,
+    /// More logs (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Common {
+    /// The flags that override the config file.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            plans_dir: self.plans_dir.clone(),
+            results_dir: self.results_dir.clone(),
+            state_dir: self.state_dir.clone(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            project_id: self.project_id.clone(),
+            rate: self.rate,
+            burst: self.burst,
+            concurrency: self.concurrency,
+        }
+    }
+
+    /// The log level from `-v`, above `base`.
+    pub fn log_level(&self, base: &'static str) -> &'static str {
+        match self.verbose {
+            0 => base,
+            1 => "debug",
+            _ => "trace",
+        }
+    }
+}
+
+/// `deployd check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Plan files or folders.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Treat warnings (such as a plain-text encrypt value) as errors.
+    #[arg(long)]
+    pub deny_warnings: bool,
+}
+
+/// `deployd exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The plan file to run.
+    #[arg(value_name = "PLAN")]
+    pub plan: PathBuf,
+    /// Shared options.
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `deployd next`.
+#[derive(Debug, Args)]
+pub struct NextArgs {
+    /// Plan files or folders.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// How many fire times per plan.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub count: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exec_takes_common_flags() {
+        let cli = Cli::try_parse_from(["deployd", "exec", "p.yaml", "--rate", "50", "--concurrency", "50", "--emulator"])
+            .expect("parses");
+        let Command::Exec(args) = cli.command else { panic!("exec expected") };
+        assert_eq!(args.common.rate, Some(50.0));
+        assert!(args.common.emulator);
+        assert!(Cli::try_parse_from(["deployd", "exec", "p.yaml", "--emulator", "--endpoint", "https://x"]).is_err());
+    }
+}

@@ -1,0 +1,479 @@
+//! Runs one plan: resolves each task's params, starts the tasks concurrently within the plan's
+//! and the account's limits, retries what may be retried, looks up unknown outcomes in the
+//! task's history instead of re-sending blindly, and builds the `RunReport`.
+//!
+//! It makes calls through [`DeployClient`] and never writes files: the caller persists the
+//! report. Two tokens stop a run: `stop` (no new call starts, retries included) and `abort`
+//! (calls in flight are dropped, at the end of the shutdown grace period).
+
+pub mod limits;
+pub mod reconcile;
+pub mod retry;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::api::client::DeployClient;
+use crate::api::rules::{self, ParamType};
+use crate::api::types::{CallInfo, StartOutcome};
+use crate::api::wire::{StartBody, WireParam};
+use crate::plan::{ParamValue, Plan, Task};
+use crate::results::{RecordRef, ReportParam, RunId, RunReport, TaskReport, TaskStatus, Trigger};
+use limits::Limits;
+use reconcile::{Lookup, Reconciler};
+use retry::RetryPolicy;
+
+/// What to do with an unknown outcome when no project id allows a history lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownOutcomePolicy {
+    /// Fail the task and say so (the default: never risk a double deploy).
+    #[default]
+    Fail,
+    /// Send again (risking a second deployment, which the result then says).
+    Resend,
+}
+
+/// Settings of the executor (shared by every run).
+#[derive(Debug, Clone)]
+pub struct ExecutorSettings {
+    /// The daemon's retry policy (plans may override parts of it).
+    pub retry: RetryPolicy,
+    /// Project id for history lookups.
+    pub project_id: Option<String>,
+    /// Unknown outcomes without a project id.
+    pub unknown_outcome: UnknownOutcomePolicy,
+    /// How long a record may take to show up in the history after an unknown outcome.
+    pub settle: Duration,
+}
+
+impl Default for ExecutorSettings {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            project_id: None,
+            unknown_outcome: UnknownOutcomePolicy::Fail,
+            settle: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A run to make.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The plan version to run (an in-flight run keeps its version even if the file changes).
+    pub plan: Arc<Plan>,
+    /// The plan file's folder: relative `value_from.file` paths start here.
+    pub plan_dir: PathBuf,
+    /// What started it.
+    pub trigger: Trigger,
+    /// Fire time of a scheduled run.
+    pub scheduled_for: Option<DateTime<Utc>>,
+    /// Its id (chosen by the caller so it can be journaled before the run starts).
+    pub run_id: RunId,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+}
+
+/// Progress callbacks (the `exec` progress bar, the daemon's logs).
+pub trait RunObserver: Send + Sync {
+    /// A task reached its final state.
+    fn task_finished(&self, _task: &TaskReport) {}
+}
+
+/// An observer that does nothing.
+pub struct NoObserver;
+impl RunObserver for NoObserver {}
+
+/// Stop signals for a run.
+#[derive(Debug, Clone, Default)]
+pub struct StopTokens {
+    /// No new call starts (retries included) once cancelled.
+    pub stop: CancellationToken,
+    /// Calls in flight are abandoned once cancelled.
+    pub abort: CancellationToken,
+}
+
+/// Runs plans. Cheap to clone.
+#[derive(Clone)]
+pub struct Executor {
+    client: DeployClient,
+    limits: Arc<Limits>,
+    settings: Arc<ExecutorSettings>,
+}
+
+impl Executor {
+    /// An executor sharing `limits` with every other user of the same account.
+    pub fn new(client: DeployClient, limits: Arc<Limits>, settings: ExecutorSettings) -> Self {
+        Self { client, limits, settings: Arc::new(settings) }
+    }
+
+    /// The shared limits.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
+    }
+
+    /// The client.
+    pub fn client(&self) -> &DeployClient {
+        &self.client
+    }
+
+    /// Runs every task of the plan and returns the report (never fails as a whole: each task's
+    /// problem is in its line).
+    pub async fn run(&self, req: RunRequest, stop: StopTokens, observer: Arc<dyn RunObserver>) -> RunReport {
+        let plan = req.plan.clone();
+        let span = info_span!("run", plan = %plan.name, run_id = %req.run_id);
+        async move {
+            let policy = match self.settings.retry.with_overrides(&plan.retry) {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!("the plan's retry block does not fit the daemon's policy ({e}); using the daemon's");
+                    self.settings.retry
+                }
+            };
+            let width = plan.concurrency.map_or(self.limits.concurrency(), |c| c.get()).min(self.limits.concurrency());
+            let plan_slots = Arc::new(Semaphore::new(width));
+            // Tasks alive at once are bounded too, so a plan of 10,000 tasks holds a window
+            // of futures rather than all of them.
+            let window = Arc::new(Semaphore::new(width.saturating_mul(4).max(16)));
+            info!(tasks = plan.tasks.len(), trigger = ?req.trigger, "run started");
+
+            let mut set = JoinSet::new();
+            let mut reports: Vec<Option<TaskReport>> = vec![None; plan.tasks.len()];
+            for (index, task) in plan.tasks.iter().enumerate() {
+                let admitted = tokio::select! {
+                    biased;
+                    _ = stop.stop.cancelled() => None,
+                    permit = window.clone().acquire_owned() => permit.ok(),
+                };
+                let Some(admitted) = admitted else { break };
+                let ctx = TaskCtx {
+                    exec: self.clone(),
+                    plan: plan.clone(),
+                    plan_dir: req.plan_dir.clone(),
+                    policy,
+                    slots: plan_slots.clone(),
+                    stop: stop.clone(),
+                };
+                let task = task.clone();
+                let observer = observer.clone();
+                set.spawn(async move {
+                    let report = ctx.run_task(&task).await;
+                    observer.task_finished(&report);
+                    drop(admitted);
+                    (index, report)
+                });
+                while let Some(done) = set.try_join_next() {
+                    store(&mut reports, done);
+                }
+            }
+            while let Some(done) = set.join_next().await {
+                store(&mut reports, done);
+            }
+            let tasks: Vec<TaskReport> = reports
+                .into_iter()
+                .zip(plan.tasks.iter())
+                .map(|(r, t)| r.unwrap_or_else(|| skipped(t, "not started: the run was stopped before its turn")))
+                .collect();
+            let summary = RunReport::summarize(&tasks);
+            let interrupted = stop.stop.is_cancelled() && summary.skipped > 0
+                || tasks.iter().any(|t| t.error_code.as_deref() == Some(ABORTED));
+            let status = RunReport::status_for(&summary, interrupted);
+            info!(status = ?status, started = summary.started, failed = summary.failed, skipped = summary.skipped, "run finished");
+            RunReport {
+                plan: plan.name.clone(),
+                plan_file: plan.file_name.clone(),
+                plan_sha256: plan.sha256.clone(),
+                run_id: req.run_id,
+                trigger: req.trigger,
+                scheduled_for: req.scheduled_for,
+                started_at: req.started_at,
+                finished_at: Utc::now(),
+                status,
+                summary,
+                tasks,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Error code of a call abandoned at the end of the shutdown grace period.
+pub const ABORTED: &str = "aborted_at_shutdown";
+
+fn store(reports: &mut [Option<TaskReport>], done: Result<(usize, TaskReport), tokio::task::JoinError>) {
+    match done {
+        Ok((index, report)) => reports[index] = Some(report),
+        // A panic in one task must not lose the run: its line stays empty and is written as
+        // skipped with the reason below.
+        Err(e) => warn!("a task worker ended abnormally: {e}"),
+    }
+}
+
+fn skipped(task: &Task, why: &str) -> TaskReport {
+    let mut r = TaskReport::new(&task.task_id, TaskStatus::Skipped, unresolved_params(task));
+    r.error_msg = Some(why.to_string());
+    r
+}
+
+fn unresolved_params(task: &Task) -> Vec<ReportParam> {
+    task.params
+        .iter()
+        .map(|p| ReportParam {
+            key: p.key.clone(),
+            ty: p.ty,
+            value: match (&p.value, p.ty) {
+                (_, ParamType::Encrypt) => Some(MASK.into()),
+                (ParamValue::Literal(v), _) => Some(v.expose().to_string()),
+                _ => None,
+            },
+        })
+        .collect()
+}
+
+/// How secret values appear in results and logs.
+pub const MASK: &str = "***";
+
+struct TaskCtx {
+    exec: Executor,
+    plan: Arc<Plan>,
+    plan_dir: PathBuf,
+    policy: RetryPolicy,
+    slots: Arc<Semaphore>,
+    stop: StopTokens,
+}
+
+/// A param with its value resolved for this run.
+struct Resolved {
+    key: String,
+    ty: ParamType,
+    value: crate::secret::Secret,
+}
+
+impl TaskCtx {
+    async fn run_task(&self, task: &Task) -> TaskReport {
+        let span = info_span!("task", task_id = %task.task_id);
+        self.run_task_inner(task).instrument(span).await
+    }
+
+    async fn run_task_inner(&self, task: &Task) -> TaskReport {
+        let resolved = match resolve_params(task, &self.plan_dir) {
+            Ok(r) => r,
+            Err(msg) => {
+                warn!("not started: {msg}");
+                let mut r = TaskReport::new(&task.task_id, TaskStatus::Failed, unresolved_params(task));
+                r.error_code = Some("param_unresolved".into());
+                r.error_msg = Some(msg);
+                return r;
+            }
+        };
+        let params: Vec<ReportParam> = resolved
+            .iter()
+            .map(|p| ReportParam {
+                key: p.key.clone(),
+                ty: p.ty,
+                value: Some(if p.ty == ParamType::Encrypt { MASK.into() } else { p.value.expose().to_string() }),
+            })
+            .collect();
+        let body = StartBody {
+            params: resolved.iter().map(|p| WireParam { key: &p.key, value: p.value.expose(), ty: p.ty }).collect(),
+            record_id: task.record_id.as_deref(),
+            trigger_source: self.plan.trigger_source.as_deref(),
+        }
+        .to_sdk_json();
+
+        let mut report = TaskReport::new(&task.task_id, TaskStatus::Failed, params);
+        let first = Instant::now();
+        let reconciler = Reconciler::new(&self.exec, &task.task_id);
+        // Send times of calls whose outcome stayed unknown and were then re-sent: if records
+        // show up for them later, the report lists every record.
+        let mut unknown_since: Option<DateTime<Utc>> = None;
+        loop {
+            if self.stop.stop.is_cancelled() {
+                return self.stopped(report);
+            }
+            let permit = tokio::select! {
+                biased;
+                _ = self.stop.stop.cancelled() => return self.stopped(report),
+                p = self.exec.limits.acquire(Some(&self.slots)) => p,
+            };
+            report.attempts += 1;
+            let attempt = report.attempts;
+            let sent_at = Utc::now();
+            let outcome = tokio::select! {
+                biased;
+                _ = self.stop.abort.cancelled() => None,
+                o = self.exec.client.start_task(&task.task_id, &body) => Some(o),
+            };
+            drop(permit);
+            let Some(outcome) = outcome else {
+                warn!(attempt, "call abandoned at the end of the shutdown grace period; its outcome is unknown");
+                set_info(&mut report, &CallInfo::default());
+                report.error_code = Some(ABORTED.into());
+                report.error_msg = Some(
+                    "the call was still in flight when the shutdown grace period ended; check the task's history".into(),
+                );
+                return report;
+            };
+            set_info(&mut report, outcome.info());
+            let retry_after = outcome.info().retry_after;
+            match outcome {
+                StartOutcome::Started { response, .. } => {
+                    info!(attempt, record_id = %response.id, "started");
+                    report.status = TaskStatus::Started;
+                    report.record_id = Some(response.id.clone());
+                    report.job_name = response.job_name;
+                    report.app_component_list = response.app_component_list;
+                    if let Some(since) = unknown_since {
+                        self.list_all_records(&reconciler, since, &mut report).await;
+                    }
+                    return report;
+                }
+                StartOutcome::Final(info) => {
+                    warn!(attempt, status = ?info.http_status, code = ?info.error_code, "refused: {}", info.error_msg.as_deref().unwrap_or(""));
+                    return report;
+                }
+                StartOutcome::Unknown(info) => {
+                    warn!(attempt, code = ?info.error_code, "outcome unknown: {}", info.error_msg.as_deref().unwrap_or(""));
+                    match reconciler.lookup(sent_at, &self.stop.stop).await {
+                        Lookup::Found(record_id) => {
+                            info!(record_id = %record_id, "found the record in the task's history");
+                            report.status = TaskStatus::Started;
+                            report.record_id = Some(record_id);
+                            report.reconciled = true;
+                            if let Some(since) = unknown_since {
+                                self.list_all_records(&reconciler, since, &mut report).await;
+                            }
+                            return report;
+                        }
+                        Lookup::NotFound => {
+                            info!("no record in the task's history: sending again");
+                            unknown_since.get_or_insert(sent_at);
+                        }
+                        Lookup::Unavailable(why) => match self.exec.settings.unknown_outcome {
+                            UnknownOutcomePolicy::Fail => {
+                                report.error_msg = Some(format!(
+                                    "{}; the outcome is unknown and {why}, so the call was not re-sent (unknown_outcome: fail); check the task's history",
+                                    report.error_msg.take().unwrap_or_default()
+                                ));
+                                return report;
+                            }
+                            UnknownOutcomePolicy::Resend => {
+                                warn!("outcome unknown and {why}: sending again (unknown_outcome: resend)");
+                                unknown_since.get_or_insert(sent_at);
+                            }
+                        },
+                        Lookup::Stopped => return self.stopped(report),
+                    }
+                }
+                StartOutcome::Retryable(info) => {
+                    debug!(attempt, status = ?info.http_status, "retryable: {}", info.error_msg.as_deref().unwrap_or(""));
+                }
+            }
+            let delay = self.policy.delay(attempt, rand::random::<f64>(), retry_after);
+            if !self.policy.allows_another(attempt, first.elapsed(), delay) {
+                warn!(attempt, "giving up: retries exhausted ({} attempts, deadline {:?})", self.policy.max_attempts(), self.policy.deadline());
+                return report;
+            }
+            tokio::select! {
+                biased;
+                _ = self.stop.stop.cancelled() => return self.stopped(report),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// A task that had not started when the run was stopped.
+    fn stopped(&self, mut report: TaskReport) -> TaskReport {
+        report.status = TaskStatus::Skipped;
+        let last = report.error_msg.take();
+        report.error_msg = Some(match last {
+            Some(last) => format!("not started: the run was stopped before a retry (last error: {last})"),
+            None => "not started: the run was stopped before its turn".into(),
+        });
+        report
+    }
+
+    async fn list_all_records(&self, reconciler: &Reconciler<'_>, since: DateTime<Utc>, report: &mut TaskReport) {
+        let Ok(found) = reconciler.records_since(since).await else { return };
+        let mut records: Vec<RecordRef> = found
+            .into_iter()
+            .map(|id| RecordRef { reconciled: Some(&id) != report.record_id.as_ref() || report.reconciled, record_id: id })
+            .collect();
+        if let Some(id) = &report.record_id
+            && !records.iter().any(|r| &r.record_id == id)
+        {
+            records.push(RecordRef { record_id: id.clone(), reconciled: report.reconciled });
+        }
+        if records.len() > 1 {
+            warn!(records = records.len(), "more than one record exists for this task after an unknown outcome");
+            report.records = records;
+        }
+    }
+}
+
+fn set_info(report: &mut TaskReport, info: &CallInfo) {
+    report.http_status = info.http_status;
+    report.request_id = info.request_id.clone();
+    report.error_code = info.error_code.clone();
+    report.error_msg = info.error_msg.clone();
+}
+
+/// Resolves every param's value for this run; the message never holds a value.
+fn resolve_params(task: &Task, plan_dir: &Path) -> Result<Vec<Resolved>, String> {
+    task.params
+        .iter()
+        .map(|p| {
+            let value = match &p.value {
+                ParamValue::Literal(v) => v.clone(),
+                ParamValue::Env(name) => match std::env::var(name) {
+                    Ok(v) => crate::secret::Secret::new(v),
+                    Err(_) => {
+                        return Err(format!("param {:?}: environment variable {name} is not set (or not UTF-8)", p.key));
+                    }
+                },
+                ParamValue::File(path) => {
+                    let full = if path.is_absolute() { path.clone() } else { plan_dir.join(path) };
+                    match std::fs::read_to_string(&full) {
+                        Ok(text) => crate::secret::Secret::new(strip_one_newline(text)),
+                        Err(e) => return Err(format!("param {:?}: cannot read {}: {e}", p.key, full.display())),
+                    }
+                }
+            };
+            rules::check_param_value(value.expose()).map_err(|e| format!("param {:?}: the resolved value {e}", p.key))?;
+            Ok(Resolved { key: p.key.clone(), ty: p.ty, value })
+        })
+        .collect()
+}
+
+/// A file's value without the one line ending editors add.
+fn strip_one_newline(mut s: String) -> String {
+    if s.ends_with('\n') {
+        s.pop();
+        if s.ends_with('\r') {
+            s.pop();
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_trailing_newline_is_dropped() {
+        assert_eq!(strip_one_newline("abc\n".into()), "abc");
+        assert_eq!(strip_one_newline("abc\r\n".into()), "abc");
+        assert_eq!(strip_one_newline("abc\n\n".into()), "abc\n");
+        assert_eq!(strip_one_newline("abc".into()), "abc");
+    }
+}

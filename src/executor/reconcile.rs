@@ -1,0 +1,151 @@
+//! Looking up unknown outcomes: after a start call timed out or lost its connection, the task's
+//! history (`ListDeployTaskHistoryByDate`) tells whether a record was created at or after the
+//! send time. Every query goes through the shared limits like any other call.
+
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeDelta, Utc};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::Executor;
+
+/// Service-local time of the history's timestamps: China Standard Time, UTC+8.
+const SERVICE_OFFSET_SECS: i32 = 8 * 3600;
+/// Clock skew allowed between this host and the service when matching start times.
+pub const SKEW_TOLERANCE: Duration = Duration::from_secs(5);
+/// Records per history page (the API's maximum).
+const PAGE_SIZE: u32 = 100;
+/// Pages read at most per lookup (10,000 records of one task in a day is already absurd).
+const MAX_PAGES: u32 = 100;
+/// Pause between lookups while waiting for a record to appear.
+const POLL: Duration = Duration::from_secs(2);
+
+/// The answer of a history lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// A record started at or after the send time.
+    Found(String),
+    /// The history was read and, for the whole settle period, showed no such record.
+    NotFound,
+    /// The history could not be consulted (no project id, or every query failed): why.
+    Unavailable(String),
+    /// The run was stopped while looking.
+    Stopped,
+}
+
+/// Looks up records of one task.
+pub struct Reconciler<'a> {
+    exec: &'a Executor,
+    task_id: &'a str,
+}
+
+impl<'a> Reconciler<'a> {
+    /// A reconciler for `task_id`.
+    pub fn new(exec: &'a Executor, task_id: &'a str) -> Self {
+        Self { exec, task_id }
+    }
+
+    /// Looks for a record started at or after `sent_at`, polling until the settle period ends.
+    pub async fn lookup(&self, sent_at: DateTime<Utc>, stop: &CancellationToken) -> Lookup {
+        if self.exec.settings.project_id.is_none() {
+            return Lookup::Unavailable("no project id is configured for history lookups".into());
+        }
+        let deadline = tokio::time::Instant::now() + self.exec.settings.settle;
+        let mut last_error = String::new();
+        let mut read_once = false;
+        loop {
+            match self.records_since(sent_at).await {
+                Ok(records) => {
+                    read_once = true;
+                    // The oldest record after the send time is the one our call created.
+                    if let Some(first) = records.into_iter().next() {
+                        return Lookup::Found(first);
+                    }
+                }
+                Err(e) => last_error = e,
+            }
+            if tokio::time::Instant::now() + POLL > deadline {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Lookup::Stopped,
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+        if read_once {
+            Lookup::NotFound
+        } else {
+            Lookup::Unavailable(format!("the task's history could not be read ({last_error})"))
+        }
+    }
+
+    /// Ids of the task's records started at or after `since` (minus the skew tolerance),
+    /// oldest first.
+    pub async fn records_since(&self, since: DateTime<Utc>) -> Result<Vec<String>, String> {
+        let Some(project_id) = self.exec.settings.project_id.as_deref() else {
+            return Err("no project id".into());
+        };
+        let offset = FixedOffset::east_opt(SERVICE_OFFSET_SECS).expect("UTC+8 is a valid offset");
+        let floor = since - TimeDelta::from_std(SKEW_TOLERANCE).unwrap_or_default();
+        let start_date = floor.with_timezone(&offset).date_naive();
+        let end_date = Utc::now().with_timezone(&offset).date_naive().max(start_date);
+        let mut found: Vec<(NaiveDateTime, String)> = Vec::new();
+        for page in 1..=MAX_PAGES {
+            let permit = self.exec.limits.acquire(None).await;
+            let answer = self
+                .exec
+                .client
+                .history_page(project_id, self.task_id, page, PAGE_SIZE, start_date, end_date)
+                .await;
+            drop(permit);
+            let answer = answer.map_err(|e| e.to_string())?;
+            let seen = (page - 1) as u64 * PAGE_SIZE as u64 + answer.result.len() as u64;
+            for record in answer.result {
+                let Some(started) = record.start_time.as_deref().and_then(parse_service_time) else {
+                    debug!(record = %record.execution_id, "history record without a readable start_time");
+                    continue;
+                };
+                let started_utc = started.and_local_timezone(offset).single().map(|t| t.with_timezone(&Utc));
+                if started_utc.is_some_and(|t| t >= floor.with_nanosecond_floor()) && !record.execution_id.is_empty() {
+                    found.push((started, record.execution_id));
+                }
+            }
+            if seen >= answer.total_num || answer.total_num == 0 {
+                break;
+            }
+        }
+        found.sort();
+        Ok(found.into_iter().map(|(_, id)| id).collect())
+    }
+}
+
+/// Truncation of a time to whole seconds (the history's resolution).
+trait FloorSecond {
+    fn with_nanosecond_floor(self) -> Self;
+}
+
+impl FloorSecond for DateTime<Utc> {
+    fn with_nanosecond_floor(self) -> Self {
+        use chrono::Timelike;
+        self.with_nanosecond(0).unwrap_or(self)
+    }
+}
+
+/// Parses `yyyy-MM-dd HH:mm:ss` (the service's format).
+pub fn parse_service_time(s: &str) -> Option<NaiveDateTime> {
+    NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S").ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_times() {
+        let t = parse_service_time("2026-11-28 09:30:05").expect("parses");
+        assert_eq!(t.to_string(), "2026-11-28 09:30:05");
+        assert!(parse_service_time("2026-11-28T09:30:05Z").is_none());
+    }
+}

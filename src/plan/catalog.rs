@@ -1,0 +1,311 @@
+//! The set of loaded plans and the pure diff that drives the scheduler: added, changed,
+//! removed, became invalid. A file that becomes invalid keeps its last valid version active;
+//! two files claiming one plan name are both reported and neither takes the other's place.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::load::Loaded;
+use super::{Plan, PlanIssue, PlanIssues};
+
+/// What a scan saw for one plan file.
+#[derive(Debug)]
+pub enum Seen {
+    /// The file was stable and read: its loader outcome.
+    Read(Result<Loaded, PlanIssues>),
+    /// The file is still being written: keep whatever was known about it.
+    Unsettled,
+}
+
+/// The changes one scan made.
+#[derive(Debug, Default)]
+pub struct Diff {
+    /// Plans that appeared (by name).
+    pub added: Vec<Arc<Plan>>,
+    /// Plans whose content changed: (old, new).
+    pub changed: Vec<(Arc<Plan>, Arc<Plan>)>,
+    /// Plans that are gone (file deleted, or the file now holds another name).
+    pub removed: Vec<Arc<Plan>>,
+    /// Files that turned invalid in this scan (their last valid plan, if any, stays active).
+    pub became_invalid: Vec<(PathBuf, Option<Arc<Plan>>)>,
+}
+
+impl Diff {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty() && self.became_invalid.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FileEntry {
+    /// The last outcome of reading the file.
+    issues: Option<PlanIssues>,
+    /// The last valid plan read from this file.
+    last_valid: Option<Arc<Plan>>,
+    /// Warnings of the last valid read.
+    warnings: Vec<PlanIssue>,
+}
+
+/// Loaded plans, by file and by name.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    files: BTreeMap<PathBuf, FileEntry>,
+    /// name -> (file, plan) of every active plan.
+    active: BTreeMap<String, (PathBuf, Arc<Plan>)>,
+    /// Files refused because another file holds their plan name: file -> issue.
+    conflicts: BTreeMap<PathBuf, PlanIssues>,
+}
+
+impl Catalog {
+    /// An empty catalog.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Active plans by name.
+    pub fn active(&self) -> impl Iterator<Item = &Arc<Plan>> {
+        self.active.values().map(|(_, p)| p)
+    }
+
+    /// The active plan with this name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Plan>> {
+        self.active.get(name).map(|(_, p)| p)
+    }
+
+    /// The file an active plan was loaded from.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.active.get(name).map(|(f, _)| f.as_path())
+    }
+
+    /// Every file currently invalid, with its problems (for `RESULTS/_invalid/` and status).
+    pub fn invalid_files(&self) -> BTreeMap<PathBuf, PlanIssues> {
+        let mut out: BTreeMap<PathBuf, PlanIssues> = self
+            .files
+            .iter()
+            .filter_map(|(f, e)| e.issues.clone().map(|i| (f.clone(), i)))
+            .collect();
+        for (f, i) in &self.conflicts {
+            out.entry(f.clone()).or_insert_with(|| i.clone());
+        }
+        out
+    }
+
+    /// Applies a scan of the whole folder (`seen` holds every plan file present) and returns
+    /// what changed.
+    pub fn apply(&mut self, seen: BTreeMap<PathBuf, Seen>) -> Diff {
+        let mut diff = Diff::default();
+        // 1. Update the per-file view.
+        self.files.retain(|f, _| seen.contains_key(f));
+        for (file, seen) in seen {
+            let Seen::Read(outcome) = seen else {
+                continue;
+            };
+            let entry = self.files.entry(file.clone()).or_insert(FileEntry {
+                issues: None,
+                last_valid: None,
+                warnings: Vec::new(),
+            });
+            match outcome {
+                Ok(loaded) => {
+                    entry.issues = None;
+                    entry.last_valid = Some(Arc::new(loaded.plan));
+                    entry.warnings = loaded.warnings;
+                }
+                Err(issues) => {
+                    if entry.issues.is_none() {
+                        diff.became_invalid.push((file.clone(), entry.last_valid.clone()));
+                    }
+                    entry.issues = Some(issues);
+                }
+            }
+        }
+
+        // 2. Which file provides each name: files whose last valid plan claims it.
+        let mut claims: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        for (file, entry) in &self.files {
+            if let Some(plan) = &entry.last_valid {
+                claims.entry(plan.name.clone()).or_default().push(file.clone());
+            }
+        }
+        let mut next: BTreeMap<String, (PathBuf, Arc<Plan>)> = BTreeMap::new();
+        self.conflicts.clear();
+        for (name, files) in claims {
+            let owner = if files.len() == 1 {
+                Some(files[0].clone())
+            } else {
+                // The file that already provides the name keeps it; a newcomer never takes
+                // its place, and without an incumbent nobody gets it.
+                let incumbent = self.active.get(&name).map(|(f, _)| f.clone()).filter(|f| files.contains(f));
+                for f in files.iter().filter(|f| Some(*f) != incumbent.as_ref()) {
+                    let others: Vec<String> =
+                        files.iter().filter(|o| *o != f).map(|o| o.display().to_string()).collect();
+                    let issue = PlanIssue {
+                        file: f.clone(),
+                        line: 1,
+                        column: 1,
+                        path: "name".into(),
+                        message: format!(
+                            "plan name {name:?} is also used by {}; plan names must be unique in the folder (set `name:` in one of them)",
+                            others.join(", ")
+                        ),
+                    };
+                    self.conflicts.insert(f.clone(), PlanIssues(vec![issue]));
+                }
+                incumbent
+            };
+            if let Some(file) = owner
+                && let Some(plan) = self.files.get(&file).and_then(|e| e.last_valid.clone())
+            {
+                next.insert(name, (file, plan));
+            }
+        }
+
+        // 3. Diff the active sets by name.
+        let old_names: BTreeSet<&String> = self.active.keys().collect();
+        for (name, (_, plan)) in &next {
+            match self.active.get(name) {
+                None => diff.added.push(plan.clone()),
+                Some((_, old)) if old.sha256 != plan.sha256 || old.file_name != plan.file_name => {
+                    diff.changed.push((old.clone(), plan.clone()))
+                }
+                Some(_) => {}
+            }
+        }
+        for name in old_names {
+            if !next.contains_key(name)
+                && let Some((_, old)) = self.active.get(name)
+            {
+                diff.removed.push(old.clone());
+            }
+        }
+        self.active = next;
+        diff
+    }
+
+    /// Warnings of the valid files.
+    pub fn warnings(&self) -> impl Iterator<Item = &PlanIssue> {
+        self.files.values().flat_map(|e| e.warnings.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Overlap, RetryOverrides, Task};
+
+    fn plan(name: &str, file: &str, sha: &str) -> Loaded {
+        Loaded {
+            plan: Plan {
+                name: name.into(),
+                file_name: file.into(),
+                sha256: sha.into(),
+                schedule: None,
+                enabled: true,
+                overlap: Overlap::Skip,
+                trigger_source: None,
+                concurrency: None,
+                retry: RetryOverrides::default(),
+                tasks: vec![Task { task_id: "a".repeat(32), params: vec![], record_id: None }],
+            },
+            warnings: vec![],
+        }
+    }
+
+    fn bad(file: &str) -> PlanIssues {
+        PlanIssues(vec![PlanIssue {
+            file: file.into(),
+            line: 1,
+            column: 1,
+            path: "tasks".into(),
+            message: "broken".into(),
+        }])
+    }
+
+    fn scan(items: Vec<(&str, Seen)>) -> BTreeMap<PathBuf, Seen> {
+        items.into_iter().map(|(f, s)| (PathBuf::from(f), s)).collect()
+    }
+
+    fn names(plans: &[Arc<Plan>]) -> Vec<&str> {
+        plans.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    #[test]
+    fn added_changed_removed() {
+        let mut c = Catalog::new();
+        let d = c.apply(scan(vec![("a.yaml", Seen::Read(Ok(plan("a", "a.yaml", "1"))))]));
+        assert_eq!(names(&d.added), ["a"]);
+        let d = c.apply(scan(vec![("a.yaml", Seen::Read(Ok(plan("a", "a.yaml", "1"))))]));
+        assert!(d.is_empty(), "same content is no change");
+        let d = c.apply(scan(vec![("a.yaml", Seen::Read(Ok(plan("a", "a.yaml", "2"))))]));
+        assert_eq!(d.changed.len(), 1);
+        assert_eq!(d.changed[0].1.sha256, "2");
+        let d = c.apply(scan(vec![]));
+        assert_eq!(names(&d.removed), ["a"]);
+        assert_eq!(c.active().count(), 0);
+    }
+
+    #[test]
+    fn invalid_keeps_the_last_valid_version() {
+        let mut c = Catalog::new();
+        c.apply(scan(vec![("a.yaml", Seen::Read(Ok(plan("a", "a.yaml", "1"))))]));
+        let d = c.apply(scan(vec![("a.yaml", Seen::Read(Err(bad("a.yaml"))))]));
+        assert_eq!(d.became_invalid.len(), 1);
+        assert!(d.removed.is_empty() && d.changed.is_empty());
+        assert_eq!(c.get("a").expect("still active").sha256, "1");
+        assert_eq!(c.invalid_files().len(), 1);
+        // Fixed: the invalid entry goes away, the new version replaces the old one.
+        let d = c.apply(scan(vec![("a.yaml", Seen::Read(Ok(plan("a", "a.yaml", "3"))))]));
+        assert_eq!(d.changed.len(), 1);
+        assert!(c.invalid_files().is_empty());
+        // Deleted while invalid: the kept version goes too.
+        c.apply(scan(vec![("a.yaml", Seen::Read(Err(bad("a.yaml"))))]));
+        let d = c.apply(scan(vec![]));
+        assert_eq!(names(&d.removed), ["a"]);
+        assert!(c.invalid_files().is_empty());
+    }
+
+    #[test]
+    fn a_new_invalid_file_is_reported_without_a_plan() {
+        let mut c = Catalog::new();
+        let d = c.apply(scan(vec![("x.yaml", Seen::Read(Err(bad("x.yaml"))))]));
+        assert_eq!(d.became_invalid, vec![(PathBuf::from("x.yaml"), None)]);
+        assert!(d.added.is_empty());
+    }
+
+    #[test]
+    fn unsettled_files_keep_their_state() {
+        let mut c = Catalog::new();
+        c.apply(scan(vec![("a.yaml", Seen::Read(Ok(plan("a", "a.yaml", "1"))))]));
+        let d = c.apply(scan(vec![("a.yaml", Seen::Unsettled)]));
+        assert!(d.is_empty());
+        assert!(c.get("a").is_some());
+        let d = c.apply(scan(vec![("b.yaml", Seen::Unsettled)]));
+        assert_eq!(names(&d.removed), ["a"], "a file gone from the folder is removed");
+        assert_eq!(c.active().count(), 0, "an unsettled new file is not a plan yet");
+    }
+
+    #[test]
+    fn duplicate_names_neither_replaces_the_other() {
+        let mut c = Catalog::new();
+        c.apply(scan(vec![("a.yaml", Seen::Read(Ok(plan("web", "a.yaml", "1"))))]));
+        let d = c.apply(scan(vec![
+            ("a.yaml", Seen::Read(Ok(plan("web", "a.yaml", "1")))),
+            ("b.yaml", Seen::Read(Ok(plan("web", "b.yaml", "2")))),
+        ]));
+        assert!(d.is_empty(), "the incumbent stays: {d:?}");
+        assert_eq!(c.file_of("web"), Some(Path::new("a.yaml")));
+        let invalid = c.invalid_files();
+        assert!(invalid[Path::new("b.yaml")].to_string().contains("a.yaml"));
+
+        // Both new at once: nobody gets the name, both are reported.
+        let mut c = Catalog::new();
+        let d = c.apply(scan(vec![
+            ("a.yaml", Seen::Read(Ok(plan("web", "a.yaml", "1")))),
+            ("b.yaml", Seen::Read(Ok(plan("web", "b.yaml", "2")))),
+        ]));
+        assert!(d.added.is_empty());
+        assert_eq!(c.invalid_files().len(), 2);
+    }
+}

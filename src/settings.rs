@@ -1,0 +1,335 @@
+//! Daemon settings: the YAML config file, then command-line flags over it, then defaults,
+//! validated into `Settings` before anything touches the network. Reads the one config file
+//! and nothing else (credentials are resolved by `crate::credentials_source`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::api::client::{ClientOptions, Endpoint};
+use crate::duration::parse_duration;
+use crate::executor::retry::RetryPolicy;
+use crate::executor::{ExecutorSettings, UnknownOutcomePolicy};
+
+/// Largest config file read.
+const MAX_CONFIG_BYTES: usize = 256 * 1024;
+
+/// The config file as written. Unknown fields are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Watched plans folder.
+    pub plans_dir: Option<PathBuf>,
+    /// Where result files go.
+    pub results_dir: Option<PathBuf>,
+    /// Where run-once memory and run journals go.
+    pub state_dir: Option<PathBuf>,
+    /// API base URL.
+    pub endpoint: Option<String>,
+    /// Region id (endpoint from the SDK's pattern).
+    pub region: Option<String>,
+    /// Project id for history lookups (and AK/SK's `X-Project-Id`).
+    pub project_id: Option<String>,
+    /// Start calls per second, all plans together.
+    pub rate: Option<f64>,
+    /// Calls allowed at once after an idle period.
+    pub burst: Option<u32>,
+    /// Calls in flight, all plans together.
+    pub concurrency: Option<usize>,
+    /// How long calls in flight may finish after SIGTERM.
+    pub shutdown_grace: Option<String>,
+    /// Periodic rescan of the plans folder.
+    pub rescan_interval: Option<String>,
+    /// Retry policy.
+    pub retry: Option<RawRetry>,
+    /// Unknown outcomes without a project id: `fail` or `resend`.
+    pub unknown_outcome: Option<UnknownOutcomePolicy>,
+    /// How long to wait for a record to show up in the history.
+    pub settle: Option<String>,
+    /// HTTP timeouts.
+    pub timeouts: Option<RawTimeouts>,
+    /// Credentials (file paths only: secrets never sit in the config itself).
+    pub auth: Option<RawAuth>,
+}
+
+/// `retry:` in the config.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Calls per task.
+    pub max_attempts: Option<u32>,
+    /// First backoff.
+    pub base: Option<String>,
+    /// Largest backoff.
+    pub cap: Option<String>,
+    /// Time per task.
+    pub deadline: Option<String>,
+}
+
+/// `timeouts:` in the config.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// Connect timeout.
+    pub connect: Option<String>,
+    /// Whole-request timeout.
+    pub request: Option<String>,
+}
+
+/// `auth:` in the config.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// File holding an IAM token.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Flags that override the config file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--plans-dir`.
+    pub plans_dir: Option<PathBuf>,
+    /// `--results-dir`.
+    pub results_dir: Option<PathBuf>,
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--endpoint`.
+    pub endpoint: Option<String>,
+    /// `--region`.
+    pub region: Option<String>,
+    /// `--project-id`.
+    pub project_id: Option<String>,
+    /// `--rate`.
+    pub rate: Option<f64>,
+    /// `--burst`.
+    pub burst: Option<u32>,
+    /// `--concurrency`.
+    pub concurrency: Option<usize>,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Watched plans folder.
+    pub plans_dir: PathBuf,
+    /// Result files root.
+    pub results_dir: PathBuf,
+    /// State root.
+    pub state_dir: PathBuf,
+    /// API endpoint; `None` only when `--emulator` will provide one.
+    pub endpoint: Option<Endpoint>,
+    /// Calls per second.
+    pub rate: f64,
+    /// Burst.
+    pub burst: u32,
+    /// Calls in flight.
+    pub concurrency: usize,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// Periodic rescan.
+    pub rescan_interval: Duration,
+    /// Executor settings (retry, project id, unknown outcomes).
+    pub executor: ExecutorSettings,
+    /// HTTP client settings.
+    pub client: ClientOptions,
+    /// Credential files from the config.
+    pub auth: RawAuth,
+}
+
+/// A bad configuration (exit status 78).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Settings {
+    /// Reads the config file (if any), applies the flags, validates everything. `env` looks up
+    /// environment variables (injected so tests need not touch the process environment).
+    pub fn load(
+        config: Option<&Path>,
+        overrides: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let raw = match config {
+            Some(path) => read_config(path)?,
+            None => RawConfig::default(),
+        };
+        Self::from_raw(raw, overrides, env, config)
+    }
+
+    /// Validates a parsed config with the flags applied; reports every problem at once.
+    pub fn from_raw(
+        raw: RawConfig,
+        o: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+        config: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let mut errors = Vec::new();
+        let origin = config.map_or_else(|| "settings".to_string(), |p| p.display().to_string());
+        let mut err = |field: &str, msg: String| errors.push(format!("{origin}: {field}: {msg}"));
+        let duration = |field: &str, value: Option<String>, default: Duration, err: &mut dyn FnMut(&str, String)| {
+            match value.as_deref().map(parse_duration) {
+                None => default,
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    err(field, e);
+                    default
+                }
+            }
+        };
+
+        // systemd's StateDirectory= sets $STATE_DIRECTORY: a sensible default under the unit.
+        let state_root = env("STATE_DIRECTORY").map(PathBuf::from);
+        let plans_dir = o.plans_dir.clone().or(raw.plans_dir).unwrap_or_else(|| PathBuf::from("plans"));
+        let results_dir = o
+            .results_dir
+            .clone()
+            .or(raw.results_dir)
+            .unwrap_or_else(|| state_root.as_ref().map_or_else(|| PathBuf::from("results"), |s| s.join("results")));
+        let state_dir = o
+            .state_dir
+            .clone()
+            .or(raw.state_dir)
+            .unwrap_or_else(|| state_root.as_ref().map_or_else(|| PathBuf::from("state"), |s| s.join("state")));
+
+        let endpoint_text = o.endpoint.clone().or(raw.endpoint);
+        let region = o.region.clone().or(raw.region);
+        let endpoint = match (endpoint_text, region) {
+            (Some(e), _) => Endpoint::parse(&e).map_err(|e| err("endpoint", e.to_string())).ok(),
+            (None, Some(r)) => Endpoint::for_region(&r).map_err(|e| err("region", e.to_string())).ok(),
+            (None, None) => None,
+        };
+
+        let project_id = o.project_id.clone().or(raw.project_id).or_else(|| env("CLOUD_SDK_PROJECT_ID"));
+        if let Some(p) = &project_id
+            && let Err(e) = crate::api::rules::check_id(p)
+        {
+            err("project_id", e);
+        }
+
+        let rate = o.rate.or(raw.rate).unwrap_or(5.0);
+        let burst = o.burst.or(raw.burst).unwrap_or(1);
+        let concurrency = o.concurrency.or(raw.concurrency).unwrap_or(8);
+        if let Err(e) = crate::executor::limits::Limits::new(rate, burst, concurrency) {
+            err("rate/burst/concurrency", e.to_string());
+        }
+
+        let shutdown_grace = duration("shutdown_grace", raw.shutdown_grace, Duration::from_secs(30), &mut err);
+        let rescan_interval = duration("rescan_interval", raw.rescan_interval, Duration::from_secs(60), &mut err);
+        if rescan_interval < Duration::from_secs(1) {
+            err("rescan_interval", "must be at least 1s".into());
+        }
+        let settle = duration("settle", raw.settle, Duration::from_secs(10), &mut err);
+
+        let defaults = RetryPolicy::default();
+        let r = raw.retry.unwrap_or_default();
+        let retry = RetryPolicy::try_new(
+            r.max_attempts.unwrap_or(defaults.max_attempts()),
+            duration("retry.base", r.base, defaults.base(), &mut err),
+            duration("retry.cap", r.cap, defaults.cap(), &mut err),
+            duration("retry.deadline", r.deadline, defaults.deadline(), &mut err),
+        )
+        .unwrap_or_else(|e| {
+            err("retry", e.to_string());
+            defaults
+        });
+
+        let t = raw.timeouts.unwrap_or_default();
+        let client_defaults = ClientOptions::default();
+        let client = ClientOptions {
+            connect_timeout: duration("timeouts.connect", t.connect, client_defaults.connect_timeout, &mut err),
+            request_timeout: duration("timeouts.request", t.request, client_defaults.request_timeout, &mut err),
+            pool_idle_timeout: client_defaults.pool_idle_timeout,
+        };
+        for (field, d) in [("timeouts.connect", client.connect_timeout), ("timeouts.request", client.request_timeout)] {
+            if d < Duration::from_millis(100) {
+                err(field, "must be at least 100ms".into());
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
+        }
+        Ok(Self {
+            plans_dir,
+            results_dir,
+            state_dir,
+            endpoint,
+            rate,
+            burst,
+            concurrency,
+            shutdown_grace,
+            rescan_interval,
+            executor: ExecutorSettings {
+                retry,
+                project_id,
+                unknown_outcome: raw.unknown_outcome.unwrap_or_default(),
+                settle,
+            },
+            client,
+            auth: raw.auth.unwrap_or_default(),
+        })
+    }
+}
+
+fn read_config(path: &Path) -> Result<RawConfig, ConfigError> {
+    let fail = |msg: String| ConfigError(vec![format!("{}: {msg}", path.display())]);
+    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read the config file: {e}")))?;
+    if bytes.len() > MAX_CONFIG_BYTES {
+        return Err(fail(format!("larger than {MAX_CONFIG_BYTES} bytes")));
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|_| fail("not UTF-8 text".into()))?;
+    if text.trim().is_empty() {
+        return Ok(RawConfig::default());
+    }
+    serde_saphyr::from_str(text).map_err(|e| fail(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let s = Settings::from_raw(RawConfig::default(), &Overrides::default(), &no_env, None).expect("valid");
+        assert_eq!((s.rate, s.burst, s.concurrency), (5.0, 1, 8));
+        assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(s.executor.retry, RetryPolicy::default());
+        assert_eq!(s.executor.unknown_outcome, UnknownOutcomePolicy::Fail);
+        assert!(s.endpoint.is_none());
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_state_directory_is_used() {
+        let raw: RawConfig = serde_saphyr::from_str("rate: 2\nconcurrency: 3\nendpoint: https://a.example\n").expect("yaml");
+        let o = Overrides { rate: Some(9.0), endpoint: Some("http://127.0.0.1:9".into()), ..Default::default() };
+        let env = |k: &str| (k == "STATE_DIRECTORY").then(|| "/var/lib/deployd".to_string());
+        let s = Settings::from_raw(raw, &o, &env, None).expect("valid");
+        assert_eq!(s.rate, 9.0);
+        assert_eq!(s.concurrency, 3);
+        assert_eq!(s.endpoint.expect("set").as_str(), "http://127.0.0.1:9");
+        assert_eq!(s.results_dir, PathBuf::from("/var/lib/deployd/results"));
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let raw: RawConfig = serde_saphyr::from_str(
+            "rate: 0\nendpoint: http://example.com\nshutdown_grace: soon\nretry: {max_attempts: 0}\nproject_id: short\n",
+        )
+        .expect("yaml");
+        let e = Settings::from_raw(raw, &Overrides::default(), &no_env, None).expect_err("invalid");
+        let text = e.to_string();
+        for needle in ["rate", "endpoint", "shutdown_grace", "retry", "project_id"] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        assert!(serde_saphyr::from_str::<RawConfig>("rat: 5\n").is_err());
+    }
+}

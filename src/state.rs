@@ -1,0 +1,90 @@
+//! The state folder: the memory of run-once plans, (plan name, content hash) -> run id,
+//! written durably before a run's first call so that a restart or a crash never runs the same
+//! content twice. The only module that writes under `STATE/once/`.
+
+use std::path::{Path, PathBuf};
+
+use crate::results::{RunId, write_atomic};
+
+/// Why the state folder could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The folder could not be created or read.
+    #[error("state folder {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A durable write failed.
+    #[error(transparent)]
+    Write(#[from] crate::results::WriteError),
+}
+
+/// The state folder.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    root: PathBuf,
+}
+
+impl StateStore {
+    /// Opens (creating it if needed, mode 0750) the state folder.
+    pub fn open(root: &Path) -> Result<Self, StateError> {
+        use std::os::unix::fs::DirBuilderExt;
+        for dir in [root.to_path_buf(), root.join("once"), root.join("runs")] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(&dir)
+                .map_err(|source| StateError::Io { path: dir.clone(), source })?;
+        }
+        Ok(Self { root: root.to_path_buf() })
+    }
+
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn once_path(&self, plan: &str, sha256: &str) -> PathBuf {
+        // Plan names are `[A-Za-z0-9._-]`, never `.`/`..` (the validator refuses them), so
+        // they are safe as folder names.
+        self.root.join("once").join(plan).join(sha256)
+    }
+
+    /// The run that already ran this content of this run-once plan, if any.
+    pub fn ran_once(&self, plan: &str, sha256: &str) -> Result<Option<RunId>, StateError> {
+        let path = self.once_path(plan, sha256);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(RunId::from_string(text.trim().to_string()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+
+    /// Records, durably, that this content is being run by `run_id`. Call before any call.
+    pub fn record_once(&self, plan: &str, sha256: &str, run_id: &RunId) -> Result<(), StateError> {
+        write_atomic(&self.once_path(plan, sha256), format!("{run_id}\n").as_bytes(), 0o640)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn once_memory_survives_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::open(dir.path()).expect("open");
+        assert_eq!(store.ran_once("web", "abc").expect("read"), None);
+        let id = RunId::from_string("20261128T013000Z-00000001".into());
+        store.record_once("web", "abc", &id).expect("write");
+        let again = StateStore::open(dir.path()).expect("reopen");
+        assert_eq!(again.ran_once("web", "abc").expect("read"), Some(id));
+        assert_eq!(again.ran_once("web", "def").expect("read"), None);
+        assert_eq!(again.ran_once("other", "abc").expect("read"), None);
+    }
+}
