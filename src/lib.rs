@@ -1,10 +1,19 @@
 //! deployd: declarative batch deploys on Huawei Cloud CodeArts Deploy.
 pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod commands;
+pub mod daemon;
 pub mod duration;
-pub mod settings;
-pub mod telemetry;
+pub mod emulator;
 pub mod executor;
-pub mod results;
 pub mod plan;
+pub mod results;
+pub mod scan;
 pub mod schedule;
 pub mod secret;
+pub mod settings;
+pub mod signals;
+pub mod state;
+pub mod telemetry;
+pub mod watcher;

@@ -1,19 +1,67 @@
 //! Cron schedules: parsing and DST-correct fire-time math (pure, no clocks, no tokio).
+//!
+//! An expression is read in an IANA zone. Fire times are found as *local* wall-clock times that
+//! match the fields, then mapped to instants:
+//! - a local time that exists once fires then;
+//! - a local time that occurs twice (fall-back) fires once, at its first occurrence; the repeated
+//!   hour does not fire again, not even for `*`-style schedules;
+//! - a local time that does not exist (spring-forward gap) fires at the first instant after the
+//!   gap. All matching times in one gap collapse into that single fire, which also absorbs a fire
+//!   at the gap's end time itself (`02:30` and `03:00` on a Berlin spring-forward night are one
+//!   fire at 01:00Z).
+//!
+//! The mapping is monotone, so fire times are strictly increasing and [`Schedule::next_after`]
+//! is the first matching local time after `after`'s local time whose instant lies after `after`.
+//! croner parses the expression and matches single fields; its own search is not used because it
+//! fires twice in a repeated hour for interval schedules (`0 * * * *`) and, for `*/30 * * * *`,
+//! even returns times out of order (checked with croner 3.0.1 on 2026-10-25, Europe/Berlin).
 
-use chrono::{DateTime, Utc};
+use std::fmt;
+
+use chrono::{
+    DateTime, Datelike, LocalResult, Months, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta,
+    TimeZone, Timelike, Utc,
+};
 use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
 
-/// Why a cron expression or zone was refused.
+/// How far ahead [`Schedule::next_after`] looks before giving up.
+pub const SEARCH_HORIZON_MONTHS: u32 = 5 * 12;
+
+/// Field names for 5-field expressions; 6-field ones have `second` in front.
+const FIELD_NAMES: [&str; 6] = [
+    "second",
+    "minute",
+    "hour",
+    "day-of-month",
+    "month",
+    "day-of-week",
+];
+
+/// Why a cron expression or zone was refused. The message names the expression and the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct ScheduleError(pub String);
 
 /// A parsed cron schedule in an IANA time zone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Schedule {
+    /// The expression as written (trimmed), macros not expanded.
     expr: String,
     tz: Tz,
-    cron: croner::Cron,
+    /// Always has seconds (`0` when the expression had 5 fields) and no year field.
+    cron: Cron,
+}
+
+impl fmt::Debug for Schedule {
+    /// Only the expression and zone: croner's own `Debug` prints thousands of bitfield entries.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Schedule")
+            .field("expr", &self.expr)
+            .field("tz", &self.tz)
+            .finish()
+    }
 }
 
 impl PartialEq for Schedule {
@@ -23,18 +71,37 @@ impl PartialEq for Schedule {
 }
 
 impl Schedule {
-    /// Parses a 5-field, 6-field (seconds first) or macro (`@daily`) expression.
+    /// Parses a 5-field (`m h dom mon dow`), 6-field (seconds first) or macro expression.
+    ///
+    /// Macros: `@yearly`/`@annually`, `@monthly`, `@weekly`, `@daily`/`@midnight`, `@hourly`.
+    /// An expression that matches no date at all (`0 0 30 2 *`) is refused.
     pub fn parse(expr: &str, tz: Tz) -> Result<Self, ScheduleError> {
-        let cron = croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Optional)
-            .build()
-            .parse(expr.trim())
-            .map_err(|e| ScheduleError(e.to_string()))?;
-        Ok(Self {
-            expr: expr.trim().to_string(),
+        let expr = expr.trim();
+        let fields = expand_macro(expr)?;
+        let count = fields.split_whitespace().count();
+        if !(5..=6).contains(&count) {
+            return Err(ScheduleError(format!(
+                "cron expression {expr:?} has {count} field(s); expected 5 \
+                 (minute hour day-of-month month day-of-week) or 6 (second first), or a macro \
+                 such as @daily"
+            )));
+        }
+        let cron = parser().parse(fields).map_err(|e| {
+            let field = offending_field(fields, count);
+            ScheduleError(match field {
+                Some((name, value)) => {
+                    format!("cron expression {expr:?}: bad {name} field {value:?}: {e}")
+                }
+                None => format!("cron expression {expr:?}: {e}"),
+            })
+        })?;
+        let schedule = Self {
+            expr: expr.to_string(),
             tz,
             cron,
-        })
+        };
+        schedule.ensure_some_date_matches()?;
+        Ok(schedule)
     }
 
     /// The expression as written.
@@ -47,12 +114,115 @@ impl Schedule {
         self.tz
     }
 
-    /// The first fire time strictly after `after`.
+    /// The first fire time strictly after `after`, or `None` if there is none within
+    /// [`SEARCH_HORIZON_MONTHS`] (e.g. a Feb-29-on-a-Monday schedule).
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron
-            .find_next_occurrence(&after.with_timezone(&self.tz), false)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
+        // Fire times are whole seconds, so the sub-second part of `after` can be dropped: every
+        // candidate after the truncated local time is also after the exact one.
+        let start = after
+            .with_timezone(&self.tz)
+            .naive_local()
+            .with_nanosecond(0)?;
+        let horizon = start
+            .date()
+            .checked_add_months(Months::new(SEARCH_HORIZON_MONTHS))?;
+        let mut cursor = start;
+        loop {
+            let local = self.next_local_after(cursor, horizon)?;
+            let fire = self.resolve(local)?;
+            // Only a repeated (fall-back) hour gives a candidate that is not after `after`: it
+            // maps to the first pass, which is already over. Skip it, as the contract says.
+            if fire > after {
+                return Some(fire);
+            }
+            cursor = local;
+        }
+    }
+
+    /// The next `n` fire times strictly after `after`, increasing (fewer if the horizon ends).
+    pub fn upcoming(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        let mut out = Vec::with_capacity(n.min(1024));
+        let mut cursor = after;
+        while out.len() < n {
+            let Some(next) = self.next_after(cursor) else {
+                break;
+            };
+            out.push(next);
+            cursor = next;
+        }
+        out
+    }
+
+    /// The first local time strictly after `cursor` that matches every field, on a day up to
+    /// `horizon` (inclusive).
+    fn next_local_after(&self, cursor: NaiveDateTime, horizon: NaiveDate) -> Option<NaiveDateTime> {
+        let mut day = cursor.date();
+        let mut after = Some(cursor.time());
+        while day <= horizon {
+            if self.date_matches(day)
+                && let Some(time) = self.first_time_in_day(after)
+            {
+                return Some(day.and_time(time));
+            }
+            day = day.succ_opt()?;
+            after = None;
+        }
+        None
+    }
+
+    fn date_matches(&self, day: NaiveDate) -> bool {
+        let p = &self.cron.pattern;
+        p.month_match(day.month()).unwrap_or(false)
+            && p.day_match(day.year(), day.month(), day.day())
+                .unwrap_or(false)
+    }
+
+    /// The first matching time of day strictly after `after` (from 00:00:00 inclusive if `None`).
+    fn first_time_in_day(&self, after: Option<NaiveTime>) -> Option<NaiveTime> {
+        let p = &self.cron.pattern;
+        let (h0, m0, s0) = after.map_or((0, 0, 0), |t| (t.hour(), t.minute(), t.second()));
+        for h in h0..24 {
+            if !p.hour_match(h).unwrap_or(false) {
+                continue;
+            }
+            let same_hour = h == h0 && after.is_some();
+            for m in (if same_hour { m0 } else { 0 })..60 {
+                if !p.minute_match(m).unwrap_or(false) {
+                    continue;
+                }
+                let first_second = if same_hour && m == m0 { s0 + 1 } else { 0 };
+                if let Some(s) = (first_second..60).find(|&s| p.second_match(s).unwrap_or(false)) {
+                    return NaiveTime::from_hms_opt(h, m, s);
+                }
+            }
+        }
+        None
+    }
+
+    /// Maps a local wall-clock time to the instant it fires at (see the module docs).
+    fn resolve(&self, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+        match self.tz.from_local_datetime(&local) {
+            LocalResult::Single(t) => Some(t.to_utc()),
+            LocalResult::Ambiguous(a, b) => Some(a.min(b).to_utc()),
+            LocalResult::None => gap_end(self.tz, local),
+        }
+    }
+
+    /// Refuses expressions whose day fields match no date in a whole 400-year Gregorian cycle.
+    fn ensure_some_date_matches(&self) -> Result<(), ScheduleError> {
+        let start = NaiveDate::from_ymd_opt(2000, 1, 1).expect("a valid date");
+        let matches = start
+            .iter_days()
+            .take(146_097)
+            .any(|day| self.date_matches(day));
+        if matches && self.first_time_in_day(None).is_some() {
+            Ok(())
+        } else {
+            Err(ScheduleError(format!(
+                "cron expression {:?} never fires: no date matches its day and month fields",
+                self.expr
+            )))
+        }
     }
 }
 
@@ -60,4 +230,407 @@ impl Schedule {
 pub fn parse_timezone(name: &str) -> Result<Tz, ScheduleError> {
     name.parse::<Tz>()
         .map_err(|_| ScheduleError(format!("unknown IANA time zone {name:?}")))
+}
+
+fn parser() -> CronParser {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+}
+
+/// Replaces a macro by its 5-field form; other expressions pass through.
+fn expand_macro(expr: &str) -> Result<&str, ScheduleError> {
+    if !expr.starts_with('@') {
+        return Ok(expr);
+    }
+    Ok(match expr.to_ascii_lowercase().as_str() {
+        "@yearly" | "@annually" => "0 0 1 1 *",
+        "@monthly" => "0 0 1 * *",
+        "@weekly" => "0 0 * * 0",
+        "@daily" | "@midnight" => "0 0 * * *",
+        "@hourly" => "0 * * * *",
+        _ => {
+            return Err(ScheduleError(format!(
+                "unknown cron macro {expr:?}; known: @yearly, @annually, @monthly, @weekly, \
+                 @daily, @midnight, @hourly"
+            )));
+        }
+    })
+}
+
+/// Finds the first field that fails to parse on its own (all others `*`), to name it.
+fn offending_field(fields: &str, count: usize) -> Option<(&'static str, &str)> {
+    let names = &FIELD_NAMES[6 - count..];
+    let values: Vec<&str> = fields.split_whitespace().collect();
+    (0..count).find_map(|i| {
+        let probe: Vec<&str> = (0..count)
+            .map(|j| if i == j { values[j] } else { "*" })
+            .collect();
+        parser()
+            .parse(&probe.join(" "))
+            .is_err()
+            .then(|| (names[i], values[i]))
+    })
+}
+
+/// The first instant after the spring-forward gap that contains the nonexistent local time
+/// `local`.
+///
+/// Binary search for the instant where local time jumps over `local`. UTC offsets lie within
+/// -12 h..+14 h, so the jump lies between `local` read as UTC minus 15 h (local time still
+/// before `local`) and plus 13 h (already after it). Any such jump is a gap containing `local`.
+fn gap_end(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+    let as_utc = local.and_utc();
+    let mut lo = (as_utc - TimeDelta::hours(15)).timestamp();
+    let mut hi = (as_utc + TimeDelta::hours(13)).timestamp();
+    let local_at =
+        |secs: i64| DateTime::from_timestamp(secs, 0).map(|t| t.with_timezone(&tz).naive_local());
+    if local_at(lo)? > local || local_at(hi)? <= local {
+        return None;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if local_at(mid)? > local {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    DateTime::from_timestamp(hi, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono_tz::{America, Asia, Australia, Europe};
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        s.parse().expect("RFC 3339 test instant")
+    }
+
+    fn fires(expr: &str, tz: Tz, after: &str, n: usize) -> Vec<String> {
+        Schedule::parse(expr, tz)
+            .expect("valid expression")
+            .upcoming(utc(after), n)
+            .iter()
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .collect()
+    }
+
+    fn err(expr: &str) -> String {
+        Schedule::parse(expr, Tz::UTC)
+            .expect_err("invalid expression")
+            .to_string()
+    }
+
+    #[test]
+    fn berlin_spring_forward_fires_at_the_end_of_the_gap() {
+        // 2026-03-29: 02:00 CET jumps to 03:00 CEST at 01:00Z; 02:30 does not exist.
+        let want = ["2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z"];
+        assert_eq!(
+            fires("0 30 2 * * *", Europe::Berlin, "2026-03-28T12:00:00Z", 2),
+            want
+        );
+        assert_eq!(
+            fires("30 2 * * *", Europe::Berlin, "2026-03-28T12:00:00Z", 2),
+            want
+        );
+        // The day before, 02:30 CET is 01:30Z.
+        assert_eq!(
+            fires("30 2 * * *", Europe::Berlin, "2026-03-27T12:00:00Z", 1),
+            ["2026-03-28T01:30:00Z"]
+        );
+    }
+
+    #[test]
+    fn berlin_fall_back_fires_once_at_the_first_occurrence() {
+        // 2026-10-25: 03:00 CEST falls back to 02:00 CET at 01:00Z; 02:30 happens twice.
+        let want = ["2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"];
+        assert_eq!(
+            fires("0 30 2 * * *", Europe::Berlin, "2026-10-24T12:00:00Z", 2),
+            want
+        );
+        assert_eq!(
+            fires("30 2 * * *", Europe::Berlin, "2026-10-24T12:00:00Z", 2),
+            want
+        );
+        // Asking from just after the first 02:30 (or during the second) skips the repeat.
+        let s = Schedule::parse("30 2 * * *", Europe::Berlin).expect("valid");
+        for after in [
+            "2026-10-25T00:30:00Z",
+            "2026-10-25T01:29:59Z",
+            "2026-10-25T01:30:00Z",
+        ] {
+            assert_eq!(
+                s.next_after(utc(after)),
+                Some(utc("2026-10-26T01:30:00Z")),
+                "{after}"
+            );
+        }
+    }
+
+    #[test]
+    fn hourly_job_across_both_berlin_transitions() {
+        assert_eq!(
+            fires("0 * * * *", Europe::Berlin, "2026-03-28T22:30:00Z", 4),
+            [
+                "2026-03-28T23:00:00Z", // 00:00 CET
+                "2026-03-29T00:00:00Z", // 01:00 CET
+                "2026-03-29T01:00:00Z", // 02:00 missing -> 03:00 CEST, also the 03:00 fire
+                "2026-03-29T02:00:00Z", // 04:00 CEST
+            ]
+        );
+        assert_eq!(
+            fires("@hourly", Europe::Berlin, "2026-10-24T21:30:00Z", 5),
+            [
+                "2026-10-24T22:00:00Z", // 00:00 CEST
+                "2026-10-24T23:00:00Z", // 01:00 CEST
+                "2026-10-25T00:00:00Z", // 02:00 CEST; 02:00 CET (01:00Z) is the repeat
+                "2026-10-25T02:00:00Z", // 03:00 CET
+                "2026-10-25T03:00:00Z",
+            ]
+        );
+    }
+
+    #[test]
+    fn minute_jobs_fire_once_at_the_gap_end_and_skip_the_repeated_hour() {
+        assert_eq!(
+            fires("* * * * *", Europe::Berlin, "2026-03-29T00:58:30Z", 3),
+            [
+                "2026-03-29T00:59:00Z",
+                "2026-03-29T01:00:00Z",
+                "2026-03-29T01:01:00Z"
+            ]
+        );
+        assert_eq!(
+            fires("*/30 * * * *", Europe::Berlin, "2026-10-24T23:45:00Z", 4),
+            [
+                "2026-10-25T00:00:00Z",
+                "2026-10-25T00:30:00Z",
+                "2026-10-25T02:00:00Z",
+                "2026-10-25T02:30:00Z"
+            ]
+        );
+        // From inside the second pass of the repeated hour.
+        assert_eq!(
+            fires("*/30 * * * *", Europe::Berlin, "2026-10-25T01:15:00Z", 1),
+            ["2026-10-25T02:00:00Z"]
+        );
+    }
+
+    #[test]
+    fn fire_times_strictly_increase_through_a_transition_night() {
+        for (expr, from) in [
+            ("*/7 * * * * *", "2026-03-29T00:30:00Z"),
+            ("*/7 * * * * *", "2026-10-25T00:30:00Z"),
+            ("*/5 * * * *", "2026-10-24T23:00:00Z"),
+        ] {
+            let s = Schedule::parse(expr, Europe::Berlin).expect("valid");
+            let all = s.upcoming(utc(from), 1500);
+            assert_eq!(all.len(), 1500);
+            assert!(all.windows(2).all(|w| w[0] < w[1]), "{expr} from {from}");
+        }
+    }
+
+    #[test]
+    fn new_york_transitions() {
+        // 2026-03-08 02:00 EST -> 03:00 EDT at 07:00Z; 2026-11-01 02:00 EDT -> 01:00 EST at 06:00Z.
+        assert_eq!(
+            fires("30 2 * * *", America::New_York, "2026-03-07T12:00:00Z", 2),
+            ["2026-03-08T07:00:00Z", "2026-03-09T06:30:00Z"]
+        );
+        assert_eq!(
+            fires("30 1 * * *", America::New_York, "2026-10-31T12:00:00Z", 2),
+            ["2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"]
+        );
+    }
+
+    #[test]
+    fn lord_howe_half_hour_shift() {
+        // 2026-10-04 02:00 +10:30 -> 02:30 +11 at 15:30Z; 2026-04-05 02:00 +11 -> 01:30 +10:30.
+        assert_eq!(
+            fires(
+                "15 2 * * *",
+                Australia::Lord_Howe,
+                "2026-10-03T12:00:00Z",
+                2
+            ),
+            ["2026-10-03T15:30:00Z", "2026-10-04T15:15:00Z"]
+        );
+        assert_eq!(
+            fires(
+                "45 1 * * *",
+                Australia::Lord_Howe,
+                "2026-04-04T12:00:00Z",
+                2
+            ),
+            ["2026-04-04T14:45:00Z", "2026-04-05T15:15:00Z"]
+        );
+    }
+
+    #[test]
+    fn zones_without_dst() {
+        assert_eq!(
+            fires("0 9 * * *", Asia::Shanghai, "2026-03-28T12:00:00Z", 2),
+            ["2026-03-29T01:00:00Z", "2026-03-30T01:00:00Z"]
+        );
+        assert_eq!(
+            fires("0 30 2 * * *", Tz::UTC, "2026-03-29T02:30:00Z", 2),
+            ["2026-03-30T02:30:00Z", "2026-03-31T02:30:00Z"]
+        );
+    }
+
+    #[test]
+    fn feb_29_is_found_years_ahead_and_the_search_is_bounded() {
+        assert_eq!(
+            fires("0 0 29 2 *", Tz::UTC, "2026-01-01T00:00:00Z", 2),
+            ["2028-02-29T00:00:00Z", "2032-02-29T00:00:00Z"]
+        );
+        // Feb 29 that is also a Monday ('+' = both day fields must match): next in 2044,
+        // beyond the five-year horizon.
+        let rare = Schedule::parse("0 0 29 2 +1", Tz::UTC).expect("valid");
+        assert_eq!(rare.next_after(utc("2026-01-01T00:00:00Z")), None);
+        assert_eq!(
+            rare.next_after(utc("2040-01-01T00:00:00Z")),
+            Some(utc("2044-02-29T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn six_fields_have_seconds_first() {
+        assert_eq!(
+            fires("*/2 * * * * *", Tz::UTC, "2026-05-01T12:00:00Z", 3),
+            [
+                "2026-05-01T12:00:02Z",
+                "2026-05-01T12:00:04Z",
+                "2026-05-01T12:00:06Z"
+            ]
+        );
+        let s = Schedule::parse("*/2 * * * * *", Tz::UTC).expect("valid");
+        assert_eq!(
+            s.next_after(utc("2026-05-01T12:00:01.999Z")),
+            Some(utc("2026-05-01T12:00:02Z"))
+        );
+        assert_eq!(
+            s.next_after(utc("2026-05-01T12:00:02.001Z")),
+            Some(utc("2026-05-01T12:00:04Z"))
+        );
+        // Five fields fire at second 0, and year ends roll over.
+        assert_eq!(
+            fires("59 23 31 12 *", Tz::UTC, "2026-12-31T23:59:00Z", 1),
+            ["2027-12-31T23:59:00Z"]
+        );
+    }
+
+    #[test]
+    fn macros() {
+        let berlin = Europe::Berlin;
+        let from = "2026-03-15T12:00:00Z"; // a Sunday, CET
+        assert_eq!(fires("@daily", berlin, from, 1), ["2026-03-15T23:00:00Z"]);
+        assert_eq!(
+            fires("@midnight", berlin, from, 1),
+            ["2026-03-15T23:00:00Z"]
+        );
+        assert_eq!(fires("@hourly", berlin, from, 1), ["2026-03-15T13:00:00Z"]);
+        assert_eq!(fires("@weekly", berlin, from, 1), ["2026-03-21T23:00:00Z"]);
+        assert_eq!(fires("@monthly", berlin, from, 1), ["2026-03-31T22:00:00Z"]);
+        assert_eq!(fires("@yearly", berlin, from, 1), ["2026-12-31T23:00:00Z"]);
+        assert_eq!(
+            fires("@ANNUALLY", berlin, from, 1),
+            ["2026-12-31T23:00:00Z"]
+        );
+        let s = Schedule::parse(" @daily ", berlin).expect("valid");
+        assert_eq!(s.expr(), "@daily");
+        assert_eq!(s.timezone(), berlin);
+    }
+
+    #[test]
+    fn error_messages_read_well() {
+        assert_eq!(
+            err("60 * * * * *"),
+            "cron expression \"60 * * * * *\": bad second field \"60\": Component error: \
+             Number out of bounds."
+        );
+    }
+
+    #[test]
+    fn invalid_expressions_say_what_is_wrong() {
+        let e = err("60 * * * * *");
+        assert!(e.contains("second field \"60\""), "{e}");
+        let e = err("0 61 * * * *");
+        assert!(e.contains("minute field \"61\""), "{e}");
+        let e = err("0 25 * * *");
+        assert!(e.contains("hour field \"25\""), "{e}");
+        let e = err("* * * * * * *");
+        assert!(e.contains("has 7 field(s)"), "{e}");
+        let e = err("* * * *");
+        assert!(e.contains("has 4 field(s)"), "{e}");
+        let e = err("garbage");
+        assert!(e.contains("has 1 field(s)"), "{e}");
+        let e = err("a b c d e");
+        assert!(e.contains("\"a b c d e\""), "{e}");
+        let e = err("");
+        assert!(e.contains("has 0 field(s)"), "{e}");
+        let e = err("@reboot");
+        assert!(e.contains("unknown cron macro \"@reboot\""), "{e}");
+        let e = err("0 0 30 2 *");
+        assert!(e.contains("never fires"), "{e}");
+    }
+
+    /// Why the search is our own: on a zoned time, croner 3.0.1's iterator yields both passes of
+    /// the repeated hour, out of order, and `find_next_occurrence` from inside the second pass
+    /// returns a time before its start. If this starts failing, croner changed its DST handling.
+    #[test]
+    fn croner_alone_mishandles_the_repeated_hour() {
+        let cron = parser().parse("*/30 * * * *").expect("valid");
+        let start = utc("2026-10-24T23:45:00Z").with_timezone(&Europe::Berlin);
+        let seen: Vec<String> = cron
+            .iter_after(start)
+            .take(4)
+            .map(|t| t.to_utc().format("%H:%M").to_string())
+            .collect();
+        assert_eq!(seen, ["00:00", "01:00", "00:30", "01:30"]);
+        let inside = utc("2026-10-25T01:15:00Z").with_timezone(&Europe::Berlin);
+        let next = cron
+            .find_next_occurrence(&inside, false)
+            .expect("a next time");
+        assert_eq!(next.to_utc(), utc("2026-10-25T00:30:00Z"));
+    }
+
+    #[test]
+    fn debug_is_short() {
+        let s = Schedule::parse("@daily", Europe::Berlin).expect("valid");
+        assert_eq!(
+            format!("{s:?}"),
+            r#"Schedule { expr: "@daily", tz: Europe/Berlin }"#
+        );
+    }
+
+    #[test]
+    fn timezones_parse_by_iana_name() {
+        assert_eq!(parse_timezone("Europe/Berlin"), Ok(Europe::Berlin));
+        assert_eq!(parse_timezone("UTC"), Ok(Tz::UTC));
+        let e = parse_timezone("Mars/Olympus").expect_err("unknown");
+        assert!(e.to_string().contains("\"Mars/Olympus\""));
+    }
+
+    #[test]
+    fn gap_end_finds_the_transition_instant() {
+        let local = NaiveDate::from_ymd_opt(2026, 3, 29)
+            .and_then(|d| d.and_hms_opt(2, 0, 0))
+            .expect("valid");
+        assert_eq!(
+            gap_end(Europe::Berlin, local),
+            Some(utc("2026-03-29T01:00:00Z"))
+        );
+        let local = local
+            .with_minute(59)
+            .and_then(|t| t.with_second(59))
+            .expect("valid");
+        assert_eq!(
+            gap_end(Europe::Berlin, local),
+            Some(utc("2026-03-29T01:00:00Z"))
+        );
+    }
 }

@@ -4,6 +4,7 @@
 //! [`Plan`] may trust every field: ids are well formed, params are within the API's limits,
 //! plan-level params are already merged into each task's, and the schedule parses.
 
+pub mod catalog;
 pub mod load;
 pub mod raw;
 pub mod validate;

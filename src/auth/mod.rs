@@ -1,0 +1,12 @@
+//! Request authentication for the Huawei Cloud API gateway.
+//!
+//! [`signer`] holds the pure AK/SK `SDK-HMAC-SHA256` algorithm (API doc section E2): the client side
+//! ([`sign`]) and the gateway side ([`verify`], used by the emulator). No I/O, no clocks: callers
+//! pass the current time in.
+
+pub mod signer;
+
+pub use signer::{
+    AkSk, ParsedAuthorization, ReceivedRequest, SignRequest, SignatureError, Signed,
+    parse_authorization, sign, verify,
+};
