@@ -83,6 +83,12 @@ pub struct RawTimeouts {
 pub struct RawAuth {
     /// File holding an IAM token.
     pub token_file: Option<PathBuf>,
+    /// File holding the access key id.
+    pub ak_file: Option<PathBuf>,
+    /// File holding the secret key.
+    pub sk_file: Option<PathBuf>,
+    /// File holding an STS security token (temporary AK/SK).
+    pub security_token_file: Option<PathBuf>,
 }
 
 /// Flags that override the config file.

@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::auth::signer::{AkSk, SignRequest, sign};
 use crate::secret::Secret;
 
 /// The request as it will be sent, for signing.
@@ -41,6 +42,8 @@ pub struct AuthError(pub String);
 pub enum Credentials {
     /// A fixed IAM token sent as `X-Auth-Token`.
     Token(Secret),
+    /// AK/SK signing (`SDK-HMAC-SHA256`).
+    AkSk(Box<AkSk>),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -54,6 +57,7 @@ impl Credentials {
     pub fn method_name(&self) -> &'static str {
         match self {
             Self::Token(_) => "token",
+            Self::AkSk(_) => "aksk",
         }
     }
 
@@ -63,6 +67,23 @@ impl Credentials {
             Self::Token(token) => {
                 req.headers.push(("X-Auth-Token".into(), token.expose().to_string()));
                 Ok(Prepared { query_string: canonical_query(req.query) })
+            }
+            Self::AkSk(creds) => {
+                let signed = sign(
+                    creds,
+                    &SignRequest {
+                        method: req.method,
+                        host: req.host,
+                        path: req.path,
+                        query: req.query,
+                        headers: req.headers,
+                        body: req.body,
+                    },
+                    req.now,
+                );
+                *req.headers = signed.headers;
+                let query_string = signed.request_uri.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default();
+                Ok(Prepared { query_string })
             }
         }
     }
@@ -85,22 +106,48 @@ pub fn canonical_query(pairs: &[(String, String)]) -> String {
 #[error("{0}")]
 pub struct CredentialsError(pub String);
 
-/// Finds credentials, in this order: `DEPLOYD_TOKEN`, `DEPLOYD_TOKEN_FILE`, the config's
-/// `auth.token_file`. `env` looks up environment variables.
+/// Finds credentials, in this order: `DEPLOYD_TOKEN`, `DEPLOYD_TOKEN_FILE`, `CLOUD_SDK_AK` +
+/// `CLOUD_SDK_SK` (+ `CLOUD_SDK_SECURITY_TOKEN`), the config's `auth.ak_file` + `auth.sk_file`
+/// (+ `auth.security_token_file`), the config's `auth.token_file`. `env` looks up environment
+/// variables. `project_id` goes into AK/SK requests as `X-Project-Id`.
 pub fn credentials_from(
     env: &dyn Fn(&str) -> Option<String>,
     auth: &crate::settings::RawAuth,
+    project_id: Option<&str>,
 ) -> Result<Credentials, CredentialsError> {
-    if let Some(token) = env("DEPLOYD_TOKEN").filter(|t| !t.trim().is_empty()) {
-        return Ok(Credentials::Token(Secret::new(token.trim())));
+    let env = |k: &str| env(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    if let Some(token) = env("DEPLOYD_TOKEN") {
+        return Ok(Credentials::Token(Secret::new(token)));
     }
-    let file = env("DEPLOYD_TOKEN_FILE").map(std::path::PathBuf::from).or_else(|| auth.token_file.clone());
-    if let Some(path) = file {
-        let token = read_secret_file(&path)?;
-        return Ok(Credentials::Token(token));
+    if let Some(path) = env("DEPLOYD_TOKEN_FILE") {
+        return Ok(Credentials::Token(read_secret_file(std::path::Path::new(&path))?));
+    }
+    let aksk = |ak: String, sk: Secret, security_token: Option<Secret>| {
+        Credentials::AkSk(Box::new(AkSk { ak, sk, project_id: project_id.map(str::to_string), security_token }))
+    };
+    match (env("CLOUD_SDK_AK"), env("CLOUD_SDK_SK")) {
+        (Some(ak), Some(sk)) => return Ok(aksk(ak, Secret::new(sk), env("CLOUD_SDK_SECURITY_TOKEN").map(Secret::new))),
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(CredentialsError("CLOUD_SDK_AK and CLOUD_SDK_SK must be set together".into()));
+        }
+        (None, None) => {}
+    }
+    match (&auth.ak_file, &auth.sk_file) {
+        (Some(ak), Some(sk)) => {
+            let security_token = auth.security_token_file.as_deref().map(read_secret_file).transpose()?;
+            let ak = read_secret_file(ak)?.expose().to_string();
+            return Ok(aksk(ak, read_secret_file(sk)?, security_token));
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(CredentialsError("auth.ak_file and auth.sk_file must be set together".into()));
+        }
+        (None, None) => {}
+    }
+    if let Some(path) = &auth.token_file {
+        return Ok(Credentials::Token(read_secret_file(path)?));
     }
     Err(CredentialsError(
-        "no credentials: set DEPLOYD_TOKEN or DEPLOYD_TOKEN_FILE (an IAM token), or auth.token_file in the config; for a local try, pass --emulator".into(),
+        "no credentials: set DEPLOYD_TOKEN or DEPLOYD_TOKEN_FILE (an IAM token), or CLOUD_SDK_AK and CLOUD_SDK_SK, or auth.* files in the config; for a local try, pass --emulator".into(),
     ))
 }
 

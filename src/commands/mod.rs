@@ -2,6 +2,7 @@
 //! credentials, the embedded emulator) lives here.
 
 pub mod check;
+pub mod run;
 pub mod emulator;
 pub mod exec;
 pub mod next;
@@ -78,7 +79,7 @@ pub async fn connect(settings: &mut Settings, use_emulator: bool) -> anyhow::Res
         let endpoint = settings.endpoint.clone().context(
             "no API endpoint: pass --endpoint URL or --region ID (or endpoint/region in the config), or --emulator",
         )?;
-        let credentials = credentials_from(&process_env, &settings.auth)?;
+        let credentials = credentials_from(&process_env, &settings.auth, settings.executor.project_id.as_deref())?;
         (endpoint, credentials, None)
     };
     tracing::info!(auth = credentials.method_name(), endpoint = endpoint.as_str(), "API client ready");

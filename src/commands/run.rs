@@ -1,0 +1,116 @@
+//! `deployd run`: the daemon under systemd (or in a terminal): settings, the API target,
+//! signals, sd-notify, then `daemon::run` until SIGTERM/SIGINT.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use super::{Exit, Target, connect, load_settings};
+use crate::cli::Common;
+use crate::daemon::{self, Control, DaemonParts};
+
+/// Runs the daemon.
+pub async fn run(common: Common) -> Exit {
+    let mut settings = match load_settings(&common) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("bad configuration:\n{e}");
+            eprintln!("deployd: bad configuration:\n{e}");
+            return Exit::Config;
+        }
+    };
+    let Target { executor, emulator } = match connect(&mut settings, common.emulator).await {
+        Ok(t) => t,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("deployd: {e:#}");
+            return Exit::Config;
+        }
+    };
+    if let Err(e) = std::fs::metadata(&settings.plans_dir).and_then(|m| {
+        if m.is_dir() { Ok(()) } else { Err(std::io::Error::other("not a folder")) }
+    }) {
+        eprintln!("deployd: plans folder {}: {e}", settings.plans_dir.display());
+        return Exit::Config;
+    }
+
+    let shutdown = CancellationToken::new();
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let signals = tokio::spawn(forward_signals(shutdown.clone(), reload_tx));
+
+    // SIGHUP rebuilds settings and the executor from the same config file and flags. With
+    // --emulator the embedded emulator stays the target.
+    let reload_common = common.clone();
+    let emulator_executor = emulator.as_ref().map(|_| executor.clone());
+    let reloader: daemon::Reloader = Box::new(move || {
+        let settings = load_settings(&reload_common)?;
+        let executor = match &emulator_executor {
+            Some(e) => e.clone(),
+            None => {
+                let handle = tokio::runtime::Handle::current();
+                let mut s = settings.clone();
+                let target = tokio::task::block_in_place(|| handle.block_on(connect(&mut s, false)))?;
+                target.executor
+            }
+        };
+        Ok(DaemonParts { settings, executor })
+    });
+
+    let watchdog = watchdog_interval().map(|every| {
+        let ping: Box<dyn FnMut() + Send> = Box::new(|| notify(&[sd_notify::NotifyState::Watchdog]));
+        (every, ping)
+    });
+    let control = Control {
+        shutdown: shutdown.clone(),
+        reload: reload_rx,
+        on_ready: Box::new(|| notify(&[sd_notify::NotifyState::Ready])),
+        on_status: Box::new(|s| notify(&[sd_notify::NotifyState::Status(s)])),
+        watchdog,
+    };
+    let result = daemon::run(DaemonParts { settings, executor }, control, Some(reloader)).await;
+    notify(&[sd_notify::NotifyState::Stopping]);
+    signals.abort();
+    drop(emulator);
+    match result {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("deployd: {e:#}");
+            Exit::Config
+        }
+    }
+}
+
+/// SIGTERM/SIGINT cancel `shutdown`; SIGHUP sends a reload request.
+async fn forward_signals(shutdown: CancellationToken, reload: mpsc::Sender<()>) {
+    loop {
+        tokio::select! {
+            name = crate::signals::terminate() => {
+                info!("{name} received: shutting down");
+                notify(&[sd_notify::NotifyState::Stopping]);
+                shutdown.cancel();
+                return;
+            }
+            _ = crate::signals::reload() => {
+                let _ = reload.try_send(());
+            }
+        }
+    }
+}
+
+/// Half the systemd watchdog period, when `WatchdogSec=` is set for this process.
+fn watchdog_interval() -> Option<Duration> {
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        Some(Duration::from_micros(usec / 2))
+    } else {
+        None
+    }
+}
+
+/// Tells systemd (a no-op outside a `Type=notify` unit).
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    let _ = sd_notify::notify(false, state);
+}

@@ -1,0 +1,524 @@
+//! The daemon's wiring and its one controller loop.
+//!
+//! Theory of operation: a single controller task owns the catalog of plans, the armed
+//! schedules and the set of runs in progress. Everything else sends it messages: the folder
+//! watcher (hints), the signal futures (stop, reload), finished runs (their join handles).
+//! The controller sleeps until the earliest of: the next fire time, a due rescan, or one
+//! minute (so a wall-clock jump or a suspend is noticed). Runs are spawned tasks that run the
+//! executor and write their own result file; the controller only decides *when* a plan runs.
+//!
+//! Shutdown: the `shutdown` token stops the loop; runs in progress get `stop` (no new calls,
+//! retries included), then after `shutdown_grace` `abort` (calls in flight abandoned); every
+//! run writes its result (`interrupted` when cut short) before `run` returns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::executor::{Executor, NoObserver, RunRequest, StopTokens};
+use crate::plan::catalog::{Catalog, Diff};
+use crate::plan::{Overlap, Plan};
+use crate::results::{RunId, RunStatus, Trigger, write_atomic, write_report};
+use crate::scan::{FolderScanner, concerns_plans};
+use crate::settings::Settings;
+use crate::state::StateStore;
+use crate::watcher::{FolderWatcher, Hint};
+
+/// Hints are collected this long before a rescan, so a burst of events costs one scan.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// The controller looks at the wall clock at least this often.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// A fire found later than this (suspend, clock jump) is not run; the next one is armed.
+const MISSED_FIRE: Duration = Duration::from_secs(60);
+/// Folder under the results folder holding the errors of invalid plan files.
+pub const INVALID_DIR: &str = "_invalid";
+
+/// What the daemon needs, built and validated by the caller.
+pub struct DaemonParts {
+    /// Validated settings.
+    pub settings: Settings,
+    /// Runs plans.
+    pub executor: Executor,
+}
+
+/// Rebuilds the parts from the config on SIGHUP; an error keeps the old ones.
+pub type Reloader = Box<dyn FnMut() -> anyhow::Result<DaemonParts> + Send>;
+
+/// Control inputs of a daemon.
+pub struct Control {
+    /// Cancelled to shut down.
+    pub shutdown: CancellationToken,
+    /// One message per reload request (SIGHUP).
+    pub reload: mpsc::Receiver<()>,
+    /// Called once the plans are loaded and schedules armed (systemd `READY=1`).
+    pub on_ready: Box<dyn FnOnce() + Send>,
+    /// Called with a one-line status whenever it changes (systemd `STATUS=`).
+    pub on_status: Box<dyn FnMut(&str) + Send>,
+    /// Called at least every `interval` from the controller loop (systemd `WATCHDOG=1`).
+    pub watchdog: Option<(Duration, Box<dyn FnMut() + Send>)>,
+}
+
+/// A plan's schedule state.
+struct Armed {
+    plan: Arc<Plan>,
+    next: Option<DateTime<Utc>>,
+    /// The last fire time used, so that a clock set back never fires the same time twice.
+    last_fired: Option<DateTime<Utc>>,
+}
+
+/// What the controller keeps about one plan's runs.
+#[derive(Default)]
+struct RunSlots {
+    running: usize,
+    /// One fire waiting for the current run to end (`overlap: queue`, and arrivals).
+    queued: Option<(Arc<Plan>, Trigger, Option<DateTime<Utc>>)>,
+}
+
+struct Controller {
+    settings: Settings,
+    executor: Executor,
+    store: StateStore,
+    catalog: Catalog,
+    scanner: FolderScanner,
+    armed: BTreeMap<String, Armed>,
+    slots: HashMap<String, RunSlots>,
+    runs: JoinSet<(String, RunStatus)>,
+    stop: StopTokens,
+    /// Invalid-file reports currently written, file name -> text.
+    invalid_written: BTreeMap<String, String>,
+    status: String,
+}
+
+/// Runs the daemon until `control.shutdown` is cancelled. Returns after every run in progress
+/// has written its result.
+pub async fn run(parts: DaemonParts, mut control: Control, mut reloader: Option<Reloader>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let DaemonParts { settings, executor } = parts;
+    let store = StateStore::open(&settings.state_dir).context("cannot open the state folder")?;
+    std::fs::create_dir_all(&settings.results_dir)
+        .with_context(|| format!("cannot create the results folder {}", settings.results_dir.display()))?;
+    let plans_dir = std::fs::canonicalize(&settings.plans_dir)
+        .with_context(|| format!("the plans folder {} is not usable", settings.plans_dir.display()))?;
+    check_folder_permissions(&plans_dir);
+    let (mut watcher, mut hints) = start_watcher(&plans_dir);
+
+    let mut c = Controller {
+        settings,
+        executor,
+        store,
+        catalog: Catalog::new(),
+        scanner: FolderScanner::new(),
+        armed: BTreeMap::new(),
+        slots: HashMap::new(),
+        runs: JoinSet::new(),
+        stop: StopTokens::default(),
+        invalid_written: BTreeMap::new(),
+        status: String::new(),
+    };
+    let mut scan_at = Some(Instant::now());
+    let mut periodic = Instant::now() + c.settings.rescan_interval;
+    c.rescan(&plans_dir, &mut scan_at);
+    info!(
+        plans = c.catalog.active().count(),
+        scheduled = c.armed.len(),
+        plans_dir = %plans_dir.display(),
+        "daemon ready"
+    );
+    (control.on_ready)();
+    c.report_status(&mut control.on_status);
+    let mut next_watchdog = control.watchdog.as_ref().map(|(every, _)| Instant::now() + *every);
+
+    loop {
+        let now_wall = Utc::now();
+        let now = Instant::now();
+        let mut wake = now + MAX_SLEEP;
+        if let Some(fire) = c.armed.values().filter_map(|a| a.next).min() {
+            let until = (fire - now_wall).to_std().unwrap_or(Duration::ZERO);
+            wake = wake.min(now + until);
+        }
+        if let Some(at) = scan_at {
+            wake = wake.min(at);
+        }
+        wake = wake.min(periodic);
+        if let Some(at) = next_watchdog {
+            wake = wake.min(at);
+        }
+
+        tokio::select! {
+            biased;
+            _ = control.shutdown.cancelled() => break,
+            hint = recv_hint(&mut hints) => match hint {
+                Some(Hint::Path(path, kind)) => {
+                    if concerns_plans(&plans_dir, &path) {
+                        debug!(path = %path.display(), ?kind, "folder event");
+                        c.scanner.note(path, kind);
+                        scan_at = Some(scan_at.map_or(Instant::now() + DEBOUNCE, |a| a.min(Instant::now() + DEBOUNCE)));
+                    }
+                }
+                Some(Hint::Rescan(why)) => {
+                    warn!("{why}: rescanning the plans folder");
+                    c.scanner.forget_hints();
+                    scan_at = Some(Instant::now());
+                }
+                None => {
+                    warn!("the folder watcher stopped; relying on periodic rescans until it can be restarted");
+                    hints = None;
+                    watcher = None;
+                }
+            },
+            Some(()) = control.reload.recv() => {
+                info!("SIGHUP: reloading the configuration and rescanning plans");
+                if let Some(reload) = reloader.as_mut() {
+                    match reload() {
+                        Ok(parts) => c.apply_config(parts),
+                        Err(e) => error!("the new configuration is invalid; keeping the old one: {e:#}"),
+                    }
+                }
+                c.scanner.forget_hints();
+                scan_at = Some(Instant::now());
+            },
+            Some(done) = c.runs.join_next(), if !c.runs.is_empty() => {
+                c.run_ended(done);
+            }
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+
+        if let Some(w) = &watcher
+            && w.take_overflow()
+        {
+            warn!("folder events were dropped (too many at once): rescanning");
+            c.scanner.forget_hints();
+            scan_at = Some(Instant::now());
+        }
+        if Instant::now() >= periodic {
+            periodic = Instant::now() + c.settings.rescan_interval;
+            scan_at = Some(Instant::now());
+            if watcher.is_none() {
+                (watcher, hints) = start_watcher(&plans_dir);
+            }
+        }
+        if scan_at.is_some_and(|at| Instant::now() >= at) {
+            scan_at = None;
+            c.rescan(&plans_dir, &mut scan_at);
+        }
+        c.fire_due();
+        if let (Some(at), Some((every, ping))) = (next_watchdog, control.watchdog.as_mut())
+            && Instant::now() >= at
+        {
+            ping();
+            next_watchdog = Some(Instant::now() + *every);
+        }
+        c.report_status(&mut control.on_status);
+    }
+
+    c.shutdown().await;
+    Ok(())
+}
+
+async fn recv_hint(hints: &mut Option<mpsc::Receiver<Hint>>) -> Option<Hint> {
+    match hints {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn start_watcher(dir: &Path) -> (Option<FolderWatcher>, Option<mpsc::Receiver<Hint>>) {
+    match FolderWatcher::start(dir) {
+        Ok((w, rx)) => (Some(w), Some(rx)),
+        Err(e) => {
+            warn!("cannot watch {}: {e}; plans are picked up by periodic rescans only", dir.display());
+            (None, None)
+        }
+    }
+}
+
+/// Whoever can write a plan can deploy: warn when the folder is writable by others.
+fn check_folder_permissions(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(dir)
+        && meta.permissions().mode() & 0o002 != 0
+    {
+        warn!(
+            "the plans folder {} is writable by every user (mode {:o}): anyone on this host can deploy; chmod o-w it",
+            dir.display(),
+            meta.permissions().mode() & 0o7777
+        );
+    }
+}
+
+impl Controller {
+    fn rescan(&mut self, dir: &Path, scan_at: &mut Option<Instant>) {
+        let scan = match self.scanner.scan(dir) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("cannot read the plans folder {}: {e}; keeping the plans loaded", dir.display());
+                return;
+            }
+        };
+        if let Some(at) = scan.recheck_at {
+            *scan_at = Some(scan_at.map_or(at, |s| s.min(at)));
+        }
+        let diff = self.catalog.apply(scan.seen);
+        self.apply_diff(diff);
+        self.sync_invalid_reports();
+    }
+
+    fn apply_diff(&mut self, diff: Diff) {
+        for (file, kept) in &diff.became_invalid {
+            let issues = self.catalog.invalid_files().get(file).map(|i| i.to_string()).unwrap_or_default();
+            match kept {
+                Some(plan) => error!(
+                    plan = %plan.name,
+                    "plan file {} became invalid; its last valid version stays active:\n{issues}",
+                    file.display()
+                ),
+                None => error!("plan file {} is invalid and will not run:\n{issues}", file.display()),
+            }
+        }
+        for plan in &diff.removed {
+            info!(plan = %plan.name, "plan removed: its future fires are cancelled");
+            self.armed.remove(&plan.name);
+            if let Some(slots) = self.slots.get_mut(&plan.name) {
+                slots.queued = None;
+            }
+        }
+        for plan in diff.added.iter().chain(diff.changed.iter().map(|(_, new)| new)) {
+            let change = if diff.added.iter().any(|p| Arc::ptr_eq(p, plan)) { "loaded" } else { "changed" };
+            for w in self.catalog.warnings().filter(|w| w.file.file_name().and_then(|n| n.to_str()) == Some(plan.file_name.as_str())) {
+                warn!(plan = %plan.name, "{w}");
+            }
+            match (&plan.schedule, plan.enabled) {
+                (_, false) => {
+                    info!(plan = %plan.name, "plan {change} (disabled: it never fires)");
+                    self.armed.remove(&plan.name);
+                }
+                (Some(schedule), true) => {
+                    let last_fired = self.armed.get(&plan.name).and_then(|a| a.last_fired);
+                    let from = last_fired.map_or(Utc::now(), |l| l.max(Utc::now()));
+                    let next = schedule.next_after(from);
+                    info!(
+                        plan = %plan.name,
+                        next = next.map(|t| crate::results::ts(&t)).unwrap_or_else(|| "never".into()),
+                        "plan {change}: {:?} in {}",
+                        schedule.expr(),
+                        schedule.timezone()
+                    );
+                    self.armed.insert(plan.name.clone(), Armed { plan: plan.clone(), next, last_fired });
+                }
+                (None, true) => {
+                    self.armed.remove(&plan.name);
+                    self.arrival(plan.clone(), change);
+                }
+            }
+        }
+    }
+
+    /// A run-once plan appeared or changed: run it unless this content already ran.
+    fn arrival(&mut self, plan: Arc<Plan>, change: &str) {
+        match self.store.ran_once(&plan.name, &plan.sha256) {
+            Ok(Some(run_id)) => info!(
+                plan = %plan.name,
+                "plan {change}: this content already ran (run {run_id}); not running it again. To run it again, change the plan, or use `deployd exec`"
+            ),
+            Ok(None) => {
+                info!(plan = %plan.name, "plan {change}: running it once");
+                self.request(plan, Trigger::Arrival, None);
+            }
+            Err(e) => error!(plan = %plan.name, "cannot read the run-once memory ({e}); not running the plan to avoid a double deploy"),
+        }
+    }
+
+    fn fire_due(&mut self) {
+        let now = Utc::now();
+        let due: Vec<(Arc<Plan>, DateTime<Utc>)> = self
+            .armed
+            .values()
+            .filter_map(|a| a.next.filter(|t| *t <= now).map(|t| (a.plan.clone(), t)))
+            .collect();
+        for (plan, at) in due {
+            let late = (now - at).to_std().unwrap_or(Duration::ZERO);
+            if late > MISSED_FIRE {
+                warn!(
+                    plan = %plan.name,
+                    "missed the fire at {} by {late:?} (host asleep or clock changed); not replayed",
+                    crate::results::ts(&at)
+                );
+            } else {
+                self.request(plan.clone(), Trigger::Schedule, Some(at));
+            }
+            if let Some(a) = self.armed.get_mut(&plan.name) {
+                a.last_fired = Some(at);
+                let from = at.max(now);
+                a.next = plan.schedule.as_ref().and_then(|s| s.next_after(from));
+            }
+        }
+    }
+
+    /// Starts a run now, or applies the overlap policy if one is in progress.
+    fn request(&mut self, plan: Arc<Plan>, trigger: Trigger, scheduled_for: Option<DateTime<Utc>>) {
+        let slots = self.slots.entry(plan.name.clone()).or_default();
+        if slots.running > 0 {
+            // An arrival always waits its turn: dropping it would silently lose a deploy.
+            let policy = if trigger == Trigger::Arrival { Overlap::Queue } else { plan.overlap };
+            match policy {
+                Overlap::Skip => {
+                    warn!(plan = %plan.name, "fire skipped: the previous run is still going (overlap: skip)");
+                    return;
+                }
+                Overlap::Queue => {
+                    if slots.queued.is_some() {
+                        warn!(plan = %plan.name, "fire dropped: a run is going and another already waits (overlap: queue)");
+                    } else {
+                        info!(plan = %plan.name, "the previous run is still going: this one waits for it (overlap: queue)");
+                        slots.queued = Some((plan, trigger, scheduled_for));
+                    }
+                    return;
+                }
+                Overlap::Allow => {}
+            }
+        }
+        self.start(plan, trigger, scheduled_for);
+    }
+
+    fn start(&mut self, plan: Arc<Plan>, trigger: Trigger, scheduled_for: Option<DateTime<Utc>>) {
+        let started_at = Utc::now();
+        let run_id = RunId::new(started_at);
+        if trigger == Trigger::Arrival
+            && let Err(e) = self.store.record_once(&plan.name, &plan.sha256, &run_id)
+        {
+            error!(plan = %plan.name, "cannot record the run in the state folder ({e}); not running it, to avoid a double deploy after a restart");
+            return;
+        }
+        self.slots.entry(plan.name.clone()).or_default().running += 1;
+        let plan_dir = self.settings.plans_dir.clone();
+        let results_dir = self.settings.results_dir.clone();
+        let executor = self.executor.clone();
+        let stop = self.stop.clone();
+        let name = plan.name.clone();
+        self.runs.spawn(async move {
+            let req = RunRequest { plan, plan_dir, trigger, scheduled_for, run_id, started_at };
+            let report = executor.run(req, stop, Arc::new(NoObserver)).await;
+            match write_report(&results_dir, &report) {
+                Ok(path) => info!(plan = %report.plan, run_id = %report.run_id, status = ?report.status, "result written to {}", path.display()),
+                Err(e) => error!(plan = %report.plan, run_id = %report.run_id, "{e}"),
+            }
+            (name, report.status)
+        });
+    }
+
+    fn run_ended(&mut self, done: Result<(String, RunStatus), tokio::task::JoinError>) {
+        let name = match done {
+            Ok((name, _)) => name,
+            Err(e) => {
+                error!("a run ended abnormally: {e}");
+                return;
+            }
+        };
+        let queued = self.slots.get_mut(&name).and_then(|s| {
+            s.running = s.running.saturating_sub(1);
+            s.queued.take()
+        });
+        if let Some((plan, trigger, at)) = queued
+            && !self.stop.stop.is_cancelled()
+        {
+            // Run the latest version of the plan if it changed while waiting.
+            let plan = self.catalog.get(&plan.name).cloned().unwrap_or(plan);
+            self.start(plan, trigger, at);
+        }
+    }
+
+    fn apply_config(&mut self, parts: DaemonParts) {
+        if parts.settings.plans_dir != self.settings.plans_dir {
+            warn!("plans_dir changes take effect after a restart; still watching {}", self.settings.plans_dir.display());
+        }
+        let plans_dir = self.settings.plans_dir.clone();
+        self.settings = parts.settings;
+        self.settings.plans_dir = plans_dir;
+        self.executor = parts.executor;
+        info!("configuration reloaded (runs in progress keep the old one)");
+    }
+
+    /// Keeps `RESULTS/_invalid/<file>.txt` equal to the set of invalid plan files.
+    fn sync_invalid_reports(&mut self) {
+        let dir = self.settings.results_dir.join(INVALID_DIR);
+        let wanted: BTreeMap<String, String> = self
+            .catalog
+            .invalid_files()
+            .into_iter()
+            .filter_map(|(file, issues)| {
+                let name = file.file_name()?.to_str()?.to_string();
+                Some((format!("{name}.txt"), format!("{issues}\n")))
+            })
+            .collect();
+        if wanted.is_empty() && self.invalid_written.is_empty() && !dir.exists() {
+            return;
+        }
+        for (name, text) in &wanted {
+            if self.invalid_written.get(name) != Some(text)
+                && let Err(e) = write_atomic(&dir.join(name), text.as_bytes(), crate::results::RESULT_FILE_MODE)
+            {
+                error!("{e}");
+            }
+        }
+        // Remove reports of files that are valid again or gone (including ones left by an
+        // earlier daemon).
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".txt") && !wanted.contains_key(&name) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        self.invalid_written = wanted;
+    }
+
+    fn report_status(&mut self, on_status: &mut Box<dyn FnMut(&str) + Send>) {
+        let plans = self.catalog.active().count();
+        let invalid = self.catalog.invalid_files().len();
+        let running: usize = self.slots.values().map(|s| s.running).sum();
+        let next = self
+            .armed
+            .values()
+            .filter_map(|a| a.next.map(|t| (t, a.plan.name.clone())))
+            .min()
+            .map(|(t, name)| format!("; next: {name} at {}", crate::results::ts(&t)))
+            .unwrap_or_default();
+        let status = format!(
+            "{plans} plans ({} scheduled), {invalid} invalid, {running} running{next}",
+            self.armed.len()
+        );
+        if status != self.status {
+            on_status(&status);
+            self.status = status;
+        }
+    }
+
+    async fn shutdown(mut self) {
+        let grace = self.settings.shutdown_grace;
+        info!(runs = self.runs.len(), "shutting down: no new calls; runs in progress get {grace:?} to finish their calls");
+        self.stop.stop.cancel();
+        let deadline = Instant::now() + grace;
+        while !self.runs.is_empty() {
+            tokio::select! {
+                Some(done) = self.runs.join_next() => self.run_ended(done),
+                _ = tokio::time::sleep_until(deadline) => {
+                    warn!(runs = self.runs.len(), "grace period over: abandoning calls still in flight");
+                    self.stop.abort.cancel();
+                    while let Some(done) = self.runs.join_next().await {
+                        self.run_ended(done);
+                    }
+                }
+            }
+        }
+        info!("all runs written; bye");
+    }
+}
