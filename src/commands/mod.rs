@@ -65,7 +65,7 @@ pub struct Target {
 pub async fn connect(settings: &mut Settings, use_emulator: bool) -> anyhow::Result<Target> {
     let (endpoint, credentials, emulator) = if use_emulator {
         let token = format!("emulator-{:032x}", rand::random::<u128>());
-        let config = EmulatorConfig { tokens: vec![token.clone()], ..EmulatorConfig::default() };
+        let config = EmulatorConfig { tokens: vec![Secret::new(token.clone())], ..EmulatorConfig::default() };
         if settings.executor.project_id.is_none() {
             settings.executor.project_id = Some(config.project_id.clone());
         }
