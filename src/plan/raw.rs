@@ -384,7 +384,31 @@ pub fn plan_json_schema() -> serde_json::Value {
     let schema = schemars::generate::SchemaSettings::draft2020_12()
         .into_generator()
         .into_root_schema_for::<RawPlan>();
-    schema.to_value()
+    let mut value = schema.to_value();
+    tidy(&mut value);
+    if let Some(root) = value.as_object_mut() {
+        // `tasks` has a serde default so that its absence is reported with the other errors,
+        // but it is required.
+        root.insert("required".into(), serde_json::json!(["tasks"]));
+    }
+    value
+}
+
+/// Drops the `"default": null` that `#[serde(default)]` adds and unwraps doc-comment lines.
+fn tidy(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map.get("default").is_some_and(serde_json::Value::is_null) {
+                map.remove("default");
+            }
+            if let Some(serde_json::Value::String(d)) = map.get_mut("description") {
+                *d = d.replace('\n', " ");
+            }
+            map.values_mut().for_each(tidy);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(tidy),
+        _ => {}
+    }
 }
 
 /// A scalar's text exactly as written in `source` at `span`, for plain scalars that YAML read
@@ -395,3 +419,6 @@ pub fn source_text<'a>(source: &'a str, location: &serde_saphyr::Location) -> Op
     let len = usize::try_from(span.byte_len()?).ok()?;
     source.get(start..start.checked_add(len)?)
 }
+
+#[cfg(test)]
+mod tests;
