@@ -626,7 +626,8 @@ fn check_tasks(
         let (id, id_at, id_path, own_params, record_id) = match &item.value {
             RawTask::Id(id) => (id.clone(), item.referenced, path.clone(), None, None),
             RawTask::NonText => {
-                let text = raw::source_text(src.text, &item.referenced)
+                // `defined`: through an alias, the text is at the anchored scalar.
+                let text = raw::source_text(src.text, &item.defined)
                     .unwrap_or_default()
                     .to_string();
                 (text, item.referenced, path.clone(), None, None)

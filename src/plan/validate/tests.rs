@@ -271,6 +271,12 @@ fn a_bare_id_that_reads_as_a_number_is_judged_as_written() {
     let exp = "1234e567890123456789012345678901";
     let plan = ok(&format!("tasks:\n  - {exp}\n")).plan;
     assert_eq!(plan.tasks[0].task_id, exp);
+    // Through an alias, the anchored text is judged: a duplicate of the first.
+    let e = error_at(&format!("tasks:\n  - &n {digits}\n  - *n\n"), "tasks[1]");
+    assert!(
+        e.message.contains(&format!("{digits} is listed twice")),
+        "{e}"
+    );
     let e = error_at("tasks:\n  - 0123\n", "tasks[0]");
     assert!(e.message.contains("4 characters"), "{e}");
     error_at("tasks:\n  - yes\n", "tasks[0]");
