@@ -1,1 +1,602 @@
+//! Reading plan files: bytes -> YAML -> [`RawPlan`](super::raw::RawPlan) -> [`Plan`], with
+//! every problem turned into a [`PlanIssue`] at its line and column.
+//!
+//! [`parse_plan`] is pure (bytes in, plan or issues out) and holds the input guards: size,
+//! UTF-8, binary content, a single YAML document that is a mapping, and serde-saphyr budgets
+//! against alias bombs and deep nesting. [`load_plan_file`] and [`check_paths`] add the thin
+//! file-system layer: size-limited reads of regular files and plan discovery in folders.
 
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde_saphyr::budget::BudgetBreach;
+use serde_saphyr::granit_parser::{self, Event};
+use serde_saphyr::{
+    DuplicateKeyPolicy, Error as YamlError, MessageFormatter, NonFiniteFloatPolicy,
+};
+use sha2::{Digest, Sha256};
+
+use super::Plan;
+use super::raw::RawDocument;
+use super::validate::{PlanIssue, PlanIssues, PlanSource, validate};
+
+/// Largest plan file accepted, in bytes (1 MiB).
+pub const MAX_PLAN_BYTES: usize = 1024 * 1024;
+/// Deepest YAML nesting accepted (a valid plan needs 6 levels).
+pub const MAX_DEPTH: usize = 16;
+/// Most alias references (`*name`) in one plan file.
+pub const MAX_ALIASES: usize = 10_000;
+/// Most YAML events that aliases may replay in one plan file (against alias bombs).
+pub const MAX_REPLAYED_EVENTS: usize = 500_000;
+/// Most YAML nodes in one plan file.
+pub const MAX_NODES: usize = 1_000_000;
+
+/// A plan that passed every check, and the warnings found on the way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    /// The validated plan.
+    pub plan: Plan,
+    /// Allowed but probably wrong things, such as a plain-text `encrypt` value.
+    pub warnings: Vec<PlanIssue>,
+}
+
+/// Parses and validates the bytes of a plan file. Pure.
+///
+/// `path` is what messages show; the default plan name is its file stem, `plan.file_name` its
+/// file name and `plan.sha256` the hex SHA-256 of `bytes`.
+pub fn parse_plan(path: &Path, bytes: &[u8]) -> Result<Loaded, PlanIssues> {
+    let whole_file = |line: usize, column: usize, message: String| {
+        PlanIssues(vec![PlanIssue::new(path, line, column, "", message)])
+    };
+    if bytes.len() > MAX_PLAN_BYTES {
+        return Err(whole_file(1, 1, too_large_message()));
+    }
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let valid = &bytes[..e.valid_up_to()];
+            let (line, column) = position_after(std::str::from_utf8(valid).unwrap_or_default());
+            return Err(whole_file(
+                line,
+                column,
+                "is not UTF-8 text (a binary file, or another encoding); a plan is a UTF-8 YAML file"
+                    .into(),
+            ));
+        }
+    };
+    if let Some(at) = text.find('\0') {
+        let (line, column) = position_after(&text[..at]);
+        return Err(whole_file(
+            line,
+            column,
+            "holds a NUL character: a binary file, not a YAML plan".into(),
+        ));
+    }
+
+    let raw = match serde_saphyr::from_str_with_options::<RawDocument>(text, yaml_options()) {
+        Ok(RawDocument::Plan(raw)) => raw,
+        Ok(RawDocument::Empty) => {
+            return Err(whole_file(
+                1,
+                1,
+                "is empty: a plan is a YAML mapping with at least `tasks`".into(),
+            ));
+        }
+        Ok(RawDocument::NotMapping(kind)) => {
+            let (line, column) = first_node_position(text);
+            return Err(whole_file(
+                line,
+                column,
+                format!(
+                    "a plan is a YAML mapping of fields (`name`, `schedule`, `tasks`, ...), found {kind}"
+                ),
+            ));
+        }
+        Err(e) => return Err(PlanIssues(vec![yaml_issue(path, text, &e)])),
+    };
+
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file_stem = path
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let sha256 = hex::encode(Sha256::digest(bytes));
+    let validated = validate(
+        *raw,
+        &PlanSource {
+            file: path,
+            text,
+            file_name: &file_name,
+            file_stem: &file_stem,
+            sha256: &sha256,
+        },
+    )?;
+    Ok(Loaded {
+        plan: validated.plan,
+        warnings: validated.warnings,
+    })
+}
+
+/// Reads a plan file and parses it with [`parse_plan`].
+///
+/// Only regular files are read (a symlink is followed only to a regular file), and never more
+/// than [`MAX_PLAN_BYTES`] + 1 bytes.
+pub fn load_plan_file(path: &Path) -> Result<Loaded, PlanIssues> {
+    let bytes = read_limited(path)
+        .map_err(|message| PlanIssues(vec![PlanIssue::new(path, 1, 1, "", message)]))?;
+    parse_plan(path, &bytes)
+}
+
+/// Whether a file name is a plan by the contract: ends in `.yaml` or `.yml`, is not hidden and
+/// is not an editor leftover (`*~`, `*.swp`, `*.tmp`, `#*#`).
+pub fn is_plan_file_name(name: &str) -> bool {
+    let leftover = name.ends_with('~')
+        || name.ends_with(".swp")
+        || name.ends_with(".tmp")
+        || (name.len() >= 2 && name.starts_with('#') && name.ends_with('#'));
+    let stem = name
+        .strip_suffix(".yaml")
+        .or_else(|| name.strip_suffix(".yml"));
+    !name.starts_with('.') && !leftover && stem.is_some_and(|s| !s.is_empty())
+}
+
+/// The plan files directly in `dir` (not in sub-folders), sorted by name.
+///
+/// Folders are skipped even when their name looks like a plan; anything else with a plan file
+/// name is listed, so that [`load_plan_file`] can report what is wrong with it.
+pub fn plan_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if !is_plan_file_name(&name) {
+            continue;
+        }
+        let path = entry.path();
+        if fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        names.push(name);
+    }
+    names.sort();
+    Ok(names.into_iter().map(|n| dir.join(n)).collect())
+}
+
+/// The outcome of `deployd check PATH...`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckReport {
+    /// The valid plans, in the order found.
+    pub plans: Vec<Loaded>,
+    /// Every error found, in every file.
+    pub issues: Vec<PlanIssue>,
+}
+
+/// Checks files and folders as `deployd check` does.
+///
+/// Folders expand to their plan files ([`plan_files_in`]); a path given as a file is checked
+/// even if its name would be ignored in a folder; a missing path is an issue. Two plans with
+/// the same name in one folder are both reported and neither is returned, as the daemon would
+/// run neither.
+pub fn check_paths(paths: &[PathBuf]) -> CheckReport {
+    let mut issues = Vec::new();
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut seen: HashSet<PathBuf> = HashSet::new();
+    let mut add = |file: PathBuf, files: &mut Vec<PathBuf>| {
+        let key = fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
+        if seen.insert(key) {
+            files.push(file);
+        }
+    };
+    for path in paths {
+        match fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                issues.push(PlanIssue::new(path, 1, 1, "", "no such file or folder"));
+            }
+            Err(e) => issues.push(PlanIssue::new(path, 1, 1, "", format!("cannot read: {e}"))),
+            Ok(meta) if meta.is_dir() => match plan_files_in(path) {
+                Ok(found) => found.into_iter().for_each(|f| add(f, &mut files)),
+                Err(e) => {
+                    issues.push(PlanIssue::new(path, 1, 1, "", format!("cannot list: {e}")));
+                }
+            },
+            Ok(_) => add(path.clone(), &mut files),
+        }
+    }
+
+    // (folder, plan name) -> files loaded with that name.
+    let mut by_name: BTreeMap<(PathBuf, String), Vec<(PathBuf, Loaded)>> = BTreeMap::new();
+    let mut order = Vec::new();
+    for file in files {
+        match load_plan_file(&file) {
+            Ok(loaded) => {
+                let folder = file
+                    .parent()
+                    .map(|p| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()))
+                    .unwrap_or_default();
+                let key = (folder, loaded.plan.name.clone());
+                if !by_name.contains_key(&key) {
+                    order.push(key.clone());
+                }
+                by_name.entry(key).or_default().push((file, loaded));
+            }
+            Err(PlanIssues(found)) => issues.extend(found),
+        }
+    }
+
+    let mut plans = Vec::new();
+    for key in order {
+        let Some(group) = by_name.remove(&key) else {
+            continue;
+        };
+        if group.len() == 1 {
+            plans.extend(group.into_iter().map(|(_, loaded)| loaded));
+            continue;
+        }
+        for (file, _) in &group {
+            let others: Vec<String> = group
+                .iter()
+                .filter(|(other, _)| other != file)
+                .map(|(other, _)| other.display().to_string())
+                .collect();
+            issues.push(PlanIssue::new(
+                file,
+                1,
+                1,
+                "name",
+                format!(
+                    "plan name {:?} is also used by {} in the same folder; names must be unique, so neither runs",
+                    key.1,
+                    others.join(", ")
+                ),
+            ));
+        }
+    }
+    CheckReport { plans, issues }
+}
+
+fn too_large_message() -> String {
+    format!(
+        "is larger than {MAX_PLAN_BYTES} bytes (1 MiB), the limit for a plan file; split the plan"
+    )
+}
+
+/// Reads at most `MAX_PLAN_BYTES + 1` bytes of a regular file.
+fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
+    let not_regular = "is not a regular file (a plan must be a regular file, or a symlink to one)";
+    // `metadata` follows symlinks: a link to a regular file is fine, a link to a FIFO or a
+    // device is refused before opening it (opening a FIFO could block).
+    let meta = fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err(not_regular.into());
+    }
+    let file = fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    // The file may have been swapped between the two calls: check what was opened.
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err(not_regular.into());
+    }
+    if meta.len() > MAX_PLAN_BYTES as u64 {
+        return Err(too_large_message());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0) + 1);
+    file.take(MAX_PLAN_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    Ok(bytes)
+}
+
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_reader_input_bytes: Some(MAX_PLAN_BYTES + 1),
+            max_depth: MAX_DEPTH,
+            flow_nesting_limit: MAX_DEPTH,
+            max_documents: 1,
+            max_aliases: MAX_ALIASES,
+            max_nodes: MAX_NODES,
+            // Reusing one anchor in many tasks is legitimate; the absolute alias count and
+            // the replay limit below bound expansion instead of a ratio heuristic.
+            enforce_alias_anchor_ratio: false,
+        },
+        duplicate_keys: DuplicateKeyPolicy::Error,
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MAX_REPLAYED_EVENTS,
+            max_replay_stack_depth: MAX_DEPTH,
+        },
+        // Bare task ids that read as numbers reach `RawTask` as numbers; their text is then
+        // taken from the source. Never let an overflowing number become a canonical string.
+        non_finite_float_policy: NonFiniteFloatPolicy::PassThrough,
+        with_snippet: false,
+    }
+}
+
+/// Turns a serde-saphyr error into an issue at its location, with a field path found by
+/// walking the YAML up to that location.
+fn yaml_issue(file: &Path, text: &str, err: &YamlError) -> PlanIssue {
+    let inner = innermost(err);
+    let location = err
+        .location()
+        .or_else(|| inner.location())
+        .filter(|l| l.line() > 0);
+    let message = yaml_message(inner);
+    match location {
+        Some(at) => {
+            let line = usize::try_from(at.line()).unwrap_or(usize::MAX);
+            let column = usize::try_from(at.column()).unwrap_or(usize::MAX);
+            PlanIssue::new(file, line, column, path_at(text, line, column), message)
+        }
+        None => PlanIssue::new(file, 1, 1, "", message),
+    }
+}
+
+fn innermost(mut err: &YamlError) -> &YamlError {
+    loop {
+        match err {
+            YamlError::WithSnippet { error, .. } | YamlError::AliasError { error, .. } => {
+                err = error;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A message for a YAML-level error, naming the limit when one was hit. Never quotes a
+/// scalar's value.
+fn yaml_message(err: &YamlError) -> String {
+    match err {
+        YamlError::DuplicateMappingKey { key, .. } => match key {
+            Some(key) => format!("duplicate key `{key}`: each key may appear once in a mapping"),
+            None => "duplicate key: each key may appear once in a mapping".into(),
+        },
+        YamlError::SerdeUnknownField {
+            field, expected, ..
+        } => format!(
+            "unknown field `{field}`; expected one of: {}",
+            expected.join(", ")
+        ),
+        YamlError::SerdeMissingField { field, .. } => format!("missing field `{field}`"),
+        YamlError::SerdeInvalidType {
+            unexpected,
+            expected,
+            ..
+        }
+        | YamlError::SerdeInvalidValue {
+            unexpected,
+            expected,
+            ..
+        } => format!("expected {expected}, found {}", kind_only(unexpected)),
+        YamlError::NullIntoString { .. } => "is empty (null); a text is needed here".into(),
+        YamlError::InvalidScalar { ty, .. } => format!("is not {}", type_name(ty)),
+        YamlError::Unexpected { expected, .. } => format!("expected {}", shape_name(expected)),
+        YamlError::MultipleDocuments { .. }
+        | YamlError::Budget {
+            breach: BudgetBreach::Documents { .. },
+            ..
+        } => {
+            "a plan file holds a single YAML document; a second one starts here (remove the `---`)"
+                .into()
+        }
+        YamlError::Budget { breach, .. } => budget_message(breach),
+        YamlError::AliasReplayLimitExceeded {
+            max_total_replayed_events,
+            ..
+        } => format!(
+            "YAML aliases expand to more than {max_total_replayed_events} events, the limit for a plan file (an alias bomb?)"
+        ),
+        YamlError::AliasExpansionLimitExceeded {
+            max_expansions_per_anchor,
+            ..
+        } => format!(
+            "an anchor is expanded more than {max_expansions_per_anchor} times, the limit for a plan file"
+        ),
+        YamlError::AliasReplayStackDepthExceeded { max_depth, .. } => {
+            format!("YAML aliases nest deeper than {max_depth} levels, the limit for a plan file")
+        }
+        YamlError::InvalidUtf8Input => "is not UTF-8 text".into(),
+        other => {
+            let text = serde_saphyr::UserMessageFormatter.format_message(other);
+            if text.contains("recursion limit exceeded") {
+                format!("YAML nesting is deeper than {MAX_DEPTH} levels, the limit for a plan file")
+            } else {
+                text.chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect()
+            }
+        }
+    }
+}
+
+fn budget_message(breach: &BudgetBreach) -> String {
+    match breach {
+        BudgetBreach::Depth { .. } => {
+            format!("YAML nesting is deeper than {MAX_DEPTH} levels, the limit for a plan file")
+        }
+        BudgetBreach::Aliases { .. } => {
+            format!("more than {MAX_ALIASES} YAML aliases, the limit for a plan file")
+        }
+        BudgetBreach::Nodes { .. } => {
+            format!("more than {MAX_NODES} YAML nodes, the limit for a plan file")
+        }
+        BudgetBreach::InputBytes { .. } => too_large_message(),
+        other => format!("the YAML is too large or too complex for a plan file ({other:?})"),
+    }
+}
+
+/// `string "abc"` -> `a string`: the kind of a value without the value itself.
+fn kind_only(unexpected: &str) -> String {
+    let kind = unexpected
+        .split([' ', '`', '"'])
+        .next()
+        .unwrap_or(unexpected);
+    match kind {
+        "string" => "a text".into(),
+        "integer" | "floating" => "a number".into(),
+        "boolean" => "a boolean".into(),
+        "sequence" => "a list".into(),
+        "map" => "a mapping".into(),
+        "unit" | "null" => "nothing (null)".into(),
+        other => other.to_string(),
+    }
+}
+
+fn type_name(ty: &str) -> &str {
+    match ty {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number of 0 or more",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "bool" | "boolean" => "a boolean (true or false)",
+        other => other,
+    }
+}
+
+fn shape_name(expected: &str) -> &str {
+    match expected {
+        "sequence start" => "a list",
+        "mapping start" => "a mapping",
+        "string scalar" => "a text (a scalar)",
+        other => other,
+    }
+}
+
+/// 1-based (line, column) just after `prefix`.
+fn position_after(prefix: &str) -> (usize, usize) {
+    let line = prefix.matches('\n').count() + 1;
+    let last = prefix.rsplit('\n').next().unwrap_or(prefix);
+    (line, last.chars().count() + 1)
+}
+
+/// A path segment while walking the YAML.
+#[derive(Debug, Clone)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+fn render_path(segments: &[Segment]) -> String {
+    let mut out = String::new();
+    for s in segments {
+        match s {
+            Segment::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Segment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// One open collection while walking the YAML.
+enum Frame {
+    Seq {
+        path: Vec<Segment>,
+        next: usize,
+    },
+    Map {
+        path: Vec<Segment>,
+        key: Option<String>,
+    },
+}
+
+/// The field path of the last YAML node starting at or before `line`:`column` (1-based), e.g.
+/// `tasks[1].params[0].key`. Best effort: empty when nothing matches.
+fn path_at(text: &str, line: usize, column: usize) -> String {
+    let mut best = String::new();
+    walk_nodes(text, |start, path| {
+        if start > (line, column) {
+            return false;
+        }
+        best = render_path(path);
+        true
+    });
+    best
+}
+
+/// Where the top-level node starts (1:1 when there is none).
+fn first_node_position(text: &str) -> (usize, usize) {
+    let mut found = (1, 1);
+    walk_nodes(text, |start, _| {
+        found = start;
+        false
+    });
+    found
+}
+
+/// Calls `visit(start, path)` for every node (keys included) in document order until it
+/// returns false. Stops at the first parse error.
+fn walk_nodes(text: &str, mut visit: impl FnMut((usize, usize), &[Segment]) -> bool) {
+    let options = granit_parser::options! { flow_nesting_limit: MAX_DEPTH + 1 };
+    let parser = granit_parser::Parser::new_from_str_with_options(text, options);
+    let mut frames: Vec<Frame> = Vec::new();
+    for item in parser.take(4 * MAX_NODES) {
+        let Ok((event, span)) = item else {
+            return;
+        };
+        let start = (span.start.line(), span.start.col() + 1);
+        let (is_node, opens_map, opens_seq, key_text) = match &event {
+            Event::Scalar(value, ..) => (true, false, false, Some(value.to_string())),
+            Event::Alias(_) => (true, false, false, None),
+            Event::SequenceStart(..) => (true, false, true, None),
+            Event::MappingStart(..) => (true, true, false, None),
+            Event::SequenceEnd | Event::MappingEnd => {
+                frames.pop();
+                continue;
+            }
+            _ => continue,
+        };
+        if !is_node {
+            continue;
+        }
+        let path: Vec<Segment> = match frames.last_mut() {
+            None => Vec::new(),
+            Some(Frame::Seq { path, next }) => {
+                let mut p = path.clone();
+                p.push(Segment::Index(*next));
+                *next += 1;
+                p
+            }
+            Some(Frame::Map { path, key }) => match key.take() {
+                // This node is a key: it names itself.
+                None => {
+                    let name = key_text.clone().unwrap_or_else(|| "?".into());
+                    let mut p = path.clone();
+                    p.push(Segment::Key(name.clone()));
+                    *key = Some(name);
+                    // A complex key is not followed into.
+                    if opens_map || opens_seq {
+                        return;
+                    }
+                    if !visit(start, &p) {
+                        return;
+                    }
+                    continue;
+                }
+                Some(name) => {
+                    let mut p = path.clone();
+                    p.push(Segment::Key(name));
+                    p
+                }
+            },
+        };
+        if !visit(start, &path) {
+            return;
+        }
+        if opens_map {
+            frames.push(Frame::Map { path, key: None });
+        } else if opens_seq {
+            frames.push(Frame::Seq { path, next: 0 });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
