@@ -145,11 +145,32 @@ mod tests {
 
     #[test]
     fn exec_takes_common_flags() {
-        let cli = Cli::try_parse_from(["deployd", "exec", "p.yaml", "--rate", "50", "--concurrency", "50", "--emulator"])
-            .expect("parses");
-        let Command::Exec(args) = cli.command else { panic!("exec expected") };
+        let cli = Cli::try_parse_from([
+            "deployd",
+            "exec",
+            "p.yaml",
+            "--rate",
+            "50",
+            "--concurrency",
+            "50",
+            "--emulator",
+        ])
+        .expect("parses");
+        let Command::Exec(args) = cli.command else {
+            panic!("exec expected")
+        };
         assert_eq!(args.common.rate, Some(50.0));
         assert!(args.common.emulator);
-        assert!(Cli::try_parse_from(["deployd", "exec", "p.yaml", "--emulator", "--endpoint", "https://x"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "deployd",
+                "exec",
+                "p.yaml",
+                "--emulator",
+                "--endpoint",
+                "https://x"
+            ])
+            .is_err()
+        );
     }
 }

@@ -99,14 +99,26 @@ struct Controller {
 
 /// Runs the daemon until `control.shutdown` is cancelled. Returns after every run in progress
 /// has written its result.
-pub async fn run(parts: DaemonParts, mut control: Control, mut reloader: Option<Reloader>) -> anyhow::Result<()> {
+pub async fn run(
+    parts: DaemonParts,
+    mut control: Control,
+    mut reloader: Option<Reloader>,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let DaemonParts { settings, executor } = parts;
     let store = StateStore::open(&settings.state_dir).context("cannot open the state folder")?;
-    std::fs::create_dir_all(&settings.results_dir)
-        .with_context(|| format!("cannot create the results folder {}", settings.results_dir.display()))?;
-    let plans_dir = std::fs::canonicalize(&settings.plans_dir)
-        .with_context(|| format!("the plans folder {} is not usable", settings.plans_dir.display()))?;
+    std::fs::create_dir_all(&settings.results_dir).with_context(|| {
+        format!(
+            "cannot create the results folder {}",
+            settings.results_dir.display()
+        )
+    })?;
+    let plans_dir = std::fs::canonicalize(&settings.plans_dir).with_context(|| {
+        format!(
+            "the plans folder {} is not usable",
+            settings.plans_dir.display()
+        )
+    })?;
     check_folder_permissions(&plans_dir);
     let (mut watcher, mut hints) = start_watcher(&plans_dir);
 
@@ -134,7 +146,10 @@ pub async fn run(parts: DaemonParts, mut control: Control, mut reloader: Option<
     );
     (control.on_ready)();
     c.report_status(&mut control.on_status);
-    let mut next_watchdog = control.watchdog.as_ref().map(|(every, _)| Instant::now() + *every);
+    let mut next_watchdog = control
+        .watchdog
+        .as_ref()
+        .map(|(every, _)| Instant::now() + *every);
 
     loop {
         let now_wall = Utc::now();
@@ -234,7 +249,10 @@ fn start_watcher(dir: &Path) -> (Option<FolderWatcher>, Option<mpsc::Receiver<Hi
     match FolderWatcher::start(dir) {
         Ok((w, rx)) => (Some(w), Some(rx)),
         Err(e) => {
-            warn!("cannot watch {}: {e}; plans are picked up by periodic rescans only", dir.display());
+            warn!(
+                "cannot watch {}: {e}; plans are picked up by periodic rescans only",
+                dir.display()
+            );
             (None, None)
         }
     }
@@ -259,7 +277,10 @@ impl Controller {
         let scan = match self.scanner.scan(dir) {
             Ok(s) => s,
             Err(e) => {
-                error!("cannot read the plans folder {}: {e}; keeping the plans loaded", dir.display());
+                error!(
+                    "cannot read the plans folder {}: {e}; keeping the plans loaded",
+                    dir.display()
+                );
                 return;
             }
         };
@@ -273,14 +294,22 @@ impl Controller {
 
     fn apply_diff(&mut self, diff: Diff) {
         for (file, kept) in &diff.became_invalid {
-            let issues = self.catalog.invalid_files().get(file).map(|i| i.to_string()).unwrap_or_default();
+            let issues = self
+                .catalog
+                .invalid_files()
+                .get(file)
+                .map(|i| i.to_string())
+                .unwrap_or_default();
             match kept {
                 Some(plan) => error!(
                     plan = %plan.name,
                     "plan file {} became invalid; its last valid version stays active:\n{issues}",
                     file.display()
                 ),
-                None => error!("plan file {} is invalid and will not run:\n{issues}", file.display()),
+                None => error!(
+                    "plan file {} is invalid and will not run:\n{issues}",
+                    file.display()
+                ),
             }
         }
         for plan in &diff.removed {
@@ -290,9 +319,19 @@ impl Controller {
                 slots.queued = None;
             }
         }
-        for plan in diff.added.iter().chain(diff.changed.iter().map(|(_, new)| new)) {
-            let change = if diff.added.iter().any(|p| Arc::ptr_eq(p, plan)) { "loaded" } else { "changed" };
-            for w in self.catalog.warnings().filter(|w| w.file.file_name().and_then(|n| n.to_str()) == Some(plan.file_name.as_str())) {
+        for plan in diff
+            .added
+            .iter()
+            .chain(diff.changed.iter().map(|(_, new)| new))
+        {
+            let change = if diff.added.iter().any(|p| Arc::ptr_eq(p, plan)) {
+                "loaded"
+            } else {
+                "changed"
+            };
+            for w in self.catalog.warnings().filter(|w| {
+                w.file.file_name().and_then(|n| n.to_str()) == Some(plan.file_name.as_str())
+            }) {
                 warn!(plan = %plan.name, "{w}");
             }
             match (&plan.schedule, plan.enabled) {
@@ -311,7 +350,14 @@ impl Controller {
                         schedule.expr(),
                         schedule.timezone()
                     );
-                    self.armed.insert(plan.name.clone(), Armed { plan: plan.clone(), next, last_fired });
+                    self.armed.insert(
+                        plan.name.clone(),
+                        Armed {
+                            plan: plan.clone(),
+                            next,
+                            last_fired,
+                        },
+                    );
                 }
                 (None, true) => {
                     self.armed.remove(&plan.name);
@@ -332,7 +378,9 @@ impl Controller {
                 info!(plan = %plan.name, "plan {change}: running it once");
                 self.request(plan, Trigger::Arrival, None);
             }
-            Err(e) => error!(plan = %plan.name, "cannot read the run-once memory ({e}); not running the plan to avoid a double deploy"),
+            Err(e) => {
+                error!(plan = %plan.name, "cannot read the run-once memory ({e}); not running the plan to avoid a double deploy")
+            }
         }
     }
 
@@ -367,7 +415,11 @@ impl Controller {
         let slots = self.slots.entry(plan.name.clone()).or_default();
         if slots.running > 0 {
             // An arrival always waits its turn: dropping it would silently lose a deploy.
-            let policy = if trigger == Trigger::Arrival { Overlap::Queue } else { plan.overlap };
+            let policy = if trigger == Trigger::Arrival {
+                Overlap::Queue
+            } else {
+                plan.overlap
+            };
             match policy {
                 Overlap::Skip => {
                     warn!(plan = %plan.name, "fire skipped: the previous run is still going (overlap: skip)");
@@ -437,7 +489,10 @@ impl Controller {
 
     fn apply_config(&mut self, parts: DaemonParts) {
         if parts.settings.plans_dir != self.settings.plans_dir {
-            warn!("plans_dir changes take effect after a restart; still watching {}", self.settings.plans_dir.display());
+            warn!(
+                "plans_dir changes take effect after a restart; still watching {}",
+                self.settings.plans_dir.display()
+            );
         }
         let plans_dir = self.settings.plans_dir.clone();
         self.settings = parts.settings;
@@ -463,7 +518,11 @@ impl Controller {
         }
         for (name, text) in &wanted {
             if self.invalid_written.get(name) != Some(text)
-                && let Err(e) = write_atomic(&dir.join(name), text.as_bytes(), crate::results::RESULT_FILE_MODE)
+                && let Err(e) = write_atomic(
+                    &dir.join(name),
+                    text.as_bytes(),
+                    crate::results::RESULT_FILE_MODE,
+                )
             {
                 error!("{e}");
             }
@@ -504,7 +563,10 @@ impl Controller {
 
     async fn shutdown(mut self) {
         let grace = self.settings.shutdown_grace;
-        info!(runs = self.runs.len(), "shutting down: no new calls; runs in progress get {grace:?} to finish their calls");
+        info!(
+            runs = self.runs.len(),
+            "shutting down: no new calls; runs in progress get {grace:?} to finish their calls"
+        );
         self.stop.stop.cancel();
         let deadline = Instant::now() + grace;
         while !self.runs.is_empty() {

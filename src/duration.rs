@@ -11,7 +11,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if digits.is_empty() {
         return Err(format!("{text:?} is not a duration: {hint}"));
     }
-    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is too large"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is too large"))?;
     let millis = match unit {
         "ms" => Some(n),
         "s" => n.checked_mul(1000),
@@ -21,7 +23,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" => return Err(format!("{text:?} has no unit: {hint}")),
         _ => return Err(format!("{text:?} has an unknown unit {unit:?}: {hint}")),
     };
-    millis.map(Duration::from_millis).ok_or_else(|| format!("{text:?} is too large"))
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[cfg(test)]
@@ -40,7 +44,16 @@ mod tests {
 
     #[test]
     fn refusals() {
-        for bad in ["", "s", "10", "1.5s", "-1s", "10 s", "3w", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "s",
+            "10",
+            "1.5s",
+            "-1s",
+            "10 s",
+            "3w",
+            "99999999999999999999s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }

@@ -13,7 +13,11 @@ async fn main() -> ExitCode {
         Err(e) => {
             let usage = e.use_stderr();
             let _ = e.print();
-            return if usage { Exit::Usage.into() } else { Exit::Ok.into() };
+            return if usage {
+                Exit::Usage.into()
+            } else {
+                Exit::Ok.into()
+            };
         }
     };
     let exit = match cli.command {

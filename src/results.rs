@@ -256,7 +256,9 @@ impl RunReport {
 
     /// The path of this report under `results_dir`.
     pub fn path_in(&self, results_dir: &Path) -> PathBuf {
-        results_dir.join(&self.plan).join(format!("{}.json", self.run_id))
+        results_dir
+            .join(&self.plan)
+            .join(format!("{}.json", self.run_id))
     }
 }
 
@@ -299,10 +301,17 @@ pub fn write_atomic(target: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteE
         .tempfile_in(dir)
         .map_err(err(dir))?;
     tmp.write_all(bytes).map_err(err(tmp.path()))?;
-    tmp.as_file().set_permissions(fs::Permissions::from_mode(mode)).map_err(err(target))?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(err(target))?;
     tmp.as_file().sync_all().map_err(err(target))?;
-    tmp.persist(target).map_err(|e| WriteError { path: target.to_path_buf(), source: e.error })?;
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err(dir))?;
+    tmp.persist(target).map_err(|e| WriteError {
+        path: target.to_path_buf(),
+        source: e.error,
+    })?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err(dir))?;
     Ok(())
 }
 
@@ -311,8 +320,14 @@ mod tests {
     use super::*;
 
     fn report() -> RunReport {
-        let t = DateTime::parse_from_rfc3339("2026-11-28T01:30:00.012Z").expect("date").with_timezone(&Utc);
-        let mut task = TaskReport::new("d2dc947ec2424d8789bb3984bb3adf45", TaskStatus::Started, vec![]);
+        let t = DateTime::parse_from_rfc3339("2026-11-28T01:30:00.012Z")
+            .expect("date")
+            .with_timezone(&Utc);
+        let mut task = TaskReport::new(
+            "d2dc947ec2424d8789bb3984bb3adf45",
+            TaskStatus::Started,
+            vec![],
+        );
         task.record_id = Some("0ee9c8e6a7dc44109541e53c6dccf47c".into());
         task.attempts = 1;
         task.http_status = Some(200);
@@ -335,8 +350,16 @@ mod tests {
 
     #[test]
     fn run_ids_sort_by_time() {
-        let a = RunId::new(DateTime::parse_from_rfc3339("2026-11-28T01:30:00Z").expect("d").with_timezone(&Utc));
-        let b = RunId::new(DateTime::parse_from_rfc3339("2026-11-28T01:30:01Z").expect("d").with_timezone(&Utc));
+        let a = RunId::new(
+            DateTime::parse_from_rfc3339("2026-11-28T01:30:00Z")
+                .expect("d")
+                .with_timezone(&Utc),
+        );
+        let b = RunId::new(
+            DateTime::parse_from_rfc3339("2026-11-28T01:30:01Z")
+                .expect("d")
+                .with_timezone(&Utc),
+        );
         assert!(a < b);
         assert!(a.as_str().starts_with("20261128T013000Z-"));
         assert_eq!(a.as_str().len(), "20261128T013000Z-3f9a1c2b".len());
@@ -348,9 +371,16 @@ mod tests {
         assert_eq!(v["scheduled_for"], "2026-11-28T01:30:00.012Z");
         assert_eq!(v["trigger"], "schedule");
         assert_eq!(v["status"], "succeeded");
-        assert_eq!(v["summary"], serde_json::json!({"total":1,"started":1,"failed":0,"skipped":0}));
+        assert_eq!(
+            v["summary"],
+            serde_json::json!({"total":1,"started":1,"failed":0,"skipped":0})
+        );
         let task = &v["tasks"][0];
-        assert_eq!(task["error_code"], serde_json::Value::Null, "nulls are written, not omitted");
+        assert_eq!(
+            task["error_code"],
+            serde_json::Value::Null,
+            "nulls are written, not omitted"
+        );
         assert!(task.get("reconciled").is_none());
         assert!(task.get("records").is_none());
         assert_eq!(task["app_component_list"], serde_json::json!([]));
@@ -358,11 +388,19 @@ mod tests {
 
     #[test]
     fn statuses() {
-        let s = |total, started| Summary { total, started, failed: total - started, skipped: 0 };
+        let s = |total, started| Summary {
+            total,
+            started,
+            failed: total - started,
+            skipped: 0,
+        };
         assert_eq!(RunReport::status_for(&s(2, 2), false), RunStatus::Succeeded);
         assert_eq!(RunReport::status_for(&s(2, 1), false), RunStatus::Partial);
         assert_eq!(RunReport::status_for(&s(2, 0), false), RunStatus::Failed);
-        assert_eq!(RunReport::status_for(&s(2, 2), true), RunStatus::Interrupted);
+        assert_eq!(
+            RunReport::status_for(&s(2, 2), true),
+            RunStatus::Interrupted
+        );
     }
 
     #[test]
@@ -370,12 +408,21 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let r = report();
         let path = write_report(dir.path(), &r).expect("written");
-        assert_eq!(path, dir.path().join("nightly-web").join(format!("{}.json", r.run_id)));
+        assert_eq!(
+            path,
+            dir.path()
+                .join("nightly-web")
+                .join(format!("{}.json", r.run_id))
+        );
         let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
-        let back: serde_json::Value = serde_json::from_slice(&fs::read(&path).expect("read")).expect("json");
+        let back: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).expect("read")).expect("json");
         assert_eq!(back["run_id"], r.run_id.as_str());
-        let names: Vec<_> = fs::read_dir(path.parent().expect("dir")).expect("ls").map(|e| e.expect("e").file_name()).collect();
+        let names: Vec<_> = fs::read_dir(path.parent().expect("dir"))
+            .expect("ls")
+            .map(|e| e.expect("e").file_name())
+            .collect();
         assert_eq!(names.len(), 1, "no temporary file left behind: {names:?}");
     }
 }

@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use sha2::{Digest, Sha256};
 
@@ -76,8 +78,10 @@ impl FolderScanner {
         let wall = SystemTime::now();
         let mut seen = BTreeMap::new();
         let mut recheck_at: Option<Instant> = None;
-        let mut later = |at: Instant| recheck_at = Some(recheck_at.map_or(at, |r: Instant| r.min(at)));
-        self.open_writes.retain(|_, at| now.duration_since(*at) < PENDING_WRITE_MAX);
+        let mut later =
+            |at: Instant| recheck_at = Some(recheck_at.map_or(at, |r: Instant| r.min(at)));
+        self.open_writes
+            .retain(|_, at| now.duration_since(*at) < PENDING_WRITE_MAX);
         for path in files {
             if let Some(at) = self.open_writes.get(&path) {
                 // Still open for writing: look again once it is closed, or after a while.
@@ -127,7 +131,8 @@ impl FolderScanner {
             return outcome.clone();
         }
         let outcome = parse_plan(path, &bytes);
-        self.cache.insert(path.to_path_buf(), (sha, outcome.clone()));
+        self.cache
+            .insert(path.to_path_buf(), (sha, outcome.clone()));
         outcome
     }
 }
@@ -150,5 +155,9 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
 
 /// Whether a hint's path concerns a plan file in `dir`.
 pub fn concerns_plans(dir: &Path, path: &Path) -> bool {
-    path.parent() == Some(dir) && path.file_name().and_then(|n| n.to_str()).is_some_and(is_plan_file_name)
+    path.parent() == Some(dir)
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(is_plan_file_name)
 }

@@ -173,7 +173,10 @@ impl Settings {
         let mut errors = Vec::new();
         let origin = config.map_or_else(|| "settings".to_string(), |p| p.display().to_string());
         let mut err = |field: &str, msg: String| errors.push(format!("{origin}: {field}: {msg}"));
-        let duration = |field: &str, value: Option<String>, default: Duration, err: &mut dyn FnMut(&str, String)| {
+        let duration = |field: &str,
+                        value: Option<String>,
+                        default: Duration,
+                        err: &mut dyn FnMut(&str, String)| {
             match value.as_deref().map(parse_duration) {
                 None => default,
                 Some(Ok(d)) => d,
@@ -186,27 +189,43 @@ impl Settings {
 
         // systemd's StateDirectory= sets $STATE_DIRECTORY: a sensible default under the unit.
         let state_root = env("STATE_DIRECTORY").map(PathBuf::from);
-        let plans_dir = o.plans_dir.clone().or(raw.plans_dir).unwrap_or_else(|| PathBuf::from("plans"));
+        let plans_dir = o
+            .plans_dir
+            .clone()
+            .or(raw.plans_dir)
+            .unwrap_or_else(|| PathBuf::from("plans"));
         let results_dir = o
             .results_dir
             .clone()
             .or(raw.results_dir)
-            .unwrap_or_else(|| state_root.as_ref().map_or_else(|| PathBuf::from("results"), |s| s.join("results")));
-        let state_dir = o
-            .state_dir
-            .clone()
-            .or(raw.state_dir)
-            .unwrap_or_else(|| state_root.as_ref().map_or_else(|| PathBuf::from("state"), |s| s.join("state")));
+            .unwrap_or_else(|| {
+                state_root
+                    .as_ref()
+                    .map_or_else(|| PathBuf::from("results"), |s| s.join("results"))
+            });
+        let state_dir = o.state_dir.clone().or(raw.state_dir).unwrap_or_else(|| {
+            state_root
+                .as_ref()
+                .map_or_else(|| PathBuf::from("state"), |s| s.join("state"))
+        });
 
         let endpoint_text = o.endpoint.clone().or(raw.endpoint);
         let region = o.region.clone().or(raw.region);
         let endpoint = match (endpoint_text, region) {
-            (Some(e), _) => Endpoint::parse(&e).map_err(|e| err("endpoint", e.to_string())).ok(),
-            (None, Some(r)) => Endpoint::for_region(&r).map_err(|e| err("region", e.to_string())).ok(),
+            (Some(e), _) => Endpoint::parse(&e)
+                .map_err(|e| err("endpoint", e.to_string()))
+                .ok(),
+            (None, Some(r)) => Endpoint::for_region(&r)
+                .map_err(|e| err("region", e.to_string()))
+                .ok(),
             (None, None) => None,
         };
 
-        let project_id = o.project_id.clone().or(raw.project_id).or_else(|| env("CLOUD_SDK_PROJECT_ID"));
+        let project_id = o
+            .project_id
+            .clone()
+            .or(raw.project_id)
+            .or_else(|| env("CLOUD_SDK_PROJECT_ID"));
         if let Some(p) = &project_id
             && let Err(e) = crate::api::rules::check_id(p)
         {
@@ -220,8 +239,18 @@ impl Settings {
             err("rate/burst/concurrency", e.to_string());
         }
 
-        let shutdown_grace = duration("shutdown_grace", raw.shutdown_grace, Duration::from_secs(30), &mut err);
-        let rescan_interval = duration("rescan_interval", raw.rescan_interval, Duration::from_secs(60), &mut err);
+        let shutdown_grace = duration(
+            "shutdown_grace",
+            raw.shutdown_grace,
+            Duration::from_secs(30),
+            &mut err,
+        );
+        let rescan_interval = duration(
+            "rescan_interval",
+            raw.rescan_interval,
+            Duration::from_secs(60),
+            &mut err,
+        );
         if rescan_interval < Duration::from_secs(1) {
             err("rescan_interval", "must be at least 1s".into());
         }
@@ -243,11 +272,24 @@ impl Settings {
         let t = raw.timeouts.unwrap_or_default();
         let client_defaults = ClientOptions::default();
         let client = ClientOptions {
-            connect_timeout: duration("timeouts.connect", t.connect, client_defaults.connect_timeout, &mut err),
-            request_timeout: duration("timeouts.request", t.request, client_defaults.request_timeout, &mut err),
+            connect_timeout: duration(
+                "timeouts.connect",
+                t.connect,
+                client_defaults.connect_timeout,
+                &mut err,
+            ),
+            request_timeout: duration(
+                "timeouts.request",
+                t.request,
+                client_defaults.request_timeout,
+                &mut err,
+            ),
             pool_idle_timeout: client_defaults.pool_idle_timeout,
         };
-        for (field, d) in [("timeouts.connect", client.connect_timeout), ("timeouts.request", client.request_timeout)] {
+        for (field, d) in [
+            ("timeouts.connect", client.connect_timeout),
+            ("timeouts.request", client.request_timeout),
+        ] {
             if d < Duration::from_millis(100) {
                 err(field, "must be at least 100ms".into());
             }
@@ -280,7 +322,8 @@ impl Settings {
 
 fn read_config(path: &Path) -> Result<RawConfig, ConfigError> {
     let fail = |msg: String| ConfigError(vec![format!("{}: {msg}", path.display())]);
-    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read the config file: {e}")))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| fail(format!("cannot read the config file: {e}")))?;
     if bytes.len() > MAX_CONFIG_BYTES {
         return Err(fail(format!("larger than {MAX_CONFIG_BYTES} bytes")));
     }
@@ -301,7 +344,8 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_contract() {
-        let s = Settings::from_raw(RawConfig::default(), &Overrides::default(), &no_env, None).expect("valid");
+        let s = Settings::from_raw(RawConfig::default(), &Overrides::default(), &no_env, None)
+            .expect("valid");
         assert_eq!((s.rate, s.burst, s.concurrency), (5.0, 1, 8));
         assert_eq!(s.shutdown_grace, Duration::from_secs(30));
         assert_eq!(s.executor.retry, RetryPolicy::default());
@@ -311,8 +355,14 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_file_and_state_directory_is_used() {
-        let raw: RawConfig = serde_saphyr::from_str("rate: 2\nconcurrency: 3\nendpoint: https://a.example\n").expect("yaml");
-        let o = Overrides { rate: Some(9.0), endpoint: Some("http://127.0.0.1:9".into()), ..Default::default() };
+        let raw: RawConfig =
+            serde_saphyr::from_str("rate: 2\nconcurrency: 3\nendpoint: https://a.example\n")
+                .expect("yaml");
+        let o = Overrides {
+            rate: Some(9.0),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            ..Default::default()
+        };
         let env = |k: &str| (k == "STATE_DIRECTORY").then(|| "/var/lib/deployd".to_string());
         let s = Settings::from_raw(raw, &o, &env, None).expect("valid");
         assert_eq!(s.rate, 9.0);

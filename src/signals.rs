@@ -5,7 +5,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// Resolves on the next SIGTERM or SIGINT, with the signal's name.
 pub async fn terminate() -> &'static str {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers there is nothing to wait for.
         return std::future::pending().await;
     };

@@ -38,9 +38,14 @@ impl StateStore {
                 .recursive(true)
                 .mode(0o750)
                 .create(&dir)
-                .map_err(|source| StateError::Io { path: dir.clone(), source })?;
+                .map_err(|source| StateError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
         }
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
     }
 
     /// The folder.
@@ -66,7 +71,11 @@ impl StateStore {
 
     /// Records, durably, that this content is being run by `run_id`. Call before any call.
     pub fn record_once(&self, plan: &str, sha256: &str, run_id: &RunId) -> Result<(), StateError> {
-        write_atomic(&self.once_path(plan, sha256), format!("{run_id}\n").as_bytes(), 0o640)?;
+        write_atomic(
+            &self.once_path(plan, sha256),
+            format!("{run_id}\n").as_bytes(),
+            0o640,
+        )?;
         Ok(())
     }
 }

@@ -12,7 +12,8 @@ use tracing_subscriber::registry::LookupSpan;
 
 /// Installs the global subscriber. `default_level` applies unless `RUST_LOG` is set.
 pub fn init(default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -48,7 +49,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: format::Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: format::Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         write!(writer, "<{}>", priority(event.metadata().level()))?;
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {

@@ -56,7 +56,13 @@ impl FolderWatcher {
             }
         })?;
         inner.watch(dir, RecursiveMode::NonRecursive)?;
-        Ok((Self { _inner: inner, overflowed }, rx))
+        Ok((
+            Self {
+                _inner: inner,
+                overflowed,
+            },
+            rx,
+        ))
     }
 
     /// Whether hints were dropped since the last call (then a full rescan is due).
@@ -73,12 +79,15 @@ pub fn hints_of(res: notify::Result<Event>) -> Vec<Hint> {
         Err(e) => return vec![Hint::Rescan(format!("watcher error: {e}"))],
     };
     if event.need_rescan() {
-        return vec![Hint::Rescan("the kernel dropped events (queue overflow)".into())];
+        return vec![Hint::Rescan(
+            "the kernel dropped events (queue overflow)".into(),
+        )];
     }
     let kind = match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => HintKind::Closed,
         EventKind::Access(_) => return Vec::new(),
-        EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Other) => {
+        EventKind::Create(_)
+        | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Other) => {
             HintKind::Written
         }
         EventKind::Modify(ModifyKind::Metadata(_)) => return Vec::new(),
@@ -90,9 +99,15 @@ pub fn hints_of(res: notify::Result<Event>) -> Vec<Hint> {
         }
         EventKind::Modify(ModifyKind::Name(_)) => HintKind::Written,
         EventKind::Remove(_) => HintKind::Gone,
-        EventKind::Any | EventKind::Other => return vec![Hint::Rescan("unclassified event".into())],
+        EventKind::Any | EventKind::Other => {
+            return vec![Hint::Rescan("unclassified event".into())];
+        }
     };
-    event.paths.into_iter().map(|p| Hint::Path(p, kind)).collect()
+    event
+        .paths
+        .into_iter()
+        .map(|p| Hint::Path(p, kind))
+        .collect()
 }
 
 #[cfg(test)]
@@ -104,15 +119,39 @@ mod tests {
     fn classifies_events() {
         let ev = |kind| Ok(Event::new(kind).add_path(PathBuf::from("/p/a.yaml")));
         let path = |k| vec![Hint::Path(PathBuf::from("/p/a.yaml"), k)];
-        assert_eq!(hints_of(ev(EventKind::Create(CreateKind::File))), path(HintKind::Written));
-        assert_eq!(hints_of(ev(EventKind::Modify(ModifyKind::Data(DataChange::Any)))), path(HintKind::Written));
-        assert_eq!(hints_of(ev(EventKind::Access(AccessKind::Close(AccessMode::Write)))), path(HintKind::Closed));
-        assert_eq!(hints_of(ev(EventKind::Access(AccessKind::Close(AccessMode::Read)))), vec![]);
-        assert_eq!(hints_of(ev(EventKind::Modify(ModifyKind::Name(RenameMode::To)))), path(HintKind::RenamedIn));
-        assert_eq!(hints_of(ev(EventKind::Modify(ModifyKind::Name(RenameMode::From)))), path(HintKind::Gone));
-        assert_eq!(hints_of(ev(EventKind::Remove(notify::event::RemoveKind::File))), path(HintKind::Gone));
+        assert_eq!(
+            hints_of(ev(EventKind::Create(CreateKind::File))),
+            path(HintKind::Written)
+        );
+        assert_eq!(
+            hints_of(ev(EventKind::Modify(ModifyKind::Data(DataChange::Any)))),
+            path(HintKind::Written)
+        );
+        assert_eq!(
+            hints_of(ev(EventKind::Access(AccessKind::Close(AccessMode::Write)))),
+            path(HintKind::Closed)
+        );
+        assert_eq!(
+            hints_of(ev(EventKind::Access(AccessKind::Close(AccessMode::Read)))),
+            vec![]
+        );
+        assert_eq!(
+            hints_of(ev(EventKind::Modify(ModifyKind::Name(RenameMode::To)))),
+            path(HintKind::RenamedIn)
+        );
+        assert_eq!(
+            hints_of(ev(EventKind::Modify(ModifyKind::Name(RenameMode::From)))),
+            path(HintKind::Gone)
+        );
+        assert_eq!(
+            hints_of(ev(EventKind::Remove(notify::event::RemoveKind::File))),
+            path(HintKind::Gone)
+        );
         let overflow = Event::new(EventKind::Other).set_flag(Flag::Rescan);
-        assert!(matches!(hints_of(Ok(overflow)).as_slice(), [Hint::Rescan(_)]));
+        assert!(matches!(
+            hints_of(Ok(overflow)).as_slice(),
+            [Hint::Rescan(_)]
+        ));
     }
 
     #[tokio::test]
@@ -124,7 +163,9 @@ mod tests {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         let target = dir.path().join("p.yaml");
         loop {
-            let hint = tokio::time::timeout_at(deadline, rx.recv()).await.expect("hint before the deadline");
+            let hint = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .expect("hint before the deadline");
             if hint == Some(Hint::Path(target.clone(), HintKind::RenamedIn)) {
                 break;
             }

@@ -60,9 +60,15 @@ impl Endpoint {
     /// Parses and checks an endpoint URL. A URL without a scheme gets `https://`, as in the SDK.
     pub fn parse(text: &str) -> Result<Self, EndpointError> {
         let text = text.trim();
-        let with_scheme = if text.contains("://") { text.to_string() } else { format!("https://{text}") };
-        let url = Url::parse(&with_scheme)
-            .map_err(|e| EndpointError::Invalid { url: text.to_string(), reason: e.to_string() })?;
+        let with_scheme = if text.contains("://") {
+            text.to_string()
+        } else {
+            format!("https://{text}")
+        };
+        let url = Url::parse(&with_scheme).map_err(|e| EndpointError::Invalid {
+            url: text.to_string(),
+            reason: e.to_string(),
+        })?;
         match url.scheme() {
             "https" => {}
             "http" if is_loopback(&url) => {}
@@ -70,7 +76,10 @@ impl Endpoint {
             _ => return Err(EndpointError::Scheme(text.to_string())),
         }
         if url.host_str().is_none_or(str::is_empty) {
-            return Err(EndpointError::Invalid { url: text.to_string(), reason: "no host".into() });
+            return Err(EndpointError::Invalid {
+                url: text.to_string(),
+                reason: "no host".into(),
+            });
         }
         Ok(Self { url })
     }
@@ -80,13 +89,19 @@ impl Endpoint {
         if !KNOWN_REGIONS.contains(&region) {
             return Err(EndpointError::UnknownRegion(region.to_string()));
         }
-        Self::parse(&format!("https://codearts-deploy.{region}.myhuaweicloud.com"))
+        Self::parse(&format!(
+            "https://codearts-deploy.{region}.myhuaweicloud.com"
+        ))
     }
 
     /// `host[:port]` as sent in `Host` and signed: the port only when it is not the default.
     pub fn host_header(&self) -> String {
         let host = self.url.host_str().unwrap_or_default();
-        let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
         match self.url.port() {
             Some(port) => format!("{host}:{port}"),
             None => host,
@@ -100,7 +115,11 @@ impl Endpoint {
 
     fn join(&self, path: &str, query: &str) -> Result<Url, url::ParseError> {
         let base = self.as_str();
-        let full = if query.is_empty() { format!("{base}{path}") } else { format!("{base}{path}?{query}") };
+        let full = if query.is_empty() {
+            format!("{base}{path}")
+        } else {
+            format!("{base}{path}?{query}")
+        };
         Url::parse(&full)
     }
 
@@ -250,7 +269,11 @@ impl DeployClient {
                     error_msg: Some(failure.message),
                     ..CallInfo::default()
                 };
-                return if failure.before_send { StartOutcome::Retryable(info) } else { StartOutcome::Unknown(info) };
+                return if failure.before_send {
+                    StartOutcome::Retryable(info)
+                } else {
+                    StartOutcome::Unknown(info)
+                };
             }
         };
         let mut info = call_info(&answer);
@@ -284,19 +307,33 @@ impl DeployClient {
         start_date: NaiveDate,
         end_date: NaiveDate,
     ) -> Result<HistoryPage, GetFailure> {
-        let path = format!("/v2/{}/task/{}/history", encode_segment(project_id), encode_segment(task_id));
+        let path = format!(
+            "/v2/{}/task/{}/history",
+            encode_segment(project_id),
+            encode_segment(task_id)
+        );
         let query = [
             ("page".to_string(), page.to_string()),
             ("size".to_string(), size.to_string()),
-            ("start_date".to_string(), start_date.format("%Y-%m-%d").to_string()),
-            ("end_date".to_string(), end_date.format("%Y-%m-%d").to_string()),
+            (
+                "start_date".to_string(),
+                start_date.format("%Y-%m-%d").to_string(),
+            ),
+            (
+                "end_date".to_string(),
+                end_date.format("%Y-%m-%d").to_string(),
+            ),
         ];
         let answer = self.get(&path, &query).await?;
         serde_json::from_slice(&answer.body).map_err(|e| unreadable(&answer, e))
     }
 
     /// `GET /v2/tasks/{task_id}/state?record_id=` (ShowDeployStatus).
-    pub async fn record_status(&self, task_id: &str, record_id: &str) -> Result<RecordStatus, GetFailure> {
+    pub async fn record_status(
+        &self,
+        task_id: &str,
+        record_id: &str,
+    ) -> Result<RecordStatus, GetFailure> {
         #[derive(serde::Deserialize)]
         struct Envelope {
             result: RecordStatus,
@@ -310,15 +347,25 @@ impl DeployClient {
     }
 
     async fn get(&self, path: &str, query: &[(String, String)]) -> Result<Answer, GetFailure> {
-        let answer = self.send(Method::GET, path, query, b"").await.map_err(|f| GetFailure {
-            info: CallInfo { error_code: Some(f.class.into()), error_msg: Some(f.message), ..CallInfo::default() },
-            retryable: true,
-        })?;
+        let answer = self
+            .send(Method::GET, path, query, b"")
+            .await
+            .map_err(|f| GetFailure {
+                info: CallInfo {
+                    error_code: Some(f.class.into()),
+                    error_msg: Some(f.message),
+                    ..CallInfo::default()
+                },
+                retryable: true,
+            })?;
         if answer.status.is_success() {
             return Ok(answer);
         }
         let status = answer.status.as_u16();
-        Err(GetFailure { info: call_info(&answer), retryable: status == 429 || status >= 500 })
+        Err(GetFailure {
+            info: call_info(&answer),
+            retryable: status == 429 || status >= 500,
+        })
     }
 
     async fn send(
@@ -345,14 +392,25 @@ impl DeployClient {
                 now: Utc::now(),
             })
             .await
-            .map_err(|e| TransportFailure { before_send: true, class: "auth_failed", message: e.to_string() })?;
+            .map_err(|e| TransportFailure {
+                before_send: true,
+                class: "auth_failed",
+                message: e.to_string(),
+            })?;
         let url = self
             .endpoint
             .join(path, &prepared.query_string)
-            .map_err(|e| TransportFailure { before_send: true, class: "bad_url", message: e.to_string() })?;
+            .map_err(|e| TransportFailure {
+                before_send: true,
+                class: "bad_url",
+                message: e.to_string(),
+            })?;
         let mut header_map = HeaderMap::with_capacity(headers.len());
         for (name, value) in &headers {
-            let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) else {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) else {
                 return Err(TransportFailure {
                     before_send: true,
                     class: "bad_header",
@@ -372,7 +430,11 @@ impl DeployClient {
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.bytes().await.map_err(transport_failure)?.to_vec();
-        Ok(Answer { status, headers, body })
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
     }
 }
 
@@ -395,7 +457,11 @@ fn transport_failure(e: reqwest::Error) -> TransportFailure {
         message.push_str(&s.to_string());
         source = s.source();
     }
-    TransportFailure { before_send, class, message }
+    TransportFailure {
+        before_send,
+        class,
+        message,
+    }
 }
 
 fn call_info(answer: &Answer) -> CallInfo {
@@ -417,14 +483,23 @@ fn call_info(answer: &Answer) -> CallInfo {
         let (code, msg) = parse_error_body(&answer.body);
         (Some(code.unwrap_or_else(|| status.to_string())), msg)
     };
-    CallInfo { http_status: Some(status), request_id, error_code, error_msg, retry_after }
+    CallInfo {
+        http_status: Some(status),
+        request_id,
+        error_code,
+        error_msg,
+        retry_after,
+    }
 }
 
 fn unreadable(answer: &Answer, e: serde_json::Error) -> GetFailure {
     let mut info = call_info(answer);
     info.error_code = Some("unreadable_response".into());
     info.error_msg = Some(format!("the answer is not the expected JSON: {e}"));
-    GetFailure { info, retryable: true }
+    GetFailure {
+        info,
+        retryable: true,
+    }
 }
 
 /// Percent-encodes one path segment with an empty safe set, as the SDK does.
@@ -450,9 +525,18 @@ mod tests {
         assert!(Endpoint::parse("http://127.3.4.5").is_ok());
         assert!(Endpoint::parse("http://[::1]:9000").is_ok());
         assert!(Endpoint::parse("http://localhost:1").is_ok());
-        assert!(matches!(Endpoint::parse("http://10.0.0.1"), Err(EndpointError::InsecureHttp(_))));
-        assert!(matches!(Endpoint::parse("http://example.com"), Err(EndpointError::InsecureHttp(_))));
-        assert!(matches!(Endpoint::parse("ftp://example.com"), Err(EndpointError::Scheme(_))));
+        assert!(matches!(
+            Endpoint::parse("http://10.0.0.1"),
+            Err(EndpointError::InsecureHttp(_))
+        ));
+        assert!(matches!(
+            Endpoint::parse("http://example.com"),
+            Err(EndpointError::InsecureHttp(_))
+        ));
+        assert!(matches!(
+            Endpoint::parse("ftp://example.com"),
+            Err(EndpointError::Scheme(_))
+        ));
         assert!(Endpoint::parse("https://codearts-deploy.cn-north-4.myhuaweicloud.com").is_ok());
     }
 
@@ -470,7 +554,10 @@ mod tests {
     #[test]
     fn regions() {
         let e = Endpoint::for_region("cn-north-4").expect("known");
-        assert_eq!(e.as_str(), "https://codearts-deploy.cn-north-4.myhuaweicloud.com");
+        assert_eq!(
+            e.as_str(),
+            "https://codearts-deploy.cn-north-4.myhuaweicloud.com"
+        );
         let err = Endpoint::for_region("mars-1").expect_err("unknown");
         assert!(err.to_string().contains("cn-north-4"));
     }

@@ -65,8 +65,11 @@ impl Credentials {
     pub async fn prepare(&self, req: RequestToSign<'_>) -> Result<Prepared, AuthError> {
         match self {
             Self::Token(token) => {
-                req.headers.push(("X-Auth-Token".into(), token.expose().to_string()));
-                Ok(Prepared { query_string: canonical_query(req.query) })
+                req.headers
+                    .push(("X-Auth-Token".into(), token.expose().to_string()));
+                Ok(Prepared {
+                    query_string: canonical_query(req.query),
+                })
             }
             Self::AkSk(creds) => {
                 let signed = sign(
@@ -82,7 +85,11 @@ impl Credentials {
                     req.now,
                 );
                 *req.headers = signed.headers;
-                let query_string = signed.request_uri.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default();
+                let query_string = signed
+                    .request_uri
+                    .split_once('?')
+                    .map(|(_, q)| q.to_string())
+                    .unwrap_or_default();
                 Ok(Prepared { query_string })
             }
         }
@@ -96,7 +103,13 @@ pub fn canonical_query(pairs: &[(String, String)]) -> String {
     sorted.sort();
     sorted
         .iter()
-        .map(|(k, v)| format!("{}={}", crate::api::client::encode_segment(k), crate::api::client::encode_segment(v)))
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                crate::api::client::encode_segment(k),
+                crate::api::client::encode_segment(v)
+            )
+        })
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -115,31 +128,56 @@ pub fn credentials_from(
     auth: &crate::settings::RawAuth,
     project_id: Option<&str>,
 ) -> Result<Credentials, CredentialsError> {
-    let env = |k: &str| env(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let env = |k: &str| {
+        env(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
     if let Some(token) = env("DEPLOYD_TOKEN") {
         return Ok(Credentials::Token(Secret::new(token)));
     }
     if let Some(path) = env("DEPLOYD_TOKEN_FILE") {
-        return Ok(Credentials::Token(read_secret_file(std::path::Path::new(&path))?));
+        return Ok(Credentials::Token(read_secret_file(std::path::Path::new(
+            &path,
+        ))?));
     }
     let aksk = |ak: String, sk: Secret, security_token: Option<Secret>| {
-        Credentials::AkSk(Box::new(AkSk { ak, sk, project_id: project_id.map(str::to_string), security_token }))
+        Credentials::AkSk(Box::new(AkSk {
+            ak,
+            sk,
+            project_id: project_id.map(str::to_string),
+            security_token,
+        }))
     };
     match (env("CLOUD_SDK_AK"), env("CLOUD_SDK_SK")) {
-        (Some(ak), Some(sk)) => return Ok(aksk(ak, Secret::new(sk), env("CLOUD_SDK_SECURITY_TOKEN").map(Secret::new))),
+        (Some(ak), Some(sk)) => {
+            return Ok(aksk(
+                ak,
+                Secret::new(sk),
+                env("CLOUD_SDK_SECURITY_TOKEN").map(Secret::new),
+            ));
+        }
         (Some(_), None) | (None, Some(_)) => {
-            return Err(CredentialsError("CLOUD_SDK_AK and CLOUD_SDK_SK must be set together".into()));
+            return Err(CredentialsError(
+                "CLOUD_SDK_AK and CLOUD_SDK_SK must be set together".into(),
+            ));
         }
         (None, None) => {}
     }
     match (&auth.ak_file, &auth.sk_file) {
         (Some(ak), Some(sk)) => {
-            let security_token = auth.security_token_file.as_deref().map(read_secret_file).transpose()?;
+            let security_token = auth
+                .security_token_file
+                .as_deref()
+                .map(read_secret_file)
+                .transpose()?;
             let ak = read_secret_file(ak)?.expose().to_string();
             return Ok(aksk(ak, read_secret_file(sk)?, security_token));
         }
         (Some(_), None) | (None, Some(_)) => {
-            return Err(CredentialsError("auth.ak_file and auth.sk_file must be set together".into()));
+            return Err(CredentialsError(
+                "auth.ak_file and auth.sk_file must be set together".into(),
+            ));
         }
         (None, None) => {}
     }
@@ -158,11 +196,15 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<Secret, CredentialsErr
         Some(dir) if path.is_relative() => std::path::Path::new(&dir).join(path),
         _ => path.to_path_buf(),
     };
-    let text = std::fs::read_to_string(&full)
-        .map_err(|e| CredentialsError(format!("cannot read secret file {}: {e}", full.display())))?;
+    let text = std::fs::read_to_string(&full).map_err(|e| {
+        CredentialsError(format!("cannot read secret file {}: {e}", full.display()))
+    })?;
     let value = text.trim();
     if value.is_empty() {
-        return Err(CredentialsError(format!("secret file {} is empty", full.display())));
+        return Err(CredentialsError(format!(
+            "secret file {} is empty",
+            full.display()
+        )));
     }
     warn_if_shared(&full);
     Ok(Secret::new(value))

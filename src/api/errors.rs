@@ -38,10 +38,14 @@ fn find_code(value: &Value, depth: usize) -> (Option<String>, Option<String>) {
         ("errorCode", &["errorMsg"]),
         ("code", &["message", "reason", "msg"]),
     ];
-    let Value::Object(map) = value else { return (None, None) };
+    let Value::Object(map) = value else {
+        return (None, None);
+    };
     for (code_key, msg_keys) in PAIRS {
         if let Some(code) = map.get(code_key).and_then(scalar_text) {
-            let msg = msg_keys.iter().find_map(|k| map.get(*k).and_then(scalar_text));
+            let msg = msg_keys
+                .iter()
+                .find_map(|k| map.get(*k).and_then(scalar_text));
             return (Some(code), msg);
         }
     }
@@ -79,7 +83,9 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let when = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
+    let when = DateTime::parse_from_rfc2822(value)
+        .ok()?
+        .with_timezone(&Utc);
     Some((when - now).to_std().unwrap_or(Duration::ZERO))
 }
 
@@ -122,7 +128,10 @@ mod tests {
     #[test]
     fn nested_form() {
         let body = br#"{"error":{"code":"DEV.CH.10001","message":"bad"},"status":"failed"}"#;
-        assert_eq!(parse_error_body(body), (Some("DEV.CH.10001".into()), Some("bad".into())));
+        assert_eq!(
+            parse_error_body(body),
+            (Some("DEV.CH.10001".into()), Some("bad".into()))
+        );
     }
 
     #[test]
@@ -134,22 +143,38 @@ mod tests {
     #[test]
     fn camel_case_and_plain_text() {
         let body = br#"{"errorCode":"X.1","errorMsg":"m"}"#;
-        assert_eq!(parse_error_body(body), (Some("X.1".into()), Some("m".into())));
-        assert_eq!(parse_error_body(b"<html>Bad gateway</html>"), (None, Some("<html>Bad gateway</html>".into())));
+        assert_eq!(
+            parse_error_body(body),
+            (Some("X.1".into()), Some("m".into()))
+        );
+        assert_eq!(
+            parse_error_body(b"<html>Bad gateway</html>"),
+            (None, Some("<html>Bad gateway</html>".into()))
+        );
         assert_eq!(parse_error_body(b""), (None, None));
         let long = "x".repeat(2000);
-        assert!(parse_error_body(long.as_bytes()).1.expect("msg").ends_with("(truncated)"));
+        assert!(
+            parse_error_body(long.as_bytes())
+                .1
+                .expect("msg")
+                .ends_with("(truncated)")
+        );
     }
 
     #[test]
     fn retry_after_forms() {
-        let now = DateTime::parse_from_rfc3339("2026-11-28T01:00:00Z").expect("date").with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-11-28T01:00:00Z")
+            .expect("date")
+            .with_timezone(&Utc);
         assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
         assert_eq!(
             parse_retry_after("Sat, 28 Nov 2026 01:00:07 GMT", now),
             Some(Duration::from_secs(7))
         );
-        assert_eq!(parse_retry_after("Sat, 28 Nov 2026 00:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Sat, 28 Nov 2026 00:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 

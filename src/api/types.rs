@@ -62,7 +62,10 @@ impl StartOutcome {
     /// The exchange details, whatever the outcome.
     pub fn info(&self) -> &CallInfo {
         match self {
-            Self::Started { info, .. } | Self::Retryable(info) | Self::Final(info) | Self::Unknown(info) => info,
+            Self::Started { info, .. }
+            | Self::Retryable(info)
+            | Self::Final(info)
+            | Self::Unknown(info) => info,
         }
     }
 }
@@ -141,12 +144,21 @@ mod tests {
 
     #[test]
     fn states_map_case_insensitively_and_unknown_is_running() {
-        assert_eq!(DeployState::from_service("SUCCEEDED"), DeployState::Succeeded);
+        assert_eq!(
+            DeployState::from_service("SUCCEEDED"),
+            DeployState::Succeeded
+        );
         assert_eq!(DeployState::from_service("success"), DeployState::Succeeded);
         assert_eq!(DeployState::from_service("Error"), DeployState::Failed);
-        assert_eq!(DeployState::from_service("canceled"), DeployState::Cancelled);
+        assert_eq!(
+            DeployState::from_service("canceled"),
+            DeployState::Cancelled
+        );
         assert_eq!(DeployState::from_service("waiting"), DeployState::Running);
-        assert_eq!(DeployState::from_service("something-new"), DeployState::Running);
+        assert_eq!(
+            DeployState::from_service("something-new"),
+            DeployState::Running
+        );
     }
 
     #[test]

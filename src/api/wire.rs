@@ -91,8 +91,16 @@ mod tests {
     fn matches_the_sdk_example_bytes() {
         let body = StartBody {
             params: vec![
-                WireParam { key: "version", value: "1.2.3", ty: ParamType::Text },
-                WireParam { key: "note", value: "h\u{e9}llo", ty: ParamType::Text },
+                WireParam {
+                    key: "version",
+                    value: "1.2.3",
+                    ty: ParamType::Text,
+                },
+                WireParam {
+                    key: "note",
+                    value: "h\u{e9}llo",
+                    ty: ParamType::Text,
+                },
             ],
             record_id: None,
             trigger_source: Some("0"),
@@ -106,13 +114,19 @@ mod tests {
     #[test]
     fn empty_body_is_braces_and_nothing_is_null() {
         assert_eq!(StartBody::default().to_sdk_json(), "{}");
-        let body = StartBody { record_id: Some("r"), ..Default::default() };
+        let body = StartBody {
+            record_id: Some("r"),
+            ..Default::default()
+        };
         assert_eq!(body.to_sdk_json(), r#"{"record_id": "r"}"#);
     }
 
     #[test]
     fn escapes_like_python() {
-        assert_eq!(json_string("a\"b\\c\n\t\u{1}\u{7f}"), r#""a\"b\\c\n\t\u0001\u007f""#);
+        assert_eq!(
+            json_string("a\"b\\c\n\t\u{1}\u{7f}"),
+            r#""a\"b\\c\n\t\u0001\u007f""#
+        );
         assert_eq!(json_string("😀"), r#""\ud83d\ude00""#);
         // Whatever we write must be JSON that decodes back to the same text.
         let s = "x\u{0}y\u{2028}z😀é\"";

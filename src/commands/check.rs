@@ -26,5 +26,9 @@ pub fn check(args: &CheckArgs) -> Exit {
         if report.issues.len() == 1 { "" } else { "s" },
         if warnings == 1 { "" } else { "s" },
     );
-    if !report.issues.is_empty() || (args.deny_warnings && warnings > 0) { Exit::Failed } else { Exit::Ok }
+    if !report.issues.is_empty() || (args.deny_warnings && warnings > 0) {
+        Exit::Failed
+    } else {
+        Exit::Ok
+    }
 }

@@ -6,7 +6,11 @@ use crate::emulator::EmulatorArgs;
 /// Runs the emulator.
 pub async fn emulator(args: EmulatorArgs) -> Exit {
     let listen = args.listen;
-    match crate::emulator::serve_until(args.into_config(), listen, crate::signals::terminate()).await {
+    match crate::emulator::serve_until(args.into_config(), listen, async {
+        crate::signals::terminate().await;
+    })
+    .await
+    {
         Ok(()) => Exit::Ok,
         Err(e) => {
             eprintln!("deployd emulator: cannot serve on {listen}: {e}");

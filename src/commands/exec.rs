@@ -31,7 +31,10 @@ pub async fn exec(args: ExecArgs) -> Exit {
         Ok(l) => l,
         Err(issues) => {
             eprintln!("{issues}");
-            eprintln!("deployd: {} is not a valid plan; nothing was started", args.plan.display());
+            eprintln!(
+                "deployd: {} is not a valid plan; nothing was started",
+                args.plan.display()
+            );
             return Exit::Failed;
         }
     };
@@ -46,7 +49,12 @@ pub async fn exec(args: ExecArgs) -> Exit {
         }
     };
     let plan = Arc::new(loaded.plan);
-    let plan_dir = args.plan.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let plan_dir = args
+        .plan
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     let started_at = Utc::now();
     let req = RunRequest {
         plan: plan.clone(),
@@ -75,14 +83,20 @@ pub async fn exec(args: ExecArgs) -> Exit {
             return Exit::Failed;
         }
     }
-    if report.summary.started == report.summary.total { Exit::Ok } else { Exit::Failed }
+    if report.summary.started == report.summary.total {
+        Exit::Ok
+    } else {
+        Exit::Failed
+    }
 }
 
 /// SIGINT/SIGTERM: stop starting calls; after the grace period (or a second signal), abandon
 /// calls in flight.
 async fn watch_signals(stop: StopTokens, grace: std::time::Duration) {
     let first = crate::signals::terminate().await;
-    eprintln!("deployd: {first}: no new calls start; calls in flight may finish for {grace:?} (again to abandon them)");
+    eprintln!(
+        "deployd: {first}: no new calls start; calls in flight may finish for {grace:?} (again to abandon them)"
+    );
     stop.stop.cancel();
     tokio::select! {
         _ = crate::signals::terminate() => {}
@@ -101,8 +115,10 @@ impl Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total);
             bar.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar
         });
@@ -136,12 +152,19 @@ fn describe(task: &TaskReport) -> String {
         TaskStatus::Started => format!(
             "started  record {}{}",
             task.record_id.as_deref().unwrap_or("?"),
-            if task.reconciled { " (found in history)" } else { "" }
+            if task.reconciled {
+                " (found in history)"
+            } else {
+                ""
+            }
         ),
         TaskStatus::Failed | TaskStatus::Skipped => format!(
             "{:<8} {}{}",
             format!("{:?}", task.status).to_lowercase(),
-            task.error_code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default(),
+            task.error_code
+                .as_deref()
+                .map(|c| format!("{c}: "))
+                .unwrap_or_default(),
             task.error_msg.as_deref().unwrap_or("")
         ),
     }
@@ -149,21 +172,37 @@ fn describe(task: &TaskReport) -> String {
 
 fn print_summary(report: &RunReport, secs: f64) {
     let full = report.tasks.len() <= FULL_TABLE_MAX;
-    println!("{:<32}  {:<8}  {:>8}  RECORD / ERROR", "TASK", "STATUS", "ATTEMPTS");
-    for t in report.tasks.iter().filter(|t| full || t.status != TaskStatus::Started) {
+    println!(
+        "{:<32}  {:<8}  {:>8}  RECORD / ERROR",
+        "TASK", "STATUS", "ATTEMPTS"
+    );
+    for t in report
+        .tasks
+        .iter()
+        .filter(|t| full || t.status != TaskStatus::Started)
+    {
         let detail = match t.status {
             TaskStatus::Started => t.record_id.clone().unwrap_or_default(),
             _ => format!(
                 "{}{}",
-                t.error_code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default(),
+                t.error_code
+                    .as_deref()
+                    .map(|c| format!("{c}: "))
+                    .unwrap_or_default(),
                 t.error_msg.as_deref().unwrap_or("")
             ),
         };
         let status = format!("{:?}", t.status).to_lowercase();
-        println!("{:<32}  {:<8}  {:>8}  {detail}", t.task_id, status, t.attempts);
+        println!(
+            "{:<32}  {:<8}  {:>8}  {detail}",
+            t.task_id, status, t.attempts
+        );
     }
     if !full {
-        println!("({} started tasks not listed; see the result file)", report.summary.started);
+        println!(
+            "({} started tasks not listed; see the result file)",
+            report.summary.started
+        );
     }
     let s = &report.summary;
     println!(

@@ -2,10 +2,10 @@
 //! credentials, the embedded emulator) lives here.
 
 pub mod check;
-pub mod run;
 pub mod emulator;
 pub mod exec;
 pub mod next;
+pub mod run;
 pub mod schema;
 
 use std::process::ExitCode;
@@ -65,7 +65,10 @@ pub struct Target {
 pub async fn connect(settings: &mut Settings, use_emulator: bool) -> anyhow::Result<Target> {
     let (endpoint, credentials, emulator) = if use_emulator {
         let token = format!("emulator-{:032x}", rand::random::<u128>());
-        let config = EmulatorConfig { tokens: vec![Secret::new(token.clone())], ..EmulatorConfig::default() };
+        let config = EmulatorConfig {
+            tokens: vec![Secret::new(token.clone())],
+            ..EmulatorConfig::default()
+        };
         if settings.executor.project_id.is_none() {
             settings.executor.project_id = Some(config.project_id.clone());
         }
@@ -74,16 +77,35 @@ pub async fn connect(settings: &mut Settings, use_emulator: bool) -> anyhow::Res
             .context("cannot start the embedded emulator")?;
         tracing::info!("using the embedded emulator at {}", emulator.base_url());
         let endpoint = Endpoint::parse(&emulator.base_url()).context("the emulator's address")?;
-        (endpoint, Credentials::Token(Secret::new(token)), Some(emulator))
+        (
+            endpoint,
+            Credentials::Token(Secret::new(token)),
+            Some(emulator),
+        )
     } else {
         let endpoint = settings.endpoint.clone().context(
             "no API endpoint: pass --endpoint URL or --region ID (or endpoint/region in the config), or --emulator",
         )?;
-        let credentials = credentials_from(&process_env, &settings.auth, settings.executor.project_id.as_deref())?;
+        let credentials = credentials_from(
+            &process_env,
+            &settings.auth,
+            settings.executor.project_id.as_deref(),
+        )?;
         (endpoint, credentials, None)
     };
-    tracing::info!(auth = credentials.method_name(), endpoint = endpoint.as_str(), "API client ready");
+    tracing::info!(
+        auth = credentials.method_name(),
+        endpoint = endpoint.as_str(),
+        "API client ready"
+    );
     let client = DeployClient::new(endpoint, credentials, settings.client)?;
-    let limits = Arc::new(Limits::new(settings.rate, settings.burst, settings.concurrency)?);
-    Ok(Target { executor: Executor::new(client, limits, settings.executor.clone()), emulator })
+    let limits = Arc::new(Limits::new(
+        settings.rate,
+        settings.burst,
+        settings.concurrency,
+    )?);
+    Ok(Target {
+        executor: Executor::new(client, limits, settings.executor.clone()),
+        emulator,
+    })
 }

@@ -18,20 +18,40 @@ pub fn next(args: &NextArgs) -> Exit {
     for loaded in &report.plans {
         let plan = &loaded.plan;
         match &plan.schedule {
-            None => println!("{}: no schedule: runs once when it arrives or changes", plan.name),
+            None => println!(
+                "{}: no schedule: runs once when it arrives or changes",
+                plan.name
+            ),
             Some(schedule) => {
-                let state = if plan.enabled { "" } else { " (disabled: never fires)" };
-                println!("{}: {:?} in {}{state}", plan.name, schedule.expr(), schedule.timezone());
+                let state = if plan.enabled {
+                    ""
+                } else {
+                    " (disabled: never fires)"
+                };
+                println!(
+                    "{}: {:?} in {}{state}",
+                    plan.name,
+                    schedule.expr(),
+                    schedule.timezone()
+                );
                 let fires = schedule.upcoming(now, usize::from(args.count));
                 if fires.is_empty() {
                     println!("  no fire time in the next years");
                 }
                 for t in fires {
                     let local = t.with_timezone(&schedule.timezone());
-                    println!("  {}  {}", local.format("%Y-%m-%d %H:%M:%S %Z (%:z)"), ts(&t));
+                    println!(
+                        "  {}  {}",
+                        local.format("%Y-%m-%d %H:%M:%S %Z (%:z)"),
+                        ts(&t)
+                    );
                 }
             }
         }
     }
-    if report.issues.is_empty() { Exit::Ok } else { Exit::Failed }
+    if report.issues.is_empty() {
+        Exit::Ok
+    } else {
+        Exit::Failed
+    }
 }

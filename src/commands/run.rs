@@ -30,9 +30,16 @@ pub async fn run(common: Common) -> Exit {
         }
     };
     if let Err(e) = std::fs::metadata(&settings.plans_dir).and_then(|m| {
-        if m.is_dir() { Ok(()) } else { Err(std::io::Error::other("not a folder")) }
+        if m.is_dir() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("not a folder"))
+        }
     }) {
-        eprintln!("deployd: plans folder {}: {e}", settings.plans_dir.display());
+        eprintln!(
+            "deployd: plans folder {}: {e}",
+            settings.plans_dir.display()
+        );
         return Exit::Config;
     }
 
@@ -51,7 +58,8 @@ pub async fn run(common: Common) -> Exit {
             None => {
                 let handle = tokio::runtime::Handle::current();
                 let mut s = settings.clone();
-                let target = tokio::task::block_in_place(|| handle.block_on(connect(&mut s, false)))?;
+                let target =
+                    tokio::task::block_in_place(|| handle.block_on(connect(&mut s, false)))?;
                 target.executor
             }
         };
@@ -59,7 +67,8 @@ pub async fn run(common: Common) -> Exit {
     });
 
     let watchdog = watchdog_interval().map(|every| {
-        let ping: Box<dyn FnMut() + Send> = Box::new(|| notify(&[sd_notify::NotifyState::Watchdog]));
+        let ping: Box<dyn FnMut() + Send> =
+            Box::new(|| notify(&[sd_notify::NotifyState::Watchdog]));
         (every, ping)
     });
     let control = Control {

@@ -102,17 +102,31 @@ impl Limits {
     /// calls are spread as the rate says rather than bunched behind the semaphore.
     pub async fn acquire(&self, plan: Option<&Arc<Semaphore>>) -> CallPermit {
         let plan_permit = match plan {
-            Some(sem) => Some(sem.clone().acquire_owned().await.expect("plan semaphore is never closed")),
+            Some(sem) => Some(
+                sem.clone()
+                    .acquire_owned()
+                    .await
+                    .expect("plan semaphore is never closed"),
+            ),
             None => None,
         };
-        let global = self.in_flight.clone().acquire_owned().await.expect("global semaphore is never closed");
+        let global = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("global semaphore is never closed");
         let started = Instant::now();
         // A little jitter keeps waiters that became ready together from waking in lock step.
-        let jitter = Jitter::up_to(Duration::from_secs_f64(0.05 / self.rate).min(Duration::from_millis(2)));
+        let jitter =
+            Jitter::up_to(Duration::from_secs_f64(0.05 / self.rate).min(Duration::from_millis(2)));
         self.limiter.until_ready_with_jitter(jitter).await;
         let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.waited_micros.fetch_add(waited, Ordering::Relaxed);
-        CallPermit { _global: global, _plan: plan_permit }
+        CallPermit {
+            _global: global,
+            _plan: plan_permit,
+        }
     }
 }
 

@@ -112,7 +112,11 @@ pub struct Executor {
 impl Executor {
     /// An executor sharing `limits` with every other user of the same account.
     pub fn new(client: DeployClient, limits: Arc<Limits>, settings: ExecutorSettings) -> Self {
-        Self { client, limits, settings: Arc::new(settings) }
+        Self {
+            client,
+            limits,
+            settings: Arc::new(settings),
+        }
     }
 
     /// The shared limits.
@@ -127,7 +131,12 @@ impl Executor {
 
     /// Runs every task of the plan and returns the report (never fails as a whole: each task's
     /// problem is in its line).
-    pub async fn run(&self, req: RunRequest, stop: StopTokens, observer: Arc<dyn RunObserver>) -> RunReport {
+    pub async fn run(
+        &self,
+        req: RunRequest,
+        stop: StopTokens,
+        observer: Arc<dyn RunObserver>,
+    ) -> RunReport {
         let plan = req.plan.clone();
         let span = info_span!("run", plan = %plan.name, run_id = %req.run_id);
         async move {
@@ -209,7 +218,10 @@ impl Executor {
 /// Error code of a call abandoned at the end of the shutdown grace period.
 pub const ABORTED: &str = "aborted_at_shutdown";
 
-fn store(reports: &mut [Option<TaskReport>], done: Result<(usize, TaskReport), tokio::task::JoinError>) {
+fn store(
+    reports: &mut [Option<TaskReport>],
+    done: Result<(usize, TaskReport), tokio::task::JoinError>,
+) {
     match done {
         Ok((index, report)) => reports[index] = Some(report),
         // A panic in one task must not lose the run: its line stays empty and is written as
@@ -269,7 +281,8 @@ impl TaskCtx {
             Ok(r) => r,
             Err(msg) => {
                 warn!("not started: {msg}");
-                let mut r = TaskReport::new(&task.task_id, TaskStatus::Failed, unresolved_params(task));
+                let mut r =
+                    TaskReport::new(&task.task_id, TaskStatus::Failed, unresolved_params(task));
                 r.error_code = Some("param_unresolved".into());
                 r.error_msg = Some(msg);
                 return r;
@@ -280,11 +293,22 @@ impl TaskCtx {
             .map(|p| ReportParam {
                 key: p.key.clone(),
                 ty: p.ty,
-                value: Some(if p.ty == ParamType::Encrypt { MASK.into() } else { p.value.expose().to_string() }),
+                value: Some(if p.ty == ParamType::Encrypt {
+                    MASK.into()
+                } else {
+                    p.value.expose().to_string()
+                }),
             })
             .collect();
         let body = StartBody {
-            params: resolved.iter().map(|p| WireParam { key: &p.key, value: p.value.expose(), ty: p.ty }).collect(),
+            params: resolved
+                .iter()
+                .map(|p| WireParam {
+                    key: &p.key,
+                    value: p.value.expose(),
+                    ty: p.ty,
+                })
+                .collect(),
             record_id: task.record_id.as_deref(),
             trigger_source: self.plan.trigger_source.as_deref(),
         }
@@ -315,7 +339,10 @@ impl TaskCtx {
             };
             drop(permit);
             let Some(outcome) = outcome else {
-                warn!(attempt, "call abandoned at the end of the shutdown grace period; its outcome is unknown");
+                warn!(
+                    attempt,
+                    "call abandoned at the end of the shutdown grace period; its outcome is unknown"
+                );
                 set_info(&mut report, &CallInfo::default());
                 report.error_code = Some(ABORTED.into());
                 report.error_msg = Some(
@@ -367,7 +394,9 @@ impl TaskCtx {
                                 return report;
                             }
                             UnknownOutcomePolicy::Resend => {
-                                warn!("outcome unknown and {why}: sending again (unknown_outcome: resend)");
+                                warn!(
+                                    "outcome unknown and {why}: sending again (unknown_outcome: resend)"
+                                );
                                 unknown_since.get_or_insert(sent_at);
                             }
                         },
@@ -378,9 +407,16 @@ impl TaskCtx {
                     debug!(attempt, status = ?info.http_status, "retryable: {}", info.error_msg.as_deref().unwrap_or(""));
                 }
             }
-            let delay = self.policy.delay(attempt, rand::random::<f64>(), retry_after);
+            let delay = self
+                .policy
+                .delay(attempt, rand::random::<f64>(), retry_after);
             if !self.policy.allows_another(attempt, first.elapsed(), delay) {
-                warn!(attempt, "giving up: retries exhausted ({} attempts, deadline {:?})", self.policy.max_attempts(), self.policy.deadline());
+                warn!(
+                    attempt,
+                    "giving up: retries exhausted ({} attempts, deadline {:?})",
+                    self.policy.max_attempts(),
+                    self.policy.deadline()
+                );
                 return report;
             }
             tokio::select! {
@@ -396,25 +432,43 @@ impl TaskCtx {
         report.status = TaskStatus::Skipped;
         let last = report.error_msg.take();
         report.error_msg = Some(match last {
-            Some(last) => format!("not started: the run was stopped before a retry (last error: {last})"),
+            Some(last) => {
+                format!("not started: the run was stopped before a retry (last error: {last})")
+            }
             None => "not started: the run was stopped before its turn".into(),
         });
         report
     }
 
-    async fn list_all_records(&self, reconciler: &Reconciler<'_>, since: DateTime<Utc>, report: &mut TaskReport) {
-        let Ok(found) = reconciler.records_since(since).await else { return };
+    async fn list_all_records(
+        &self,
+        reconciler: &Reconciler<'_>,
+        since: DateTime<Utc>,
+        report: &mut TaskReport,
+    ) {
+        let Ok(found) = reconciler.records_since(since).await else {
+            return;
+        };
         let mut records: Vec<RecordRef> = found
             .into_iter()
-            .map(|id| RecordRef { reconciled: Some(&id) != report.record_id.as_ref() || report.reconciled, record_id: id })
+            .map(|id| RecordRef {
+                reconciled: Some(&id) != report.record_id.as_ref() || report.reconciled,
+                record_id: id,
+            })
             .collect();
         if let Some(id) = &report.record_id
             && !records.iter().any(|r| &r.record_id == id)
         {
-            records.push(RecordRef { record_id: id.clone(), reconciled: report.reconciled });
+            records.push(RecordRef {
+                record_id: id.clone(),
+                reconciled: report.reconciled,
+            });
         }
         if records.len() > 1 {
-            warn!(records = records.len(), "more than one record exists for this task after an unknown outcome");
+            warn!(
+                records = records.len(),
+                "more than one record exists for this task after an unknown outcome"
+            );
             report.records = records;
         }
     }
@@ -437,19 +491,37 @@ fn resolve_params(task: &Task, plan_dir: &Path) -> Result<Vec<Resolved>, String>
                 ParamValue::Env(name) => match std::env::var(name) {
                     Ok(v) => crate::secret::Secret::new(v),
                     Err(_) => {
-                        return Err(format!("param {:?}: environment variable {name} is not set (or not UTF-8)", p.key));
+                        return Err(format!(
+                            "param {:?}: environment variable {name} is not set (or not UTF-8)",
+                            p.key
+                        ));
                     }
                 },
                 ParamValue::File(path) => {
-                    let full = if path.is_absolute() { path.clone() } else { plan_dir.join(path) };
+                    let full = if path.is_absolute() {
+                        path.clone()
+                    } else {
+                        plan_dir.join(path)
+                    };
                     match std::fs::read_to_string(&full) {
                         Ok(text) => crate::secret::Secret::new(strip_one_newline(text)),
-                        Err(e) => return Err(format!("param {:?}: cannot read {}: {e}", p.key, full.display())),
+                        Err(e) => {
+                            return Err(format!(
+                                "param {:?}: cannot read {}: {e}",
+                                p.key,
+                                full.display()
+                            ));
+                        }
                     }
                 }
             };
-            rules::check_param_value(value.expose()).map_err(|e| format!("param {:?}: the resolved value {e}", p.key))?;
-            Ok(Resolved { key: p.key.clone(), ty: p.ty, value })
+            rules::check_param_value(value.expose())
+                .map_err(|e| format!("param {:?}: the resolved value {e}", p.key))?;
+            Ok(Resolved {
+                key: p.key.clone(),
+                ty: p.ty,
+                value,
+            })
         })
         .collect()
 }

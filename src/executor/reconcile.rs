@@ -77,7 +77,9 @@ impl<'a> Reconciler<'a> {
         if read_once {
             Lookup::NotFound
         } else {
-            Lookup::Unavailable(format!("the task's history could not be read ({last_error})"))
+            Lookup::Unavailable(format!(
+                "the task's history could not be read ({last_error})"
+            ))
         }
     }
 
@@ -90,25 +92,41 @@ impl<'a> Reconciler<'a> {
         let offset = FixedOffset::east_opt(SERVICE_OFFSET_SECS).expect("UTC+8 is a valid offset");
         let floor = since - TimeDelta::from_std(SKEW_TOLERANCE).unwrap_or_default();
         let start_date = floor.with_timezone(&offset).date_naive();
-        let end_date = Utc::now().with_timezone(&offset).date_naive().max(start_date);
+        let end_date = Utc::now()
+            .with_timezone(&offset)
+            .date_naive()
+            .max(start_date);
         let mut found: Vec<(NaiveDateTime, String)> = Vec::new();
         for page in 1..=MAX_PAGES {
             let permit = self.exec.limits.acquire(None).await;
             let answer = self
                 .exec
                 .client
-                .history_page(project_id, self.task_id, page, PAGE_SIZE, start_date, end_date)
+                .history_page(
+                    project_id,
+                    self.task_id,
+                    page,
+                    PAGE_SIZE,
+                    start_date,
+                    end_date,
+                )
                 .await;
             drop(permit);
             let answer = answer.map_err(|e| e.to_string())?;
             let seen = (page - 1) as u64 * PAGE_SIZE as u64 + answer.result.len() as u64;
             for record in answer.result {
-                let Some(started) = record.start_time.as_deref().and_then(parse_service_time) else {
+                let Some(started) = record.start_time.as_deref().and_then(parse_service_time)
+                else {
                     debug!(record = %record.execution_id, "history record without a readable start_time");
                     continue;
                 };
-                let started_utc = started.and_local_timezone(offset).single().map(|t| t.with_timezone(&Utc));
-                if started_utc.is_some_and(|t| t >= floor.with_nanosecond_floor()) && !record.execution_id.is_empty() {
+                let started_utc = started
+                    .and_local_timezone(offset)
+                    .single()
+                    .map(|t| t.with_timezone(&Utc));
+                if started_utc.is_some_and(|t| t >= floor.with_nanosecond_floor())
+                    && !record.execution_id.is_empty()
+                {
                     found.push((started, record.execution_id));
                 }
             }

@@ -77,7 +77,12 @@ impl RetryPolicy {
         if deadline < base {
             return Err(RetryPolicyError::DeadlineTooShort { base, deadline });
         }
-        Ok(Self { max_attempts, base, cap, deadline })
+        Ok(Self {
+            max_attempts,
+            base,
+            cap,
+            deadline,
+        })
     }
 
     /// This policy with a plan's overrides applied (and checked again as a whole).
@@ -145,10 +150,19 @@ mod tests {
 
     #[test]
     fn try_new_rejects_nonsense() {
-        assert_eq!(RetryPolicy::try_new(0, ms(1), ms(2), ms(10)), Err(RetryPolicyError::Attempts(0)));
-        assert_eq!(RetryPolicy::try_new(21, ms(1), ms(2), ms(10)), Err(RetryPolicyError::Attempts(21)));
+        assert_eq!(
+            RetryPolicy::try_new(0, ms(1), ms(2), ms(10)),
+            Err(RetryPolicyError::Attempts(0))
+        );
+        assert_eq!(
+            RetryPolicy::try_new(21, ms(1), ms(2), ms(10)),
+            Err(RetryPolicyError::Attempts(21))
+        );
         assert!(RetryPolicy::try_new(20, ms(1), ms(2), ms(10)).is_ok());
-        assert_eq!(RetryPolicy::try_new(3, ms(0), ms(2), ms(10)), Err(RetryPolicyError::ZeroBase));
+        assert_eq!(
+            RetryPolicy::try_new(3, ms(0), ms(2), ms(10)),
+            Err(RetryPolicyError::ZeroBase)
+        );
         assert!(matches!(
             RetryPolicy::try_new(3, ms(10), ms(5), ms(100)),
             Err(RetryPolicyError::CapBelowBase { .. })
@@ -173,15 +187,28 @@ mod tests {
         assert_eq!(p.delay(3, 0.0, None), Duration::ZERO);
         assert_eq!(p.delay(3, 0.5, None), Duration::from_secs(2));
         assert!(p.delay(3, 0.999_999, None) < Duration::from_secs(4));
-        assert_eq!(p.delay(3, 7.0, None), Duration::from_secs(4), "unit is clamped");
+        assert_eq!(
+            p.delay(3, 7.0, None),
+            Duration::from_secs(4),
+            "unit is clamped"
+        );
     }
 
     #[test]
     fn retry_after_is_a_clamped_floor() {
         let p = RetryPolicy::default();
-        assert_eq!(p.delay(1, 0.0, Some(Duration::from_secs(5))), Duration::from_secs(5));
-        assert_eq!(p.delay(1, 0.0, Some(Duration::from_secs(86_400))), Duration::from_secs(60));
-        assert_eq!(p.delay(7, 1.0, Some(Duration::from_secs(1))), Duration::from_secs(60));
+        assert_eq!(
+            p.delay(1, 0.0, Some(Duration::from_secs(5))),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            p.delay(1, 0.0, Some(Duration::from_secs(86_400))),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            p.delay(7, 1.0, Some(Duration::from_secs(1))),
+            Duration::from_secs(60)
+        );
     }
 
     #[test]
@@ -195,9 +222,18 @@ mod tests {
     #[test]
     fn overrides_are_rechecked() {
         let p = RetryPolicy::default();
-        let o = RetryOverrides { max_attempts: Some(2), ..Default::default() };
+        let o = RetryOverrides {
+            max_attempts: Some(2),
+            ..Default::default()
+        };
         assert_eq!(p.with_overrides(&o).expect("valid").max_attempts(), 2);
-        let bad = RetryOverrides { cap: Some(ms(10)), ..Default::default() };
-        assert!(p.with_overrides(&bad).is_err(), "cap below the daemon's base");
+        let bad = RetryOverrides {
+            cap: Some(ms(10)),
+            ..Default::default()
+        };
+        assert!(
+            p.with_overrides(&bad).is_err(),
+            "cap below the daemon's base"
+        );
     }
 }

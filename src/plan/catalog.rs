@@ -11,6 +11,7 @@ use super::{Plan, PlanIssue, PlanIssues};
 
 /// What a scan saw for one plan file.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // short-lived, one per file per scan
 pub enum Seen {
     /// The file was stable and read: its loader outcome.
     Read(Result<Loaded, PlanIssues>),
@@ -34,7 +35,10 @@ pub struct Diff {
 impl Diff {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty() && self.became_invalid.is_empty()
+        self.added.is_empty()
+            && self.changed.is_empty()
+            && self.removed.is_empty()
+            && self.became_invalid.is_empty()
     }
 }
 
@@ -115,7 +119,8 @@ impl Catalog {
                 }
                 Err(issues) => {
                     if entry.issues.is_none() {
-                        diff.became_invalid.push((file.clone(), entry.last_valid.clone()));
+                        diff.became_invalid
+                            .push((file.clone(), entry.last_valid.clone()));
                     }
                     entry.issues = Some(issues);
                 }
@@ -126,7 +131,10 @@ impl Catalog {
         let mut claims: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
         for (file, entry) in &self.files {
             if let Some(plan) = &entry.last_valid {
-                claims.entry(plan.name.clone()).or_default().push(file.clone());
+                claims
+                    .entry(plan.name.clone())
+                    .or_default()
+                    .push(file.clone());
             }
         }
         let mut next: BTreeMap<String, (PathBuf, Arc<Plan>)> = BTreeMap::new();
@@ -137,10 +145,17 @@ impl Catalog {
             } else {
                 // The file that already provides the name keeps it; a newcomer never takes
                 // its place, and without an incumbent nobody gets it.
-                let incumbent = self.active.get(&name).map(|(f, _)| f.clone()).filter(|f| files.contains(f));
+                let incumbent = self
+                    .active
+                    .get(&name)
+                    .map(|(f, _)| f.clone())
+                    .filter(|f| files.contains(f));
                 for f in files.iter().filter(|f| Some(*f) != incumbent.as_ref()) {
-                    let others: Vec<String> =
-                        files.iter().filter(|o| *o != f).map(|o| o.display().to_string()).collect();
+                    let others: Vec<String> = files
+                        .iter()
+                        .filter(|o| *o != f)
+                        .map(|o| o.display().to_string())
+                        .collect();
                     let issue = PlanIssue {
                         file: f.clone(),
                         line: 1,
@@ -207,7 +222,11 @@ mod tests {
                 trigger_source: None,
                 concurrency: None,
                 retry: RetryOverrides::default(),
-                tasks: vec![Task { task_id: "a".repeat(32), params: vec![], record_id: None }],
+                tasks: vec![Task {
+                    task_id: "a".repeat(32),
+                    params: vec![],
+                    record_id: None,
+                }],
             },
             warnings: vec![],
         }
@@ -224,7 +243,10 @@ mod tests {
     }
 
     fn scan(items: Vec<(&str, Seen)>) -> BTreeMap<PathBuf, Seen> {
-        items.into_iter().map(|(f, s)| (PathBuf::from(f), s)).collect()
+        items
+            .into_iter()
+            .map(|(f, s)| (PathBuf::from(f), s))
+            .collect()
     }
 
     fn names(plans: &[Arc<Plan>]) -> Vec<&str> {
@@ -234,11 +256,20 @@ mod tests {
     #[test]
     fn added_changed_removed() {
         let mut c = Catalog::new();
-        let d = c.apply(scan(vec![("a.yaml", Seen::Read(Ok(plan("a", "a.yaml", "1"))))]));
+        let d = c.apply(scan(vec![(
+            "a.yaml",
+            Seen::Read(Ok(plan("a", "a.yaml", "1"))),
+        )]));
         assert_eq!(names(&d.added), ["a"]);
-        let d = c.apply(scan(vec![("a.yaml", Seen::Read(Ok(plan("a", "a.yaml", "1"))))]));
+        let d = c.apply(scan(vec![(
+            "a.yaml",
+            Seen::Read(Ok(plan("a", "a.yaml", "1"))),
+        )]));
         assert!(d.is_empty(), "same content is no change");
-        let d = c.apply(scan(vec![("a.yaml", Seen::Read(Ok(plan("a", "a.yaml", "2"))))]));
+        let d = c.apply(scan(vec![(
+            "a.yaml",
+            Seen::Read(Ok(plan("a", "a.yaml", "2"))),
+        )]));
         assert_eq!(d.changed.len(), 1);
         assert_eq!(d.changed[0].1.sha256, "2");
         let d = c.apply(scan(vec![]));
@@ -249,14 +280,20 @@ mod tests {
     #[test]
     fn invalid_keeps_the_last_valid_version() {
         let mut c = Catalog::new();
-        c.apply(scan(vec![("a.yaml", Seen::Read(Ok(plan("a", "a.yaml", "1"))))]));
+        c.apply(scan(vec![(
+            "a.yaml",
+            Seen::Read(Ok(plan("a", "a.yaml", "1"))),
+        )]));
         let d = c.apply(scan(vec![("a.yaml", Seen::Read(Err(bad("a.yaml"))))]));
         assert_eq!(d.became_invalid.len(), 1);
         assert!(d.removed.is_empty() && d.changed.is_empty());
         assert_eq!(c.get("a").expect("still active").sha256, "1");
         assert_eq!(c.invalid_files().len(), 1);
         // Fixed: the invalid entry goes away, the new version replaces the old one.
-        let d = c.apply(scan(vec![("a.yaml", Seen::Read(Ok(plan("a", "a.yaml", "3"))))]));
+        let d = c.apply(scan(vec![(
+            "a.yaml",
+            Seen::Read(Ok(plan("a", "a.yaml", "3"))),
+        )]));
         assert_eq!(d.changed.len(), 1);
         assert!(c.invalid_files().is_empty());
         // Deleted while invalid: the kept version goes too.
@@ -277,19 +314,33 @@ mod tests {
     #[test]
     fn unsettled_files_keep_their_state() {
         let mut c = Catalog::new();
-        c.apply(scan(vec![("a.yaml", Seen::Read(Ok(plan("a", "a.yaml", "1"))))]));
+        c.apply(scan(vec![(
+            "a.yaml",
+            Seen::Read(Ok(plan("a", "a.yaml", "1"))),
+        )]));
         let d = c.apply(scan(vec![("a.yaml", Seen::Unsettled)]));
         assert!(d.is_empty());
         assert!(c.get("a").is_some());
         let d = c.apply(scan(vec![("b.yaml", Seen::Unsettled)]));
-        assert_eq!(names(&d.removed), ["a"], "a file gone from the folder is removed");
-        assert_eq!(c.active().count(), 0, "an unsettled new file is not a plan yet");
+        assert_eq!(
+            names(&d.removed),
+            ["a"],
+            "a file gone from the folder is removed"
+        );
+        assert_eq!(
+            c.active().count(),
+            0,
+            "an unsettled new file is not a plan yet"
+        );
     }
 
     #[test]
     fn duplicate_names_neither_replaces_the_other() {
         let mut c = Catalog::new();
-        c.apply(scan(vec![("a.yaml", Seen::Read(Ok(plan("web", "a.yaml", "1"))))]));
+        c.apply(scan(vec![(
+            "a.yaml",
+            Seen::Read(Ok(plan("web", "a.yaml", "1"))),
+        )]));
         let d = c.apply(scan(vec![
             ("a.yaml", Seen::Read(Ok(plan("web", "a.yaml", "1")))),
             ("b.yaml", Seen::Read(Ok(plan("web", "b.yaml", "2")))),

@@ -290,39 +290,18 @@ pub fn check_plan_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses a duration written as a whole number and a unit: `500ms`, `1s`, `2m`, `1h`.
+/// Parses a plan duration (see [`crate::duration::parse_duration`]): more than zero, at most
+/// `MAX_DURATION`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    const HINT: &str = "write a whole number and a unit: ms, s, m or h (e.g. 500ms, 30s, 2m)";
-    let text = text.trim();
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(digits_end);
-    if digits.is_empty() {
-        return Err(format!("is not a duration; {HINT}"));
-    }
-    let millis_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "" => return Err(format!("needs a unit; {HINT}")),
-        _ => return Err(format!("has an unknown unit; {HINT}")),
-    };
-    let too_long = || {
-        format!(
-            "is longer than the {}h allowed",
-            MAX_DURATION.as_secs() / 3600
-        )
-    };
-    let n: u64 = digits.parse().map_err(|_| too_long())?;
-    let millis = n.checked_mul(millis_per_unit).ok_or_else(too_long)?;
-    let d = Duration::from_millis(millis);
+    let d = crate::duration::parse_duration(text)?;
     if d.is_zero() {
         return Err("must be longer than zero".into());
     }
     if d > MAX_DURATION {
-        return Err(too_long());
+        return Err(format!(
+            "is longer than the {}h allowed",
+            MAX_DURATION.as_secs() / 3600
+        ));
     }
     Ok(d)
 }

@@ -494,12 +494,13 @@ fn durations() {
     assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
     assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
     assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
+    assert_eq!(parse_duration("1d"), Ok(MAX_DURATION));
     for bad in [
         "",
         "10",
         "s",
         "0s",
-        "1d",
+        "2d",
         "1.5s",
         "-1s",
         "25h",
