@@ -59,10 +59,16 @@ pub enum TaskStatus {
 pub struct RunId(String);
 
 impl RunId {
-    /// A new id for a run starting at `at`.
+    /// A new id for a run starting at `at`. The 8 hex digits after the second are the
+    /// millisecond (3 digits) then 20 random bits, so that ids sort by start time to the
+    /// millisecond and two runs in one millisecond still differ.
     pub fn new(at: DateTime<Utc>) -> Self {
-        let suffix: u32 = rand::random();
-        Self(format!("{}-{suffix:08x}", at.format("%Y%m%dT%H%M%SZ")))
+        let millis = at.timestamp_subsec_millis().min(999);
+        let random: u32 = rand::random::<u32>() & 0xf_ffff;
+        Self(format!(
+            "{}-{millis:03x}{random:05x}",
+            at.format("%Y%m%dT%H%M%SZ")
+        ))
     }
 
     /// Wraps an id read back from the state folder.
@@ -346,6 +352,22 @@ mod tests {
             summary,
             tasks,
         }
+    }
+
+    #[test]
+    fn run_ids_sort_within_a_second() {
+        let t = |ms| {
+            DateTime::parse_from_rfc3339(&format!("2026-11-28T01:30:00.{ms:03}Z"))
+                .expect("d")
+                .with_timezone(&Utc)
+        };
+        let ids: Vec<RunId> = [0, 1, 15, 16, 255, 256, 999]
+            .into_iter()
+            .map(|ms| RunId::new(t(ms)))
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
     }
 
     #[test]

@@ -181,12 +181,14 @@ impl std::fmt::Display for GetFailure {
 }
 
 fn describe(info: &CallInfo, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    let mut parts = Vec::new();
     if let Some(status) = info.http_status {
-        write!(f, "HTTP {status}")?;
+        parts.push(format!("HTTP {status}"));
     }
     if let Some(code) = &info.error_code {
-        write!(f, " {code}")?;
+        parts.push(code.clone());
     }
+    write!(f, "{}", parts.join(" "))?;
     if let Some(msg) = &info.error_msg {
         write!(f, ": {msg}")?;
     }

@@ -67,8 +67,8 @@ pub struct EmulatorConfig {
     pub error_rate: f64,
     /// Fraction whose connection is closed without a response before processing (no record).
     pub drop_before_rate: f64,
-    /// Fraction whose connection is closed without a response after processing (for a start
-    /// call: a record was created, the outcome is unknown to the client).
+    /// Fraction of start calls whose connection is closed without a response after
+    /// processing: a record was created, the outcome is unknown to the client.
     pub drop_after_rate: f64,
     /// Fraction held open for `hang_for`, then answered 504 (no record).
     pub hang_rate: f64,
@@ -78,6 +78,9 @@ pub struct EmulatorConfig {
     pub unknown_task_ids: HashSet<String>,
     /// Task ids whose deployments end `failed` instead of `succeeded`.
     pub failing_task_ids: HashSet<String>,
+    /// Task ids whose start calls are refused with 400 Deploy.00011002 (as the service does
+    /// for params that do not fit the task, which no client-side check can know).
+    pub rejected_task_ids: HashSet<String>,
     /// How long a deployment stays `running`.
     pub deploy_duration: Duration,
     /// Seed of the fault RNG, for reproducible runs; `None` seeds from the OS.
@@ -103,6 +106,7 @@ impl Default for EmulatorConfig {
             hang_for: Duration::from_secs(120),
             unknown_task_ids: HashSet::new(),
             failing_task_ids: HashSet::new(),
+            rejected_task_ids: HashSet::new(),
             deploy_duration: Duration::from_secs(2),
             seed: None,
             auth_required: true,
@@ -164,6 +168,11 @@ impl EmulatorConfig {
                 self.failing_task_ids
                     .iter()
                     .map(|id| ("failing_task_ids", id)),
+            )
+            .chain(
+                self.rejected_task_ids
+                    .iter()
+                    .map(|id| ("rejected_task_ids", id)),
             );
         for (name, id) in ids {
             rules::check_id(id).map_err(|reason| ConfigError::Id {
@@ -228,6 +237,9 @@ pub struct EmulatorArgs {
     /// A task id whose deployments end `failed` (repeatable).
     #[arg(long = "failing-task", value_name = "TASK_ID", value_parser = parse_id)]
     pub failing_tasks: Vec<String>,
+    /// A task id whose start calls are refused with 400 Deploy.00011002 (repeatable).
+    #[arg(long = "reject-task", value_name = "TASK_ID", value_parser = parse_id)]
+    pub rejected_tasks: Vec<String>,
     /// How long a deployment stays running, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 2_000)]
     pub deploy_ms: u64,
@@ -263,6 +275,7 @@ impl EmulatorArgs {
             hang_for: Duration::from_secs(self.hang_secs),
             unknown_task_ids: self.unknown_tasks.into_iter().collect(),
             failing_task_ids: self.failing_tasks.into_iter().collect(),
+            rejected_task_ids: self.rejected_tasks.into_iter().collect(),
             deploy_duration: Duration::from_millis(self.deploy_ms),
             seed: self.seed,
             auth_required: !self.no_auth,

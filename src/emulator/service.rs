@@ -302,7 +302,9 @@ impl Shared {
             let result = self
                 .answer(&route, &parts, body, &faults, request_id, received_at)
                 .await;
-            if faults.drop_after {
+            // Losing the answer after processing only matters for a start call (the record
+            // exists, the client cannot know): a query is simply failed and asked again.
+            if faults.drop_after && matches!(route, Route::Deploy(DeployRoute::Start { .. })) {
                 self.store().stats.dropped_after += 1;
                 return Err(DropConnection);
             }
@@ -418,6 +420,11 @@ impl Shared {
         let parsed = validate::parse_start_body(body).map_err(ApiErr::invalid)?;
         if self.config.unknown_task_ids.contains(task_id) {
             return Err(ApiErr::unknown_task(task_id));
+        }
+        if self.config.rejected_task_ids.contains(task_id) {
+            return Err(ApiErr::invalid(format!(
+                "params: the dynamic parameters do not match the ones defined on task {task_id}"
+            )));
         }
         let fails = self.config.failing_task_ids.contains(task_id);
         let mut store = self.store();

@@ -18,8 +18,10 @@ pub const SKEW_TOLERANCE: Duration = Duration::from_secs(5);
 const PAGE_SIZE: u32 = 100;
 /// Pages read at most per lookup (10,000 records of one task in a day is already absurd).
 const MAX_PAGES: u32 = 100;
-/// Pause between lookups while waiting for a record to appear.
+/// Longest pause between lookups while waiting for a record to appear.
 const POLL: Duration = Duration::from_secs(2);
+/// Failed history reads in a row before giving up on a lookup.
+const LOOKUP_FAILURES: u32 = 10;
 
 /// The answer of a history lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,40 +48,48 @@ impl<'a> Reconciler<'a> {
         Self { exec, task_id }
     }
 
-    /// Looks for a record started at or after `sent_at`, polling until the settle period ends.
+    /// Looks for a record started at or after `sent_at`, polling until the settle period has
+    /// passed since the first successful read. A failed read is retried with its own backoff
+    /// (the history is the only safe way forward), at most `LOOKUP_FAILURES` times in a row.
     pub async fn lookup(&self, sent_at: DateTime<Utc>, stop: &CancellationToken) -> Lookup {
         if self.exec.settings.project_id.is_none() {
             return Lookup::Unavailable("no project id is configured for history lookups".into());
         }
-        let deadline = tokio::time::Instant::now() + self.exec.settings.settle;
-        let mut last_error = String::new();
-        let mut read_once = false;
+        let settle = self.exec.settings.settle;
+        let poll = (settle / 4).clamp(Duration::from_millis(100), POLL);
+        let mut settled_at: Option<tokio::time::Instant> = None;
+        let mut failures = 0u32;
         loop {
-            match self.records_since(sent_at).await {
+            let pause = match self.records_since(sent_at).await {
                 Ok(records) => {
-                    read_once = true;
+                    failures = 0;
                     // The oldest record after the send time is the one our call created.
                     if let Some(first) = records.into_iter().next() {
                         return Lookup::Found(first);
                     }
+                    let deadline =
+                        *settled_at.get_or_insert_with(|| tokio::time::Instant::now() + settle);
+                    if tokio::time::Instant::now() + poll > deadline {
+                        return Lookup::NotFound;
+                    }
+                    poll
                 }
-                Err(e) => last_error = e,
-            }
-            if tokio::time::Instant::now() + POLL > deadline {
-                break;
-            }
+                Err(e) => {
+                    failures += 1;
+                    if failures >= LOOKUP_FAILURES {
+                        return Lookup::Unavailable(format!(
+                            "the task's history could not be read ({e})"
+                        ));
+                    }
+                    debug!(failures, "history query failed, trying again: {e}");
+                    Duration::from_millis(250u64 << failures.min(5)).min(Duration::from_secs(5))
+                }
+            };
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Lookup::Stopped,
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
-        }
-        if read_once {
-            Lookup::NotFound
-        } else {
-            Lookup::Unavailable(format!(
-                "the task's history could not be read ({last_error})"
-            ))
         }
     }
 

@@ -181,6 +181,36 @@ fn the_schema_accepts_every_valid_sample() {
     for name in ["valid-full.yaml", "valid-minimal.yaml", "valid-scalars.yml"] {
         assert!(valid(&fixture(name)), "{name}");
     }
+    // The sample plans the README and the quick start use.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut samples = 0;
+    for dir in ["plans", "examples"] {
+        for entry in std::fs::read_dir(root.join(dir)).expect("folder") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "yaml")
+                && path.file_name() != Some("config.yaml".as_ref())
+            {
+                let text = std::fs::read_to_string(&path).expect("read");
+                assert!(valid(&text), "{}", path.display());
+                samples += 1;
+            }
+        }
+    }
+    assert!(samples >= 2, "the sample plans were found");
+}
+
+#[test]
+fn the_committed_schema_file_is_current() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let committed: Value = serde_json::from_slice(
+        &std::fs::read(root.join("deployd.schema.json")).expect("deployd.schema.json"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        committed,
+        plan_json_schema(),
+        "regenerate with: cargo run -- schema > deployd.schema.json"
+    );
 }
 
 #[test]

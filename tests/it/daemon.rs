@@ -1,0 +1,368 @@
+//! The daemon end to end: booted in-process (plans folder, scheduler, state) against the
+//! emulator, and as a real process for signals.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deployd::api::client::{ClientOptions, DeployClient, Endpoint};
+use deployd::api::credentials::Credentials;
+use deployd::daemon::{self, Control, DaemonParts};
+use deployd::emulator::{Emulator, EmulatorConfig};
+use deployd::executor::Executor;
+use deployd::executor::limits::Limits;
+use deployd::secret::Secret;
+use deployd::settings::{Overrides, RawConfig, Settings};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::*;
+
+/// A daemon running in this process.
+struct Daemon {
+    shutdown: CancellationToken,
+    reload: mpsc::Sender<()>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Daemon {
+    fn boot(root: &Path, emulator: &Emulator) -> Self {
+        let overrides = Overrides {
+            plans_dir: Some(root.join("plans")),
+            results_dir: Some(root.join("results")),
+            state_dir: Some(root.join("state")),
+            endpoint: Some(emulator.base_url()),
+            project_id: Some(emulator.config().project_id.clone()),
+            rate: Some(100.0),
+            burst: Some(5),
+            concurrency: Some(8),
+            ..Overrides::default()
+        };
+        let raw: RawConfig =
+            serde_saphyr::from_str("rescan_interval: 60s\nshutdown_grace: 5s\nsettle: 1s\n")
+                .expect("yaml");
+        let settings = Settings::from_raw(raw, &overrides, &|_| None, None).expect("settings");
+        let endpoint = Endpoint::parse(&emulator.base_url()).expect("endpoint");
+        let client = DeployClient::new(
+            endpoint,
+            Credentials::Token(Secret::new(TOKEN)),
+            ClientOptions::default(),
+        )
+        .expect("client");
+        let limits = Arc::new(
+            Limits::new(settings.rate, settings.burst, settings.concurrency).expect("limits"),
+        );
+        let executor = Executor::new(client, limits, settings.executor.clone());
+        let shutdown = CancellationToken::new();
+        let (reload, reload_rx) = mpsc::channel(4);
+        let control = Control {
+            shutdown: shutdown.clone(),
+            reload: reload_rx,
+            on_ready: Box::new(|| {}),
+            on_status: Box::new(|_| {}),
+            watchdog: None,
+        };
+        let handle = tokio::spawn(daemon::run(
+            DaemonParts { settings, executor },
+            control,
+            None,
+        ));
+        Self {
+            shutdown,
+            reload,
+            handle,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.handle)
+            .await
+            .expect("the daemon stops in time")
+            .expect("join")
+            .expect("clean exit");
+    }
+}
+
+fn plan(tasks: &[&str], extra: &str) -> String {
+    let mut text = String::from(extra);
+    text.push_str("tasks:\n");
+    for t in tasks {
+        text.push_str(&format!("  - {t}\n"));
+    }
+    text
+}
+
+fn plans_dir(root: &Path) -> PathBuf {
+    let dir = root.join("plans");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drop_edit_delete_and_restart() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = plans_dir(root.path());
+    let emulator = start_emulator(emulator_config()).await;
+    let results_dir = root.path().join("results");
+    let d = Daemon::boot(root.path(), &emulator);
+
+    // Drop a run-once plan: one run, one result file, records as issued.
+    write(&plans.join("web.yaml"), &plan(&[T1, T2], ""));
+    wait_for(10, "first run's result", || {
+        results(&results_dir, "web").len() == 1
+    })
+    .await;
+    let first = &results(&results_dir, "web")[0];
+    assert_eq!(first["trigger"], "arrival");
+    assert_eq!(first["status"], "succeeded");
+    assert_eq!(emulator.log().len(), 2);
+
+    // Touching it (same content) does not run it again.
+    write(&plans.join("web.yaml"), &plan(&[T1, T2], ""));
+    // Edit: a second run with the new content.
+    write(&plans.join("web.yaml"), &plan(&[T1, T2, T3], "name: web\n"));
+    wait_for(10, "second run's result", || {
+        results(&results_dir, "web").len() == 2
+    })
+    .await;
+    assert_eq!(results(&results_dir, "web")[1]["summary"]["total"], 3);
+    assert_eq!(emulator.log().len(), 5);
+
+    // Delete, then drop the same content again: it already ran, so nothing happens.
+    std::fs::remove_file(plans.join("web.yaml")).expect("rm");
+    d.reload.send(()).await.expect("reload");
+    write(&plans.join("web.yaml"), &plan(&[T1, T2, T3], "name: web\n"));
+    // A sentinel plan proves the daemon looked at the folder after that.
+    write(&plans.join("sentinel.yaml"), &plan(&[T4], ""));
+    wait_for(10, "sentinel run", || {
+        results(&results_dir, "sentinel").len() == 1
+    })
+    .await;
+    assert_eq!(
+        results(&results_dir, "web").len(),
+        2,
+        "same content did not run again"
+    );
+    d.stop().await;
+
+    // Restart with the same state folder: nothing runs again.
+    let d = Daemon::boot(root.path(), &emulator);
+    write(&plans.join("sentinel2.yaml"), &plan(&[T4], ""));
+    wait_for(10, "second sentinel run", || {
+        results(&results_dir, "sentinel2").len() == 1
+    })
+    .await;
+    assert_eq!(results(&results_dir, "web").len(), 2);
+    assert_eq!(results(&results_dir, "sentinel").len(), 1);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mv_from_a_temporary_name_runs_once() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = plans_dir(root.path());
+    let emulator = start_emulator(emulator_config()).await;
+    let results_dir = root.path().join("results");
+    let d = Daemon::boot(root.path(), &emulator);
+    write(&plans.join("web.yaml.tmp"), &plan(&[T1], ""));
+    std::fs::rename(plans.join("web.yaml.tmp"), plans.join("web.yaml")).expect("mv");
+    wait_for(10, "the run", || results(&results_dir, "web").len() == 1).await;
+    // Give the folder a reason to be rescanned, then check nothing else ran.
+    write(&plans.join("other.yaml"), &plan(&[T2], ""));
+    wait_for(10, "other run", || {
+        results(&results_dir, "other").len() == 1
+    })
+    .await;
+    assert_eq!(results(&results_dir, "web").len(), 1);
+    assert_eq!(records_by_task(&emulator.log())[T1].len(), 1);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_written_in_chunks_runs_once_whole() {
+    use std::io::Write;
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = plans_dir(root.path());
+    let emulator = start_emulator(emulator_config()).await;
+    let results_dir = root.path().join("results");
+    let d = Daemon::boot(root.path(), &emulator);
+    // Each chunk on its own is a valid plan: reading early would run a truncated plan.
+    let text = plan(&[T1, T2, T3], "name: chunks\n");
+    let cut1 = text.find(T2).expect("t2") + 32;
+    let cut2 = text.len() - 10;
+    let mut file = std::fs::File::create(plans.join("chunks.yaml")).expect("create");
+    for chunk in [&text[..cut1], &text[cut1..cut2], &text[cut2..]] {
+        file.write_all(chunk.as_bytes()).expect("write");
+        file.flush().expect("flush");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    drop(file);
+    wait_for(10, "the run", || results(&results_dir, "chunks").len() == 1).await;
+    let r = &results(&results_dir, "chunks")[0];
+    assert_eq!(r["summary"]["total"], 3, "the whole plan ran");
+    assert!(
+        !results_dir
+            .join("_invalid")
+            .join("chunks.yaml.txt")
+            .exists()
+    );
+    write(&plans.join("sentinel.yaml"), &plan(&[T4], ""));
+    wait_for(10, "sentinel", || {
+        results(&results_dir, "sentinel").len() == 1
+    })
+    .await;
+    assert_eq!(results(&results_dir, "chunks").len(), 1, "exactly one run");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_plan_makes_no_call_and_the_daemon_keeps_going() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = plans_dir(root.path());
+    let emulator = start_emulator(emulator_config()).await;
+    let results_dir = root.path().join("results");
+    let d = Daemon::boot(root.path(), &emulator);
+    write(&plans.join("bad.yaml"), "tasks:\n  - not-an-id\n");
+    let report = results_dir.join("_invalid").join("bad.yaml.txt");
+    wait_for(10, "the invalid report", || report.exists()).await;
+    let text = std::fs::read_to_string(&report).expect("read");
+    assert!(text.contains("bad.yaml:2:5: tasks[0]"), "{text}");
+    write(&plans.join("good.yaml"), &plan(&[T1], ""));
+    wait_for(10, "the valid plan's run", || {
+        results(&results_dir, "good").len() == 1
+    })
+    .await;
+    assert_eq!(emulator.log().len(), 1, "only the valid plan made a call");
+    // Fixing the file removes the report (and runs it).
+    write(&plans.join("bad.yaml"), &plan(&[T2], ""));
+    wait_for(10, "the report removed", || !report.exists()).await;
+    wait_for(10, "the fixed plan's run", || {
+        results(&results_dir, "bad").len() == 1
+    })
+    .await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_second_schedule_fires_every_two_seconds_and_stops_when_deleted() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = plans_dir(root.path());
+    let emulator = start_emulator(emulator_config()).await;
+    let results_dir = root.path().join("results");
+    let d = Daemon::boot(root.path(), &emulator);
+    write(
+        &plans.join("tick.yaml"),
+        &plan(&[T1], "schedule: \"*/2 * * * * *\"\n"),
+    );
+    wait_for(15, "three scheduled runs", || {
+        results(&results_dir, "tick").len() >= 3
+    })
+    .await;
+    let runs = results(&results_dir, "tick");
+    let fires: Vec<chrono::DateTime<chrono::Utc>> = runs
+        .iter()
+        .map(|r| {
+            assert_eq!(r["trigger"], "schedule");
+            r["scheduled_for"]
+                .as_str()
+                .expect("time")
+                .parse()
+                .expect("rfc3339")
+        })
+        .collect();
+    for pair in fires.windows(2) {
+        assert_eq!((pair[1] - pair[0]).num_milliseconds(), 2000, "{fires:?}");
+    }
+    for f in &fires {
+        assert_eq!(f.timestamp() % 2, 0);
+        assert_eq!(f.timestamp_subsec_millis(), 0);
+    }
+    std::fs::remove_file(plans.join("tick.yaml")).expect("rm");
+    // Once the removal is seen, the count stops growing: wait for a quiet window of 3 s.
+    let mut last = results(&results_dir, "tick").len();
+    let mut stable_since = tokio::time::Instant::now();
+    wait_for(20, "no more fires after the delete", || {
+        let now = results(&results_dir, "tick").len();
+        if now != last {
+            last = now;
+            stable_since = tokio::time::Instant::now();
+        }
+        stable_since.elapsed() > Duration::from_secs(3)
+    })
+    .await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_in_the_middle_of_a_slow_run_writes_it_as_interrupted() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = plans_dir(root.path());
+    let emulator = start_emulator(EmulatorConfig {
+        latency: Duration::from_millis(200),
+        ..emulator_config()
+    })
+    .await;
+    let results_dir = root.path().join("results");
+    let ids: Vec<String> = (0..20).map(|i| format!("{i:032x}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    write(&plans.join("slow.yaml"), &plan(&refs, ""));
+    let mut child = deployd()
+        .arg("run")
+        .arg("--plans-dir")
+        .arg(&plans)
+        .arg("--results-dir")
+        .arg(&results_dir)
+        .arg("--state-dir")
+        .arg(root.path().join("state"))
+        .arg("--endpoint")
+        .arg(emulator.base_url())
+        .args(["--rate", "4", "--concurrency", "2"])
+        .env("DEPLOYD_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for(15, "a few calls", || emulator.log().len() >= 3).await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let signalled_at = chrono::Utc::now();
+    let exit = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(exit.code(), Some(0));
+    let runs = results(&results_dir, "slow");
+    assert_eq!(runs.len(), 1);
+    let r = &runs[0];
+    assert_eq!(r["status"], "interrupted");
+    let started = r["summary"]["started"].as_u64().expect("n") as usize;
+    let skipped = r["summary"]["skipped"].as_u64().expect("n");
+    assert!(skipped > 0, "tasks after the signal were skipped");
+    let log = emulator.log();
+    assert_eq!(
+        log.len(),
+        started,
+        "every call the emulator accepted is in the result as started"
+    );
+    // A call may have been on the wire when the signal came; none may start well after it.
+    let late = log
+        .iter()
+        .filter(|l| l.received_at > signalled_at + chrono::TimeDelta::milliseconds(300))
+        .count();
+    assert_eq!(late, 0, "no call started after the signal");
+}

@@ -1,0 +1,117 @@
+//! Shared helpers: an emulator on a free port, plan files, running the binary, waiting on
+//! conditions with a deadline.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use deployd::emulator::{Emulator, EmulatorConfig, LoggedRequest};
+use serde_json::Value;
+
+/// The token the test emulators accept.
+pub const TOKEN: &str = "it-token-0123456789";
+
+/// Task ids used across the tests.
+pub const T1: &str = "d2dc947ec2424d8789bb3984bb3adf45";
+pub const T2: &str = "0ee9c8e6a7dc44109541e53c6dccf47c";
+pub const T3: &str = "5f1c0a7e9b2d4c3e8a6f0b1d2c3e4f5a";
+pub const T4: &str = "7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d";
+
+/// An emulator config accepting `TOKEN`.
+pub fn emulator_config() -> EmulatorConfig {
+    EmulatorConfig {
+        tokens: vec![deployd::secret::Secret::new(TOKEN)],
+        seed: Some(7),
+        ..EmulatorConfig::default()
+    }
+}
+
+/// Starts an emulator on a free loopback port.
+pub async fn start_emulator(config: EmulatorConfig) -> Emulator {
+    Emulator::start(config, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("emulator starts")
+}
+
+/// Writes a file, creating folders.
+pub fn write(path: &Path, text: &str) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("mkdir");
+    }
+    std::fs::write(path, text).expect("write");
+}
+
+/// The `deployd` binary built for these tests.
+pub fn deployd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deployd"));
+    cmd.env_remove("DEPLOYD_TOKEN")
+        .env_remove("DEPLOYD_TOKEN_FILE")
+        .env_remove("CLOUD_SDK_AK")
+        .env_remove("CLOUD_SDK_SK")
+        .env_remove("CLOUD_SDK_PROJECT_ID")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// Runs a command to completion on a blocking thread (the emulator keeps serving meanwhile).
+pub async fn output(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("the binary runs"))
+        .await
+        .expect("join")
+}
+
+/// Every result file under `dir/plan`, parsed, oldest first.
+pub fn results(dir: &Path, plan: &str) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir.join(plan)) {
+        Ok(entries) => entries
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect(),
+        Err(_) => return Vec::new(),
+    };
+    files.sort();
+    files
+        .iter()
+        .map(|p| {
+            serde_json::from_slice(&std::fs::read(p).expect("read"))
+                .expect("a result file is whole JSON")
+        })
+        .collect()
+}
+
+/// Waits until `cond` holds, polling; panics with `what` after `secs` seconds.
+pub async fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Record ids the emulator issued, per task id.
+pub fn records_by_task(log: &[LoggedRequest]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut map = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for entry in log {
+        map.entry(entry.task_id.clone())
+            .or_default()
+            .push(entry.record_id.clone());
+    }
+    map
+}
+
+/// The task entry of a result file.
+pub fn task<'a>(result: &'a Value, task_id: &str) -> &'a Value {
+    result["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .find(|t| t["task_id"] == task_id)
+        .unwrap_or_else(|| panic!("task {task_id} in the result"))
+}
