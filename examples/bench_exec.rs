@@ -63,7 +63,8 @@ async fn main() -> anyhow::Result<()> {
     let clock = Instant::now();
     let report = executor
         .run(req, StopTokens::default(), Arc::new(NoObserver))
-        .await;
+        .await
+        .report;
     let elapsed = clock.elapsed().as_secs_f64();
     let ideal = tasks as f64 / concurrency as f64 * latency.as_secs_f64();
     let ideal = ideal.max((tasks as f64 - f64::from(burst)).max(0.0) / rate);

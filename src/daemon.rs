@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 use crate::executor::{Executor, NoObserver, RunRequest, StopTokens};
 use crate::plan::catalog::{Catalog, Diff};
 use crate::plan::{Overlap, Plan};
-use crate::results::{RunId, RunStatus, Trigger, write_atomic, write_report};
+use crate::results::{RunId, RunStatus, Trigger, write_atomic};
 use crate::scan::{FolderScanner, concerns_plans};
 use crate::settings::Settings;
 use crate::state::StateStore;
@@ -135,6 +135,15 @@ pub async fn run(
         invalid_written: BTreeMap::new(),
         status: String::new(),
     };
+    // Before anything fires: runs a crash left unfinished get their result files.
+    crate::recovery::recover(
+        &c.settings.state_dir,
+        &c.settings.results_dir,
+        &c.executor,
+        &control.shutdown,
+    )
+    .await;
+
     let mut scan_at = Some(Instant::now());
     let mut periodic = Instant::now() + c.settings.rescan_interval;
     c.rescan(&plans_dir, &mut scan_at);
@@ -457,8 +466,9 @@ impl Controller {
         let name = plan.name.clone();
         self.runs.spawn(async move {
             let req = RunRequest { plan, plan_dir, trigger, scheduled_for, run_id, started_at };
-            let report = executor.run(req, stop, Arc::new(NoObserver)).await;
-            match write_report(&results_dir, &report) {
+            let finished = executor.run(req, stop, Arc::new(NoObserver)).await;
+            let report = finished.report.clone();
+            match finished.persist(&results_dir) {
                 Ok(path) => info!(plan = %report.plan, run_id = %report.run_id, status = ?report.status, "result written to {}", path.display()),
                 Err(e) => error!(plan = %report.plan, run_id = %report.run_id, "{e}"),
             }

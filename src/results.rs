@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::api::types::DeployState;
 
@@ -16,7 +16,7 @@ use crate::api::types::DeployState;
 pub const RESULT_FILE_MODE: u32 = 0o640;
 
 /// What started a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     /// A cron fire.
@@ -28,7 +28,7 @@ pub enum Trigger {
 }
 
 /// The outcome of a run as a whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Every task started.
@@ -42,7 +42,7 @@ pub enum RunStatus {
 }
 
 /// The outcome of one task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     /// A deployment record exists for it.
@@ -54,7 +54,7 @@ pub enum TaskStatus {
 }
 
 /// A run id: the UTC start, then a random suffix, so that ids sort by start time.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RunId(String);
 
@@ -104,8 +104,12 @@ fn ser_opt_ts<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// Counts of task outcomes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     /// Tasks in the plan.
     pub total: usize,
@@ -118,7 +122,7 @@ pub struct Summary {
 }
 
 /// A param as recorded: `encrypt` values are `"***"`; a value that could not be resolved is null.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportParam {
     /// Key.
     pub key: String,
@@ -130,7 +134,7 @@ pub struct ReportParam {
 }
 
 /// One record created for a task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordRef {
     /// Deployment record id.
     pub record_id: String,
@@ -139,7 +143,7 @@ pub struct RecordRef {
 }
 
 /// Where a followed deployment ended (`follow: true`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FollowOutcome {
     /// Last state seen.
     pub final_state: DeployState,
@@ -148,7 +152,7 @@ pub struct FollowOutcome {
 }
 
 /// One task's line in a result file.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskReport {
     /// Deployment task id.
     pub task_id: String,
@@ -173,13 +177,17 @@ pub struct TaskReport {
     /// `app_component_list` from the response.
     pub app_component_list: Vec<serde_json::Value>,
     /// The record came from the task's history (after an unknown outcome).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reconciled: bool,
     /// Every record known to exist for this task when there is more than one.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub records: Vec<RecordRef>,
+    /// Calls whose outcome was unknown (timeout or connection lost after sending) and had to
+    /// be looked up or re-sent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unknown_outcomes: u32,
     /// Where the deployment ended, when followed.
-    #[serde(skip_serializing_if = "Option::is_none", flatten)]
+    #[serde(default, skip_serializing_if = "Option::is_none", flatten)]
     pub follow: Option<FollowOutcome>,
 }
 
@@ -200,6 +208,7 @@ impl TaskReport {
             app_component_list: Vec::new(),
             reconciled: false,
             records: Vec::new(),
+            unknown_outcomes: 0,
             follow: None,
         }
     }

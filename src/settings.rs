@@ -301,7 +301,7 @@ impl Settings {
         Ok(Self {
             plans_dir,
             results_dir,
-            state_dir,
+            state_dir: state_dir.clone(),
             endpoint,
             rate,
             burst,
@@ -313,6 +313,7 @@ impl Settings {
                 project_id,
                 unknown_outcome: raw.unknown_outcome.unwrap_or_default(),
                 settle,
+                state_dir: Some(state_dir.clone()),
             },
             client,
             auth: raw.auth.unwrap_or_default(),

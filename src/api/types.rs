@@ -113,7 +113,7 @@ pub struct RecordStatus {
 }
 
 /// The deployment states a record can end in, matched case-insensitively (API doc C1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeployState {
     /// Still going (or a state we do not know).

@@ -13,7 +13,7 @@ use super::{Exit, connect, load_settings};
 use crate::cli::ExecArgs;
 use crate::executor::{RunObserver, RunRequest, StopTokens};
 use crate::plan::load::load_plan_file;
-use crate::results::{RunId, RunReport, TaskReport, TaskStatus, Trigger, write_report};
+use crate::results::{RunId, RunReport, TaskReport, TaskStatus, Trigger};
 
 /// Tasks listed one by one in the summary; above this only those not started are listed.
 const FULL_TABLE_MAX: usize = 50;
@@ -69,12 +69,13 @@ pub async fn exec(args: ExecArgs) -> Exit {
     let signals = tokio::spawn(watch_signals(stop.clone(), settings.shutdown_grace));
     let observer = Arc::new(Progress::new(plan.tasks.len() as u64));
     let clock = Instant::now();
-    let report = target.executor.run(req, stop, observer.clone()).await;
+    let finished = target.executor.run(req, stop, observer.clone()).await;
     let elapsed = clock.elapsed();
     observer.finish();
     signals.abort();
 
-    let written = write_report(&settings.results_dir, &report);
+    let report = finished.report.clone();
+    let written = finished.persist(&settings.results_dir);
     print_summary(&report, elapsed.as_secs_f64());
     match written {
         Ok(path) => println!("result: {}", path.display()),

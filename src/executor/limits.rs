@@ -1,11 +1,16 @@
-//! The account-wide limits every API call goes through: a GCRA rate limiter (`governor`) and a
-//! semaphore bounding calls in flight. One `Limits` is shared by every plan and every run,
-//! because the API quota is per account.
+//! The account-wide limits every API call goes through: a GCRA rate limiter (`governor`), a
+//! semaphore bounding calls in flight, and a slow lane that opens when the gateway answers 429:
+//! the pace drops for everybody (multiplicatively, and a `Retry-After` pauses every caller),
+//! then recovers a little with each success (AIMD), so a rate set too high settles instead of
+//! causing a storm of 429s. One `Limits` is shared by every plan and every run, because the
+//! API quota is per account.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -33,6 +38,43 @@ pub struct Limits {
     concurrency: usize,
     /// Total time callers spent waiting for a rate-limiter slot, in microseconds.
     waited_micros: AtomicU64,
+    /// The 429 feedback state.
+    slow: Mutex<SlowLane>,
+}
+
+/// Smallest fraction of the configured rate the slow lane goes down to.
+const MIN_FACTOR: f64 = 0.05;
+/// What each successful call gives back to the pace (additive increase).
+const RECOVERY_STEP: f64 = 0.05;
+/// Longest pause a `Retry-After` imposes on every caller.
+const MAX_PAUSE: Duration = Duration::from_secs(10);
+
+/// The 429 feedback state: a fraction of the configured rate, the next free slot at that
+/// pace, and a pause every caller waits out.
+#[derive(Debug)]
+struct SlowLane {
+    factor: f64,
+    next_slot: Option<Instant>,
+    paused_until: Option<Instant>,
+}
+
+impl SlowLane {
+    /// Reserves the caller's slot: when it may go (or `None`: go now).
+    fn reserve(&mut self, now: Instant, rate: f64) -> Option<Instant> {
+        let paused = self.paused_until.filter(|p| *p > now);
+        if self.factor >= 1.0 {
+            self.next_slot = None;
+            return paused;
+        }
+        let interval = Duration::from_secs_f64(1.0 / (rate * self.factor));
+        let at = [Some(now), self.next_slot, paused]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(now);
+        self.next_slot = Some(at + interval);
+        (at > now).then_some(at)
+    }
 }
 
 impl std::fmt::Debug for Limits {
@@ -74,6 +116,11 @@ impl Limits {
             burst,
             concurrency,
             waited_micros: AtomicU64::new(0),
+            slow: Mutex::new(SlowLane {
+                factor: 1.0,
+                next_slot: None,
+                paused_until: None,
+            }),
         })
     }
 
@@ -90,6 +137,35 @@ impl Limits {
     /// Calls in flight allowed.
     pub fn concurrency(&self) -> usize {
         self.concurrency
+    }
+
+    /// The gateway throttled a call (429): slow down for everybody, and pause everybody for
+    /// `retry_after` (clamped to 10 s).
+    pub fn throttled(&self, retry_after: Option<Duration>) {
+        if let Ok(mut lane) = self.slow.lock() {
+            lane.factor = (lane.factor * 0.5).max(MIN_FACTOR);
+            let pause =
+                Instant::now() + retry_after.unwrap_or(Duration::from_secs(1)).min(MAX_PAUSE);
+            lane.paused_until = Some(lane.paused_until.map_or(pause, |p| p.max(pause)));
+            tracing::warn!(
+                pace = lane.factor * self.rate,
+                "throttled by the API (429): slowing every caller down"
+            );
+        }
+    }
+
+    /// A call went through: give a little of the pace back.
+    pub fn relieved(&self) {
+        if let Ok(mut lane) = self.slow.lock()
+            && lane.factor < 1.0
+        {
+            lane.factor = (lane.factor + RECOVERY_STEP).min(1.0);
+        }
+    }
+
+    /// The pace now, as a fraction of the configured rate (1.0 unless throttled lately).
+    pub fn pace(&self) -> f64 {
+        self.slow.lock().map(|l| l.factor).unwrap_or(1.0)
     }
 
     /// Total time spent waiting for the rate limiter so far.
@@ -116,11 +192,19 @@ impl Limits {
             .acquire_owned()
             .await
             .expect("global semaphore is never closed");
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         // A little jitter keeps waiters that became ready together from waking in lock step.
         let jitter =
             Jitter::up_to(Duration::from_secs_f64(0.05 / self.rate).min(Duration::from_millis(2)));
         self.limiter.until_ready_with_jitter(jitter).await;
+        let slot = self
+            .slow
+            .lock()
+            .map(|mut lane| lane.reserve(Instant::now(), self.rate))
+            .unwrap_or(None);
+        if let Some(at) = slot {
+            tokio::time::sleep_until(at).await;
+        }
         let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.waited_micros.fetch_add(waited, Ordering::Relaxed);
         CallPermit {
@@ -142,6 +226,58 @@ mod tests {
         assert!(Limits::new(5.0, 0, 1).is_err());
         assert!(Limits::new(5.0, 1, 0).is_err());
         assert!(Limits::new(0.5, 1, 1).is_ok());
+    }
+
+    #[test]
+    fn the_slow_lane_halves_and_recovers_gradually() {
+        let limits = Limits::new(10.0, 1, 4).expect("valid");
+        assert_eq!(limits.pace(), 1.0);
+        limits.throttled(None);
+        assert_eq!(limits.pace(), 0.5);
+        limits.throttled(None);
+        assert_eq!(limits.pace(), 0.25);
+        for _ in 0..5 {
+            limits.relieved();
+        }
+        assert!((limits.pace() - 0.5).abs() < 1e-9);
+        for _ in 0..100 {
+            limits.throttled(None);
+        }
+        assert_eq!(limits.pace(), MIN_FACTOR);
+        for _ in 0..100 {
+            limits.relieved();
+        }
+        assert_eq!(limits.pace(), 1.0);
+    }
+
+    #[test]
+    fn slow_lane_slots_are_spaced_at_the_reduced_pace() {
+        let now = Instant::now();
+        let mut lane = SlowLane {
+            factor: 0.5,
+            next_slot: None,
+            paused_until: None,
+        };
+        // 10/s at half pace: one slot every 200 ms.
+        assert_eq!(lane.reserve(now, 10.0), None);
+        assert_eq!(
+            lane.reserve(now, 10.0),
+            Some(now + Duration::from_millis(200))
+        );
+        assert_eq!(
+            lane.reserve(now, 10.0),
+            Some(now + Duration::from_millis(400))
+        );
+        let mut paused = SlowLane {
+            factor: 1.0,
+            next_slot: None,
+            paused_until: Some(now + Duration::from_secs(1)),
+        };
+        assert_eq!(
+            paused.reserve(now, 10.0),
+            Some(now + Duration::from_secs(1))
+        );
+        assert_eq!(paused.reserve(now + Duration::from_secs(2), 10.0), None);
     }
 
     #[tokio::test]

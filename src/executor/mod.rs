@@ -6,26 +6,32 @@
 //! report. Two tokens stop a run: `stop` (no new call starts, retries included) and `abort`
 //! (calls in flight are dropped, at the end of the shutdown grace period).
 
+pub mod follow;
 pub mod limits;
 pub mod reconcile;
 pub mod retry;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::api::client::DeployClient;
 use crate::api::rules::{self, ParamType};
 use crate::api::types::{CallInfo, StartOutcome};
 use crate::api::wire::{StartBody, WireParam};
+use crate::journal::{CallClass, Entry, RunHeader, RunJournal};
 use crate::plan::{ParamValue, Plan, Task};
-use crate::results::{RecordRef, ReportParam, RunId, RunReport, TaskReport, TaskStatus, Trigger};
+use crate::results::{
+    RecordRef, ReportParam, RunId, RunReport, TaskReport, TaskStatus, Trigger, WriteError,
+    write_report,
+};
 use limits::Limits;
 use reconcile::{Lookup, Reconciler};
 use retry::RetryPolicy;
@@ -52,6 +58,8 @@ pub struct ExecutorSettings {
     pub unknown_outcome: UnknownOutcomePolicy,
     /// How long a record may take to show up in the history after an unknown outcome.
     pub settle: Duration,
+    /// Where run journals go (`STATE/runs/`); `None` runs without one (no crash recovery).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for ExecutorSettings {
@@ -61,6 +69,7 @@ impl Default for ExecutorSettings {
             project_id: None,
             unknown_outcome: UnknownOutcomePolicy::Fail,
             settle: Duration::from_secs(10),
+            state_dir: None,
         }
     }
 }
@@ -130,13 +139,14 @@ impl Executor {
     }
 
     /// Runs every task of the plan and returns the report (never fails as a whole: each task's
-    /// problem is in its line).
+    /// problem is in its line) with the run's journal, to be finished once the report is
+    /// written ([`FinishedRun::persist`]).
     pub async fn run(
         &self,
         req: RunRequest,
         stop: StopTokens,
         observer: Arc<dyn RunObserver>,
-    ) -> RunReport {
+    ) -> FinishedRun {
         let plan = req.plan.clone();
         let span = info_span!("run", plan = %plan.name, run_id = %req.run_id);
         async move {
@@ -147,6 +157,18 @@ impl Executor {
                     self.settings.retry
                 }
             };
+            let (journal, journal_error) = match self.open_journal(&req) {
+                Ok(j) => (j, None),
+                Err(e) => {
+                    error!("{e}; no call is made without it (crash safety)");
+                    (None, Some(e.to_string()))
+                }
+            };
+            let shared = Arc::new(RunShared {
+                journal,
+                auth_refused: AtomicBool::new(false),
+                retry_budget: AtomicU32::new(retry_budget(plan.tasks.len())),
+            });
             let width = plan.concurrency.map_or(self.limits.concurrency(), |c| c.get()).min(self.limits.concurrency());
             let plan_slots = Arc::new(Semaphore::new(width));
             // Tasks alive at once are bounded too, so a plan of 10,000 tasks holds a window
@@ -157,6 +179,13 @@ impl Executor {
             let mut set = JoinSet::new();
             let mut reports: Vec<Option<TaskReport>> = vec![None; plan.tasks.len()];
             for (index, task) in plan.tasks.iter().enumerate() {
+                if let Some(why) = &journal_error {
+                    let mut r = TaskReport::new(&task.task_id, TaskStatus::Failed, unresolved_params(task));
+                    r.error_code = Some("journal_failed".into());
+                    r.error_msg = Some(format!("not called: the run journal could not be written ({why})"));
+                    reports[index] = Some(r);
+                    continue;
+                }
                 let admitted = tokio::select! {
                     biased;
                     _ = stop.stop.cancelled() => None,
@@ -170,11 +199,17 @@ impl Executor {
                     policy,
                     slots: plan_slots.clone(),
                     stop: stop.clone(),
+                    shared: shared.clone(),
                 };
                 let task = task.clone();
                 let observer = observer.clone();
                 set.spawn(async move {
                     let report = ctx.run_task(&task).await;
+                    if let Some(j) = &ctx.shared.journal
+                        && let Err(e) = j.append(&Entry::Task(Box::new(report.clone()))).await
+                    {
+                        warn!("{e}");
+                    }
                     observer.task_finished(&report);
                     drop(admitted);
                     (index, report)
@@ -196,7 +231,7 @@ impl Executor {
                 || tasks.iter().any(|t| t.error_code.as_deref() == Some(ABORTED));
             let status = RunReport::status_for(&summary, interrupted);
             info!(status = ?status, started = summary.started, failed = summary.failed, skipped = summary.skipped, "run finished");
-            RunReport {
+            let report = RunReport {
                 plan: plan.name.clone(),
                 plan_file: plan.file_name.clone(),
                 plan_sha256: plan.sha256.clone(),
@@ -208,11 +243,78 @@ impl Executor {
                 status,
                 summary,
                 tasks,
-            }
+            };
+            drop(set);
+            let journal = Arc::into_inner(shared).and_then(|s| s.journal);
+            FinishedRun { report, journal }
         }
         .instrument(span)
         .await
     }
+
+    fn open_journal(
+        &self,
+        req: &RunRequest,
+    ) -> Result<Option<RunJournal>, crate::journal::JournalError> {
+        let Some(state_dir) = &self.settings.state_dir else {
+            return Ok(None);
+        };
+        let header = RunHeader {
+            run_id: req.run_id.clone(),
+            plan: req.plan.name.clone(),
+            plan_file: req.plan.file_name.clone(),
+            plan_sha256: req.plan.sha256.clone(),
+            trigger: req.trigger,
+            scheduled_for: req.scheduled_for,
+            started_at: req.started_at,
+            tasks: req
+                .plan
+                .tasks
+                .iter()
+                .map(|t| TaskReport::new(&t.task_id, TaskStatus::Skipped, unresolved_params(t)))
+                .collect(),
+        };
+        RunJournal::create(state_dir, &header).map(Some)
+    }
+}
+
+/// Retries one run may make in all (on top of each task's first call): one per task on
+/// average, plus a little, so that an outage does not turn into `max_attempts` times the calls.
+pub fn retry_budget(tasks: usize) -> u32 {
+    u32::try_from(tasks.saturating_add(10)).unwrap_or(u32::MAX)
+}
+
+/// A run's report and its journal.
+#[derive(Debug)]
+pub struct FinishedRun {
+    /// The report.
+    pub report: RunReport,
+    /// The journal, finished once the report is written.
+    pub journal: Option<RunJournal>,
+}
+
+impl FinishedRun {
+    /// Writes the result file, then removes the journal (which is kept if the write failed,
+    /// so that the next start writes the result from it).
+    pub fn persist(self, results_dir: &Path) -> Result<PathBuf, WriteError> {
+        let path = write_report(results_dir, &self.report)?;
+        if let Some(j) = self.journal
+            && let Err(e) = j.finish()
+        {
+            warn!("{e}");
+        }
+        Ok(path)
+    }
+}
+
+/// State one run's tasks share.
+struct RunShared {
+    journal: Option<RunJournal>,
+    /// A call of this run was refused authentication: the others stop calling (the gateway
+    /// locks an AK after a few failed signatures in a row).
+    auth_refused: AtomicBool,
+    /// Retries left in this run.
+    retry_budget: AtomicU32,
 }
 
 /// Error code of a call abandoned at the end of the shutdown grace period.
@@ -261,6 +363,7 @@ struct TaskCtx {
     policy: RetryPolicy,
     slots: Arc<Semaphore>,
     stop: StopTokens,
+    shared: Arc<RunShared>,
 }
 
 /// A param with its value resolved for this run.
@@ -324,14 +427,37 @@ impl TaskCtx {
             if self.stop.stop.is_cancelled() {
                 return self.stopped(report);
             }
+            if self.shared.auth_refused.load(Ordering::Relaxed) {
+                return auth_stopped(report);
+            }
             let permit = tokio::select! {
                 biased;
                 _ = self.stop.stop.cancelled() => return self.stopped(report),
                 p = self.exec.limits.acquire(Some(&self.slots)) => p,
             };
-            report.attempts += 1;
-            let attempt = report.attempts;
+            if self.shared.auth_refused.load(Ordering::Relaxed) {
+                return auth_stopped(report);
+            }
+            let attempt = report.attempts + 1;
             let sent_at = Utc::now();
+            if let Some(j) = &self.shared.journal {
+                // The intent is on disk before the call leaves: after a crash, the next
+                // daemon knows this call may have started a deployment.
+                let intent = Entry::Intent {
+                    task_id: task.task_id.clone(),
+                    attempt,
+                    sent_at,
+                };
+                if let Err(e) = j.append(&intent).await {
+                    error!("{e}; not calling");
+                    report.error_code = Some("journal_failed".into());
+                    report.error_msg = Some(format!(
+                        "not called: the run journal could not be written ({e})"
+                    ));
+                    return report;
+                }
+            }
+            report.attempts = attempt;
             let outcome = tokio::select! {
                 biased;
                 _ = self.stop.abort.cancelled() => None,
@@ -352,6 +478,27 @@ impl TaskCtx {
             };
             set_info(&mut report, outcome.info());
             let retry_after = outcome.info().retry_after;
+            if let Some(j) = &self.shared.journal {
+                let class = match &outcome {
+                    StartOutcome::Started { .. } => CallClass::Started,
+                    StartOutcome::Retryable(_) => CallClass::Retryable,
+                    StartOutcome::Final(_) => CallClass::Final,
+                    StartOutcome::Unknown(_) => CallClass::Unknown,
+                };
+                let entry = Entry::Outcome {
+                    task_id: task.task_id.clone(),
+                    attempt,
+                    class,
+                };
+                if let Err(e) = j.append(&entry).await {
+                    warn!("{e}");
+                }
+            }
+            match outcome.info().http_status {
+                Some(429) => self.exec.limits.throttled(retry_after),
+                Some(200..=299) => self.exec.limits.relieved(),
+                _ => {}
+            }
             match outcome {
                 StartOutcome::Started { response, .. } => {
                     info!(attempt, record_id = %response.id, "started");
@@ -362,15 +509,21 @@ impl TaskCtx {
                     if let Some(since) = unknown_since {
                         self.list_all_records(&reconciler, since, &mut report).await;
                     }
-                    return report;
+                    return self.followed(report).await;
                 }
                 StartOutcome::Final(info) => {
                     warn!(attempt, status = ?info.http_status, code = ?info.error_code, "refused: {}", info.error_msg.as_deref().unwrap_or(""));
+                    if info.http_status == Some(401) {
+                        self.shared.auth_refused.store(true, Ordering::Relaxed);
+                    }
                     return report;
                 }
                 StartOutcome::Unknown(info) => {
                     warn!(attempt, code = ?info.error_code, "outcome unknown: {}", info.error_msg.as_deref().unwrap_or(""));
-                    match reconciler.lookup(sent_at, &self.stop.stop).await {
+                    report.unknown_outcomes += 1;
+                    // The lookup goes on during the shutdown grace period: stopping here could
+                    // leave a started deployment unreported.
+                    match reconciler.lookup(sent_at, &self.stop.abort).await {
                         Lookup::Found(record_id) => {
                             info!(record_id = %record_id, "found the record in the task's history");
                             report.status = TaskStatus::Started;
@@ -379,7 +532,7 @@ impl TaskCtx {
                             if let Some(since) = unknown_since {
                                 self.list_all_records(&reconciler, since, &mut report).await;
                             }
-                            return report;
+                            return self.followed(report).await;
                         }
                         Lookup::NotFound => {
                             info!("no record in the task's history: sending again");
@@ -400,7 +553,13 @@ impl TaskCtx {
                                 unknown_since.get_or_insert(sent_at);
                             }
                         },
-                        Lookup::Stopped => return self.stopped(report),
+                        Lookup::Stopped => {
+                            report.error_code = Some(ABORTED.into());
+                            report.error_msg = Some(
+                                "the outcome of the last call is unknown and the shutdown grace period ended before the history showed it; check the task's history".into(),
+                            );
+                            return report;
+                        }
                     }
                 }
                 StartOutcome::Retryable(info) => {
@@ -419,12 +578,43 @@ impl TaskCtx {
                 );
                 return report;
             }
+            let budget_left = self
+                .shared
+                .retry_budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            if !budget_left {
+                warn!(attempt, "giving up: this run's retry budget is spent");
+                report.error_msg = Some(format!(
+                    "{} (not retried: this run's retry budget of {} retries is spent; the API looks unhealthy)",
+                    report.error_msg.take().unwrap_or_default(),
+                    retry_budget(self.plan.tasks.len())
+                ));
+                return report;
+            }
             tokio::select! {
                 biased;
                 _ = self.stop.stop.cancelled() => return self.stopped(report),
                 _ = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// Follows a started deployment to its end when the plan asks for it.
+    async fn followed(&self, mut report: TaskReport) -> TaskReport {
+        if let (Some(timeout), Some(record_id)) = (self.plan.follow, report.record_id.clone()) {
+            report.follow = Some(
+                follow::follow(
+                    &self.exec,
+                    &report.task_id,
+                    &record_id,
+                    timeout,
+                    &self.stop.stop,
+                )
+                .await,
+            );
+        }
+        report
     }
 
     /// A task that had not started when the run was stopped.
@@ -472,6 +662,16 @@ impl TaskCtx {
             report.records = records;
         }
     }
+}
+
+/// A task not called because another call of the run was refused authentication.
+fn auth_stopped(mut report: TaskReport) -> TaskReport {
+    report.status = TaskStatus::Failed;
+    report.error_code = Some("auth_refused_in_run".into());
+    report.error_msg = Some(
+        "not called: another call of this run was refused authentication (HTTP 401); fix the credentials (an AK is locked after repeated signature failures)".into(),
+    );
+    report
 }
 
 fn set_info(report: &mut TaskReport, info: &CallInfo) {

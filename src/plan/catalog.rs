@@ -222,6 +222,7 @@ mod tests {
                 trigger_source: None,
                 concurrency: None,
                 retry: RetryOverrides::default(),
+                follow: None,
                 tasks: vec![Task {
                     task_id: "a".repeat(32),
                     params: vec![],

@@ -39,6 +39,8 @@ pub struct Plan {
     pub concurrency: Option<NonZeroUsize>,
     /// Retry settings that override the daemon's for this plan.
     pub retry: RetryOverrides,
+    /// `follow: true`: poll each started deployment until it ends, for at most this long.
+    pub follow: Option<std::time::Duration>,
     /// The tasks to start, in file order, ids unique.
     pub tasks: Vec<Task>,
 }

@@ -141,6 +141,17 @@ pub struct RawPlan {
     #[serde(default)]
     #[schemars(with = "Option<RawRetry>")]
     pub retry: Option<Spanned<RawRetry>>,
+
+    /// `true`: after a task starts, poll its deployment record until it succeeds or fails (or
+    /// `follow_timeout` passes) and write `final_state` and `duration_secs` into the result.
+    #[serde(default)]
+    #[schemars(with = "Option<bool>")]
+    pub follow: Option<Spanned<bool>>,
+
+    /// How long to follow one deployment, e.g. `30m`. Default `1h`, at most `24h`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub follow_timeout: Option<Spanned<String>>,
 }
 
 /// One entry of `tasks`.

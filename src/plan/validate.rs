@@ -27,6 +27,9 @@ pub const MAX_TASKS: usize = 10_000;
 pub const MAX_TOTAL_PARAMS: usize = 500_000;
 /// Longest plan name.
 pub const NAME_MAX: usize = 64;
+/// How long a deployment is followed when the plan says `follow: true` without a timeout.
+pub const DEFAULT_FOLLOW_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Largest `retry.max_attempts`.
 pub const MAX_ATTEMPTS: u64 = 20;
 /// Longest duration `retry` accepts (24 h).
@@ -235,6 +238,30 @@ pub fn validate(raw: RawPlan, src: &PlanSource<'_>) -> Result<Validated, PlanIss
         .map(|retry| check_retry(&retry.value, &mut r))
         .unwrap_or_default();
 
+    let follow_timeout = raw
+        .follow_timeout
+        .as_ref()
+        .and_then(|t| match parse_duration(&t.value) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                r.error(&t.referenced, "follow_timeout", e);
+                None
+            }
+        });
+    let follow = match &raw.follow {
+        Some(f) if f.value => Some(follow_timeout.unwrap_or(DEFAULT_FOLLOW_TIMEOUT)),
+        _ => {
+            if let Some(t) = &raw.follow_timeout {
+                r.warn(
+                    &t.referenced,
+                    "follow_timeout",
+                    "has no effect without `follow: true`",
+                );
+            }
+            None
+        }
+    };
+
     let plan_params = match &raw.params {
         Some(list) => check_params(&list.value, "params", true, &mut r),
         None => Vec::new(),
@@ -258,6 +285,7 @@ pub fn validate(raw: RawPlan, src: &PlanSource<'_>) -> Result<Validated, PlanIss
             trigger_source,
             concurrency,
             retry,
+            follow,
             tasks,
         },
         warnings: r.warnings,

@@ -3,4 +3,5 @@
 
 mod daemon;
 mod exec;
+mod faults;
 mod helpers;

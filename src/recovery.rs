@@ -1,0 +1,142 @@
+//! Finishing the runs a crash left behind: before the daemon fires anything, every unfinished
+//! run journal becomes an `interrupted` result file. Tasks that had finished keep their
+//! outcome; calls without an answer (or with an unknown one) are looked up in the task's
+//! history; tasks never called are `skipped`. Such a run is not resumed: a half-done deploy is
+//! for a person to look at.
+
+use std::path::Path;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::executor::Executor;
+use crate::executor::reconcile::{Lookup, Reconciler};
+use crate::journal::{TaskTrail, Unfinished, unfinished};
+use crate::results::{RecordRef, RunReport, RunStatus, TaskReport, TaskStatus, write_report};
+
+/// Writes the result of every unfinished run found under `state_dir`; returns how many.
+pub async fn recover(
+    state_dir: &Path,
+    results_dir: &Path,
+    exec: &Executor,
+    stop: &CancellationToken,
+) -> usize {
+    let (runs, problems) = unfinished(state_dir);
+    for p in problems {
+        error!("unreadable run journal left as it is: {p}");
+    }
+    let mut done = 0;
+    for run in runs {
+        let report = finish(&run, exec, stop).await;
+        match write_report(results_dir, &report) {
+            Ok(path) => {
+                warn!(
+                    plan = %report.plan,
+                    run_id = %report.run_id,
+                    started = report.summary.started,
+                    failed = report.summary.failed,
+                    skipped = report.summary.skipped,
+                    "finished a run interrupted by a crash: result written to {}",
+                    path.display()
+                );
+                if let Err(e) = std::fs::remove_file(&run.path) {
+                    error!("cannot remove the run journal {}: {e}", run.path.display());
+                }
+                done += 1;
+            }
+            Err(e) => {
+                error!(plan = %report.plan, run_id = %report.run_id, "{e}; the journal is kept for the next start")
+            }
+        }
+    }
+    if done > 0 {
+        info!(runs = done, "crash recovery done");
+    }
+    done
+}
+
+/// The `interrupted` report of one unfinished run.
+pub async fn finish(run: &Unfinished, exec: &Executor, stop: &CancellationToken) -> RunReport {
+    let mut tasks = Vec::with_capacity(run.header.tasks.len());
+    for skeleton in &run.header.tasks {
+        let trail = run
+            .trails
+            .get(&skeleton.task_id)
+            .cloned()
+            .unwrap_or_default();
+        tasks.push(finish_task(skeleton, &trail, exec, stop).await);
+    }
+    let summary = RunReport::summarize(&tasks);
+    RunReport {
+        plan: run.header.plan.clone(),
+        plan_file: run.header.plan_file.clone(),
+        plan_sha256: run.header.plan_sha256.clone(),
+        run_id: run.header.run_id.clone(),
+        trigger: run.header.trigger,
+        scheduled_for: run.header.scheduled_for,
+        started_at: run.header.started_at,
+        finished_at: Utc::now(),
+        status: RunStatus::Interrupted,
+        summary,
+        tasks,
+    }
+}
+
+async fn finish_task(
+    skeleton: &TaskReport,
+    trail: &TaskTrail,
+    exec: &Executor,
+    stop: &CancellationToken,
+) -> TaskReport {
+    if let Some(done) = &trail.done {
+        return done.clone();
+    }
+    let mut report = skeleton.clone();
+    report.status = TaskStatus::Skipped;
+    report.attempts = u32::try_from(trail.calls.len()).unwrap_or(u32::MAX);
+    let Some(since) = trail.uncertain_since() else {
+        report.error_msg = Some(if trail.calls.is_empty() {
+            "not started: the daemon stopped (crash) before this task's turn".into()
+        } else {
+            "not started: the daemon stopped (crash) between retries; no call had started it".into()
+        });
+        return report;
+    };
+    let reconciler = Reconciler::new(exec, &skeleton.task_id);
+    match reconciler.lookup(since, stop).await {
+        Lookup::Found(record_id) => {
+            report.status = TaskStatus::Started;
+            report.reconciled = true;
+            report.record_id = Some(record_id.clone());
+            if let Ok(all) = reconciler.records_since(since).await
+                && all.len() > 1
+            {
+                report.records = all
+                    .into_iter()
+                    .map(|id| RecordRef {
+                        record_id: id,
+                        reconciled: true,
+                    })
+                    .collect();
+            }
+            report.error_msg = Some("the daemon stopped (crash) during this task's call; the record was found in the task's history".into());
+        }
+        Lookup::NotFound => {
+            report.error_msg = Some(
+                "not started: the daemon stopped (crash) during this task's call, and the task's history shows no record from it".into(),
+            );
+        }
+        Lookup::Unavailable(why) => unknown(&mut report, &why),
+        Lookup::Stopped => unknown(&mut report, "the lookup was cut short by a shutdown"),
+    }
+    report
+}
+
+fn unknown(report: &mut TaskReport, why: &str) {
+    report.status = TaskStatus::Failed;
+    report.error_code = Some("outcome_unknown".into());
+    report.error_msg = Some(format!(
+        "the daemon stopped (crash) during this task's call and {why}; whether it started is unknown: check the task's history"
+    ));
+}

@@ -1,0 +1,310 @@
+//! Delivery guarantees under faults, throttling and crashes: every task ends in one known
+//! outcome, and no deployment is started twice.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use deployd::emulator::EmulatorConfig;
+
+use crate::helpers::*;
+
+fn ids(n: usize, salt: u32) -> Vec<String> {
+    (0..n).map(|i| format!("{salt:08x}{i:024x}")).collect()
+}
+
+fn plan_of(name: &str, ids: &[String], extra: &str) -> String {
+    let mut text = format!("name: {name}\n{extra}tasks:\n");
+    for id in ids {
+        text.push_str(&format!("  - {id}\n"));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn faults_end_in_one_known_outcome_and_never_a_double_deploy() {
+    let config = EmulatorConfig {
+        error_rate: 0.3,
+        drop_before_rate: 0.05,
+        drop_after_rate: 0.05,
+        hang_rate: 0.03,
+        hang_for: Duration::from_secs(3),
+        ..emulator_config()
+    };
+    let emulator = start_emulator(config).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tasks = ids(40, 1);
+    write(
+        &dir.path().join("faults.yaml"),
+        &plan_of(
+            "faults",
+            &tasks,
+            "retry: {max_attempts: 10, base: 10ms, cap: 100ms, deadline: 2m}\n",
+        ),
+    );
+    write(
+        &dir.path().join("config.yaml"),
+        "settle: 1s\ntimeouts: {connect: 2s, request: 1s}\n",
+    );
+    let mut cmd = deployd();
+    cmd.arg("exec")
+        .arg(dir.path().join("faults.yaml"))
+        .arg("--config")
+        .arg(dir.path().join("config.yaml"))
+        .args([
+            "--endpoint",
+            &emulator.base_url(),
+            "--project-id",
+            &emulator.config().project_id,
+        ])
+        .arg("--results-dir")
+        .arg(dir.path().join("results"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--rate", "200", "--burst", "10", "--concurrency", "10"])
+        .env("DEPLOYD_TOKEN", TOKEN);
+    let out = output(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{stderr}");
+    let r = &results(&dir.path().join("results"), "faults")[0];
+    let stats = emulator.stats();
+    assert!(
+        stats.dropped() > 0 && stats.hung > 0 && stats.status(503) > 0,
+        "faults happened: {stats:?}"
+    );
+    let by_task = records_by_task(&emulator.log());
+    let mut started = 0;
+    for id in &tasks {
+        let t = task(r, id);
+        let issued: BTreeSet<String> = by_task
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        match t["status"].as_str() {
+            Some("started") => {
+                started += 1;
+                let mut reported: BTreeSet<String> = t["records"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|r| r["record_id"].as_str().expect("id").to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                reported.insert(t["record_id"].as_str().expect("record").to_string());
+                assert_eq!(
+                    issued, reported,
+                    "task {id}: every record issued is reported"
+                );
+                assert_eq!(issued.len(), 1, "task {id} was started twice: {t}");
+            }
+            Some("failed") => {
+                assert!(
+                    t["error_msg"].as_str().is_some_and(|m| !m.is_empty()),
+                    "a reason: {t}"
+                );
+                assert!(
+                    issued.is_empty(),
+                    "task {id} failed but has records {issued:?}: {t}"
+                );
+            }
+            other => panic!("task {id} ended {other:?}: {t}"),
+        }
+    }
+    assert!(
+        started >= 30,
+        "most tasks start despite the faults: {started}/40"
+    );
+    assert!(
+        !dir.path()
+            .join("state/runs")
+            .read_dir()
+            .expect("runs")
+            .any(|_| true),
+        "journal removed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_rate_on_both_sides_gets_no_429() {
+    let emulator = start_emulator(EmulatorConfig {
+        rate_limit: Some(20.0),
+        ..emulator_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tasks = ids(40, 2);
+    write(&dir.path().join("rate.yaml"), &plan_of("rate", &tasks, ""));
+    let mut cmd = deployd();
+    cmd.arg("exec")
+        .arg(dir.path().join("rate.yaml"))
+        .args(["--endpoint", &emulator.base_url()])
+        .arg("--results-dir")
+        .arg(dir.path().join("results"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--rate", "20", "--concurrency", "8"])
+        .env("DEPLOYD_TOKEN", TOKEN);
+    let out = output(cmd).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = emulator.stats();
+    assert_eq!(stats.status(429), 0, "{stats:?}");
+    assert_eq!(stats.status(200), 40);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_set_too_high_settles_instead_of_storming() {
+    // The gateway allows 10/s; we ask for 100/s. The slow lane must keep 429s to a fraction of
+    // the calls and every task must still start, each exactly once.
+    let emulator = start_emulator(EmulatorConfig {
+        rate_limit: Some(10.0),
+        ..emulator_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tasks = ids(60, 3);
+    write(
+        &dir.path().join("hot.yaml"),
+        &plan_of(
+            "hot",
+            &tasks,
+            "retry: {max_attempts: 20, base: 100ms, cap: 2s, deadline: 2m}\n",
+        ),
+    );
+    let mut cmd = deployd();
+    cmd.arg("exec")
+        .arg(dir.path().join("hot.yaml"))
+        .args(["--endpoint", &emulator.base_url()])
+        .arg("--results-dir")
+        .arg(dir.path().join("results"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--rate", "100", "--burst", "1", "--concurrency", "8"])
+        .env("DEPLOYD_TOKEN", TOKEN);
+    let out = output(cmd).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = emulator.stats();
+    let throttled = stats.status(429);
+    assert!(throttled > 0, "the test does provoke throttling");
+    assert!(
+        throttled < 60,
+        "429s settle instead of storming: {throttled} for 60 tasks"
+    );
+    let by_task = records_by_task(&emulator.log());
+    assert!(tasks.iter().all(|t| by_task[t].len() == 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_run_then_restart_writes_it_interrupted_and_starts_nothing_twice() {
+    let emulator = start_emulator(EmulatorConfig {
+        latency: Duration::from_millis(100),
+        ..emulator_config()
+    })
+    .await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = root.path().join("plans");
+    let results_dir = root.path().join("results");
+    let tasks = ids(20, 4);
+    write(&plans.join("crash.yaml"), &plan_of("crash", &tasks, ""));
+    let spawn = || {
+        deployd()
+            .arg("run")
+            .arg("--plans-dir")
+            .arg(&plans)
+            .arg("--results-dir")
+            .arg(&results_dir)
+            .arg("--state-dir")
+            .arg(root.path().join("state"))
+            .args([
+                "--endpoint",
+                &emulator.base_url(),
+                "--project-id",
+                &emulator.config().project_id,
+            ])
+            .args(["--rate", "3", "--concurrency", "2"])
+            .env("DEPLOYD_TOKEN", TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn")
+    };
+    let mut first = spawn();
+    wait_for(20, "a few calls", || emulator.log().len() >= 4).await;
+    first.kill().expect("SIGKILL");
+    let _ = first.wait();
+    let killed_at = chrono::Utc::now();
+    assert!(
+        results(&results_dir, "crash").is_empty(),
+        "no result before recovery"
+    );
+
+    let mut second = spawn();
+    wait_for(20, "the recovered result", || {
+        results(&results_dir, "crash").len() == 1
+    })
+    .await;
+    // Give the restarted daemon a moment in which it could (wrongly) run the plan again: a
+    // sentinel plan dropped now runs only after the folder was scanned.
+    write(
+        &plans.join("sentinel.yaml"),
+        &plan_of("sentinel", &ids(1, 5), ""),
+    );
+    wait_for(20, "sentinel", || {
+        results(&results_dir, "sentinel").len() == 1
+    })
+    .await;
+    second.kill().expect("stop");
+    let _ = second.wait();
+
+    let r = &results(&results_dir, "crash")[0];
+    assert_eq!(r["status"], "interrupted");
+    let log = emulator.log();
+    // A request may still have been in the emulator (its latency) at the kill, but none may
+    // have arrived after it: the restarted daemon does not resume the run.
+    let late: Vec<_> = log
+        .iter()
+        .filter(|l| tasks.contains(&l.task_id) && l.received_at > killed_at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "calls for the crashed run after the kill: {late:?}"
+    );
+    let by_task = records_by_task(&log);
+    let mut seen = HashSet::new();
+    for id in &tasks {
+        let t = task(r, id);
+        let issued = by_task.get(id).cloned().unwrap_or_default();
+        assert!(issued.len() <= 1, "task {id} started twice");
+        match t["status"].as_str() {
+            Some("started") => {
+                assert_eq!(
+                    issued,
+                    vec![t["record_id"].as_str().expect("id").to_string()]
+                );
+                seen.insert(id.clone());
+            }
+            Some("skipped") => assert!(
+                issued.is_empty(),
+                "task {id} has a record but was reported skipped"
+            ),
+            other => panic!("task {id}: {other:?} {t}"),
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        by_task.keys().filter(|k| tasks.contains(k)).count(),
+        "every record is in the result"
+    );
+    assert!(!seen.is_empty() && seen.len() < 20);
+}
