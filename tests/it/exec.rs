@@ -360,3 +360,22 @@ async fn usage_errors_exit_2_and_missing_credentials_exit_78() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("DEPLOYD_TOKEN"));
     assert_eq!(s.emulator.stats().total, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn followed_deployments_report_their_final_state() {
+    let config = EmulatorConfig {
+        deploy_duration: std::time::Duration::from_millis(500),
+        failing_task_ids: HashSet::from([T2.to_string()]),
+        ..emulator_config()
+    };
+    let plan = format!("name: web\nfollow: true\nfollow_timeout: 1m\ntasks:\n  - {T1}\n  - {T2}\n");
+    let s = Setup::new(config, &plan).await;
+    let out = output(s.exec(&[])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = &results(&s.results_dir(), "web")[0];
+    assert_eq!(task(r, T1)["final_state"], "succeeded");
+    assert_eq!(task(r, T2)["final_state"], "failed");
+    assert!(task(r, T1)["duration_secs"].as_f64().expect("duration") > 0.0);
+    let stats = s.emulator.stats();
+    assert!(stats.total > 2, "the state endpoint was polled: {stats:?}");
+}

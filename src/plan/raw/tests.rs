@@ -161,8 +161,8 @@ fn schema_has_a_title_and_describes_every_field() {
             fields += 1;
         }
     }
-    // 10 plan fields, 3 task fields, 4 param fields, 2 value_from fields, 4 retry fields.
-    assert_eq!(fields, 23);
+    // 12 plan fields, 3 task fields, 4 param fields, 2 value_from fields, 4 retry fields.
+    assert_eq!(fields, 25);
 }
 
 #[test]
