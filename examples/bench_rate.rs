@@ -28,16 +28,28 @@ async fn main() -> anyhow::Result<()> {
     let concurrency = arg(3, 8.0) as usize;
 
     let token = "bench-token";
-    let config = EmulatorConfig { tokens: vec![Secret::new(token)], ..EmulatorConfig::default() };
+    let config = EmulatorConfig {
+        tokens: vec![Secret::new(token)],
+        ..EmulatorConfig::default()
+    };
     let emulator = Emulator::start(config, "127.0.0.1:0".parse()?).await?;
     let mut yaml = String::from("name: rate\ntasks:\n");
     for i in 0..tasks {
         yaml.push_str(&format!("  - {i:032x}\n"));
     }
-    let plan = parse_plan("rate.yaml".as_ref(), yaml.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?.plan;
-    let client =
-        DeployClient::new(Endpoint::parse(&emulator.base_url())?, Credentials::Token(Secret::new(token)), ClientOptions::default())?;
-    let executor = Executor::new(client, Arc::new(Limits::new(rate, burst, concurrency)?), ExecutorSettings::default());
+    let plan = parse_plan("rate.yaml".as_ref(), yaml.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .plan;
+    let client = DeployClient::new(
+        Endpoint::parse(&emulator.base_url())?,
+        Credentials::Token(Secret::new(token)),
+        ClientOptions::default(),
+    )?;
+    let executor = Executor::new(
+        client,
+        Arc::new(Limits::new(rate, burst, concurrency)?),
+        ExecutorSettings::default(),
+    );
     let started_at = Utc::now();
     let req = RunRequest {
         plan: Arc::new(plan),
@@ -47,10 +59,16 @@ async fn main() -> anyhow::Result<()> {
         run_id: RunId::new(started_at),
         started_at,
     };
-    let report = executor.run(req, StopTokens::default(), Arc::new(NoObserver)).await.report;
+    let report = executor
+        .run(req, StopTokens::default(), Arc::new(NoObserver))
+        .await
+        .report;
 
-    let mut arrivals: Vec<i64> =
-        emulator.log().iter().map(|l| l.received_at.timestamp_micros()).collect();
+    let mut arrivals: Vec<i64> = emulator
+        .log()
+        .iter()
+        .map(|l| l.received_at.timestamp_micros())
+        .collect();
     arrivals.sort_unstable();
     let span = (arrivals[arrivals.len() - 1] - arrivals[0]) as f64 / 1e6;
     // After the first burst the pace is the rate: (n - burst) calls over the span.
@@ -69,12 +87,18 @@ async fn main() -> anyhow::Result<()> {
     };
     let interval = Duration::from_secs_f64(1.0 / rate);
     let allowed_100ms = f64::from(burst) + rate * 0.1;
-    println!("tasks={tasks} rate={rate}/s burst={burst} concurrency={concurrency} started={}", report.summary.started);
+    println!(
+        "tasks={tasks} rate={rate}/s burst={burst} concurrency={concurrency} started={}",
+        report.summary.started
+    );
     println!(
         "achieved={achieved:.2}/s ({:+.2}% of the setting) span={span:.3}s",
         (achieved / rate - 1.0) * 100.0
     );
-    println!("max calls in any 100ms window={} (GCRA allows {allowed_100ms:.0})", max_in(Duration::from_millis(100)));
+    println!(
+        "max calls in any 100ms window={} (GCRA allows {allowed_100ms:.0})",
+        max_in(Duration::from_millis(100))
+    );
     let mut gaps: Vec<i64> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
     gaps.sort_unstable();
     println!(

@@ -66,6 +66,9 @@ pub struct Common {
     /// Calls in flight, all plans together [default: 8].
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (`run` only).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Run against an embedded emulator instead of the cloud (no credentials needed).
     #[arg(long, conflicts_with_all = ["endpoint", "region"])]
     pub emulator: bool,

@@ -468,6 +468,8 @@ impl Controller {
             let req = RunRequest { plan, plan_dir, trigger, scheduled_for, run_id, started_at };
             let finished = executor.run(req, stop, Arc::new(NoObserver)).await;
             let report = finished.report.clone();
+            let status = format!("{:?}", report.status).to_lowercase();
+            crate::metrics::global().run_finished(&report.plan, &status, report.finished_at);
             match finished.persist(&results_dir) {
                 Ok(path) => info!(plan = %report.plan, run_id = %report.run_id, status = ?report.status, "result written to {}", path.display()),
                 Err(e) => error!(plan = %report.plan, run_id = %report.run_id, "{e}"),
@@ -564,6 +566,13 @@ impl Controller {
         let status = format!(
             "{plans} plans ({} scheduled), {invalid} invalid, {running} running{next}",
             self.armed.len()
+        );
+        let metrics = crate::metrics::global();
+        metrics.set_plans(plans as u64, self.armed.len() as u64, invalid as u64);
+        metrics.set_next_fires(
+            self.armed
+                .values()
+                .filter_map(|a| a.next.map(|t| (a.plan.name.clone(), t))),
         );
         if status != self.status {
             on_status(&status);

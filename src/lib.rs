@@ -8,6 +8,7 @@ pub mod duration;
 pub mod emulator;
 pub mod executor;
 pub mod journal;
+pub mod metrics;
 pub mod plan;
 pub mod recovery;
 pub mod results;

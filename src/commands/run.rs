@@ -44,6 +44,15 @@ pub async fn run(common: Common) -> Exit {
     }
 
     let shutdown = CancellationToken::new();
+    if let Some(addr) = common.metrics_listen {
+        match crate::metrics::serve(addr, shutdown.clone()).await {
+            Ok(bound) => info!("metrics at http://{bound}/metrics"),
+            Err(e) => {
+                eprintln!("deployd: cannot serve metrics on {addr}: {e}");
+                return Exit::Config;
+            }
+        }
+    }
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let signals = tokio::spawn(forward_signals(shutdown.clone(), reload_tx));
 

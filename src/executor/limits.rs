@@ -205,6 +205,7 @@ impl Limits {
         if let Some(at) = slot {
             tokio::time::sleep_until(at).await;
         }
+        crate::metrics::global().limiter_wait(started.elapsed());
         let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.waited_micros.fetch_add(waited, Ordering::Relaxed);
         CallPermit {

@@ -494,6 +494,13 @@ impl TaskCtx {
                     warn!("{e}");
                 }
             }
+            let class_name = match &outcome {
+                StartOutcome::Started { .. } => "started",
+                StartOutcome::Retryable(_) => "retryable",
+                StartOutcome::Final(_) => "final",
+                StartOutcome::Unknown(_) => "unknown",
+            };
+            crate::metrics::global().start_call(class_name, outcome.info().http_status);
             match outcome.info().http_status {
                 Some(429) => self.exec.limits.throttled(retry_after),
                 Some(200..=299) => self.exec.limits.relieved(),
@@ -592,6 +599,7 @@ impl TaskCtx {
                 ));
                 return report;
             }
+            crate::metrics::global().retry();
             tokio::select! {
                 biased;
                 _ = self.stop.stop.cancelled() => return self.stopped(report),

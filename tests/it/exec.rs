@@ -371,7 +371,12 @@ async fn followed_deployments_report_their_final_state() {
     let plan = format!("name: web\nfollow: true\nfollow_timeout: 1m\ntasks:\n  - {T1}\n  - {T2}\n");
     let s = Setup::new(config, &plan).await;
     let out = output(s.exec(&[])).await;
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = &results(&s.results_dir(), "web")[0];
     assert_eq!(task(r, T1)["final_state"], "succeeded");
     assert_eq!(task(r, T2)["final_state"], "failed");
