@@ -441,17 +441,13 @@ mod tests {
     #[test]
     fn half_pairs_and_missing_files_are_errors_without_secrets() {
         let half = |k: &str| (k == "CLOUD_SDK_SK").then(|| "half-SECRET".to_string());
-        let err = credentials_from(&half, &AuthSettings::default(), None)
-            .err()
-            .expect("refused");
+        let err = credentials_from(&half, &AuthSettings::default(), None).expect_err("refused");
         assert!(err.0.contains("together") && !err.0.contains("half-SECRET"));
         let missing = AuthSettings {
             iam: Some(iam(PathBuf::from("/nonexistent/deployd-pw"))),
             ..AuthSettings::default()
         };
-        let err = credentials_from(&|_| None, &missing, None)
-            .err()
-            .expect("refused");
+        let err = credentials_from(&|_| None, &missing, None).expect_err("refused");
         assert!(err.0.contains("/nonexistent/deployd-pw"), "{err}");
     }
 
