@@ -326,9 +326,13 @@ impl Shared {
             let result = self
                 .answer(&route, &parts, body, &faults, request_id, received_at)
                 .await;
-            // Losing the answer after processing only matters for a start call (the record
-            // exists, the client cannot know): a query is simply failed and asked again.
-            if faults.drop_after && matches!(route, Route::Deploy(DeployRoute::Start { .. })) {
+            // Losing the answer after processing only matters for a start call that created a
+            // record (the client cannot know it exists): a query is simply failed and asked
+            // again, and a refused call (401, 400, ...) created nothing.
+            if faults.drop_after
+                && result.is_ok()
+                && matches!(route, Route::Deploy(DeployRoute::Start { .. }))
+            {
                 self.store().stats.dropped_after += 1;
                 return Err(DropConnection);
             }

@@ -915,6 +915,29 @@ async fn aksk_signatures_are_verified_on_starts_and_queries() {
 }
 
 #[tokio::test]
+async fn a_refused_start_is_answered_even_with_drop_after() {
+    let emu = emulator(EmulatorConfig {
+        drop_after_rate: 1.0,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let path = format!("/v2/tasks/{TASK}/start");
+    let a = signed(
+        &emu,
+        &aksk(DEFAULT_AK, "wrong", None),
+        "POST",
+        &path,
+        &[],
+        "{}",
+        Utc::now(),
+    )
+    .await;
+    assert_eq!((a.status, a.code()), (401, APIGW_AUTH_FAILED));
+    let stats = emu.stats();
+    assert_eq!((stats.dropped_after, stats.accepted), (0, 0));
+}
+
+#[tokio::test]
 async fn an_ak_is_locked_after_more_than_five_failures_in_a_row() {
     let emu = emulator(EmulatorConfig {
         ak_lock_duration: Duration::from_millis(400),
