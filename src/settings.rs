@@ -1,6 +1,6 @@
 //! Daemon settings: the YAML config file, then command-line flags over it, then defaults,
 //! validated into `Settings` before anything touches the network. Reads the one config file
-//! and nothing else (credentials are resolved by `crate::credentials_source`).
+//! and nothing else (credentials are resolved by `crate::api::credentials`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::api::client::{ClientOptions, Endpoint};
+use crate::auth::iam::{IamConfig, ProjectScope, default_endpoint};
 use crate::duration::parse_duration;
 use crate::executor::retry::RetryPolicy;
 use crate::executor::{ExecutorSettings, UnknownOutcomePolicy};
@@ -89,6 +90,41 @@ pub struct RawAuth {
     pub sk_file: Option<PathBuf>,
     /// File holding an STS security token (temporary AK/SK).
     pub security_token_file: Option<PathBuf>,
+    /// IAM user and password file, to obtain and refresh tokens.
+    pub iam: Option<RawIam>,
+}
+
+/// `auth.iam:` in the config.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIam {
+    /// Account (domain) name.
+    pub domain: Option<String>,
+    /// IAM user name.
+    pub user: Option<String>,
+    /// File holding the password.
+    pub password_file: Option<PathBuf>,
+    /// Token scope by project name (a region id such as `cn-north-4`).
+    pub project_name: Option<String>,
+    /// Token scope by project id.
+    pub project_id: Option<String>,
+    /// IAM endpoint; default `https://iam.{region}.myhuaweicloud.com`.
+    pub endpoint: Option<String>,
+}
+
+/// Validated `auth:` settings: secret file paths and the IAM user (never a secret itself).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// File holding an IAM token.
+    pub token_file: Option<PathBuf>,
+    /// File holding the access key id.
+    pub ak_file: Option<PathBuf>,
+    /// File holding the secret key.
+    pub sk_file: Option<PathBuf>,
+    /// File holding an STS security token.
+    pub security_token_file: Option<PathBuf>,
+    /// IAM password authentication.
+    pub iam: Option<IamConfig>,
 }
 
 /// Flags that override the config file.
@@ -139,8 +175,8 @@ pub struct Settings {
     pub executor: ExecutorSettings,
     /// HTTP client settings.
     pub client: ClientOptions,
-    /// Credential files from the config.
-    pub auth: RawAuth,
+    /// Credential files and the IAM user from the config.
+    pub auth: AuthSettings,
 }
 
 /// A bad configuration (exit status 78).
@@ -211,11 +247,11 @@ impl Settings {
 
         let endpoint_text = o.endpoint.clone().or(raw.endpoint);
         let region = o.region.clone().or(raw.region);
-        let endpoint = match (endpoint_text, region) {
+        let endpoint = match (endpoint_text, region.as_deref()) {
             (Some(e), _) => Endpoint::parse(&e)
                 .map_err(|e| err("endpoint", e.to_string()))
                 .ok(),
-            (None, Some(r)) => Endpoint::for_region(&r)
+            (None, Some(r)) => Endpoint::for_region(r)
                 .map_err(|e| err("region", e.to_string()))
                 .ok(),
             (None, None) => None,
@@ -295,6 +331,24 @@ impl Settings {
             }
         }
 
+        let raw_auth = raw.auth.unwrap_or_default();
+        let iam = raw_auth.iam.map(|iam| {
+            check_iam(
+                iam,
+                region.as_deref(),
+                project_id.as_deref(),
+                client,
+                &mut err,
+            )
+        });
+        let auth = AuthSettings {
+            token_file: raw_auth.token_file,
+            ak_file: raw_auth.ak_file,
+            sk_file: raw_auth.sk_file,
+            security_token_file: raw_auth.security_token_file,
+            iam: iam.flatten(),
+        };
+
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -316,8 +370,91 @@ impl Settings {
                 state_dir: Some(state_dir.clone()),
             },
             client,
-            auth: raw.auth.unwrap_or_default(),
+            auth,
         })
+    }
+}
+
+/// Validates `auth.iam`. The project defaults to the project id (`project_id`,
+/// `--project-id`, `CLOUD_SDK_PROJECT_ID`), then to the region's name; the endpoint to the
+/// region's IAM endpoint.
+fn check_iam(
+    raw: RawIam,
+    region: Option<&str>,
+    project_id: Option<&str>,
+    options: ClientOptions,
+    err: &mut dyn FnMut(&str, String),
+) -> Option<IamConfig> {
+    let mut ok = true;
+    let mut required = |field: &str, value: Option<String>| {
+        let value = value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        if value.is_none() {
+            err(field, "required".into());
+            ok = false;
+        }
+        value.unwrap_or_default()
+    };
+    let domain = required("auth.iam.domain", raw.domain);
+    let user = required("auth.iam.user", raw.user);
+    let password_file = raw.password_file.filter(|p| !p.as_os_str().is_empty());
+    if password_file.is_none() {
+        err("auth.iam.password_file", "required".into());
+        ok = false;
+    }
+    let project = match (raw.project_id, raw.project_name) {
+        (Some(_), Some(_)) => {
+            err(
+                "auth.iam",
+                "give project_id or project_name, not both".into(),
+            );
+            None
+        }
+        (Some(id), None) => match crate::api::rules::check_id(&id) {
+            Ok(()) => Some(ProjectScope::Id(id)),
+            Err(e) => {
+                err("auth.iam.project_id", e);
+                None
+            }
+        },
+        (None, Some(name)) if !name.trim().is_empty() => Some(ProjectScope::Name(name)),
+        (None, Some(_)) => {
+            err("auth.iam.project_name", "must not be empty".into());
+            None
+        }
+        (None, None) => match (project_id, region) {
+            (Some(id), _) => Some(ProjectScope::Id(id.to_owned())),
+            (None, Some(r)) => Some(ProjectScope::Name(r.to_owned())),
+            (None, None) => {
+                err(
+                    "auth.iam",
+                    "give project_id or project_name (or set project_id or region)".into(),
+                );
+                None
+            }
+        },
+    };
+    let endpoint = match (raw.endpoint, region) {
+        (Some(e), _) => Endpoint::parse(&e)
+            .map_err(|e| err("auth.iam.endpoint", e.to_string()))
+            .ok(),
+        (None, Some(r)) => default_endpoint(r)
+            .map_err(|e| err("auth.iam.endpoint", e.to_string()))
+            .ok(),
+        (None, None) => {
+            err("auth.iam.endpoint", "required when no region is set".into());
+            None
+        }
+    };
+    match (ok, project, endpoint, password_file) {
+        (true, Some(project), Some(endpoint), Some(password_file)) => Some(IamConfig {
+            endpoint,
+            domain,
+            user,
+            password_file,
+            project,
+            options,
+        }),
+        _ => None,
     }
 }
 
@@ -383,6 +520,67 @@ mod tests {
         for needle in ["rate", "endpoint", "shutdown_grace", "retry", "project_id"] {
             assert!(text.contains(needle), "{needle} missing in {text}");
         }
+    }
+
+    fn iam_of(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<IamConfig, String> {
+        let raw: RawConfig = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
+        Settings::from_raw(raw, &Overrides::default(), env, None)
+            .map_err(|e| e.to_string())
+            .map(|s| s.auth.iam.expect("auth.iam set"))
+    }
+
+    #[test]
+    fn iam_defaults_come_from_the_region_and_the_project_id() {
+        let iam = iam_of(
+            "region: cn-north-4\nauth: {iam: {domain: acme, user: bob, password_file: pw}}\n",
+            &no_env,
+        )
+        .expect("valid");
+        assert_eq!(
+            iam.endpoint.as_str(),
+            "https://iam.cn-north-4.myhuaweicloud.com"
+        );
+        assert_eq!(iam.project, ProjectScope::Name("cn-north-4".into()));
+        assert_eq!((iam.domain.as_str(), iam.user.as_str()), ("acme", "bob"));
+        assert_eq!(iam.password_file, PathBuf::from("pw"));
+
+        let id = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+        let env = |k: &str| (k == "CLOUD_SDK_PROJECT_ID").then(|| id.to_string());
+        let iam = iam_of(
+            "region: cn-north-4\nauth: {iam: {domain: acme, user: bob, password_file: pw}}\n",
+            &env,
+        )
+        .expect("valid");
+        assert_eq!(iam.project, ProjectScope::Id(id.into()));
+
+        let iam = iam_of(
+            "endpoint: http://127.0.0.1:9\nauth: {iam: {domain: a, user: b, password_file: p, project_name: x, endpoint: 'http://127.0.0.1:8'}}\n",
+            &no_env,
+        )
+        .expect("valid");
+        assert_eq!(iam.endpoint.as_str(), "http://127.0.0.1:8");
+        assert_eq!(iam.project, ProjectScope::Name("x".into()));
+    }
+
+    #[test]
+    fn iam_mistakes_are_all_reported() {
+        let e = iam_of("auth: {iam: {user: ' '}}\n", &no_env).expect_err("invalid");
+        for needle in [
+            "auth.iam.domain: required",
+            "auth.iam.user: required",
+            "auth.iam.password_file: required",
+            "auth.iam: give project_id or project_name",
+            "auth.iam.endpoint: required when no region is set",
+        ] {
+            assert!(e.contains(needle), "{needle} missing in {e}");
+        }
+        let e = iam_of(
+            "auth: {iam: {domain: a, user: b, password_file: p, project_id: short, project_name: x, endpoint: 'http://iam.example.com'}}\n",
+            &no_env,
+        )
+        .expect_err("invalid");
+        assert!(e.contains("not both") && e.contains("http://"), "{e}");
+        assert!(iam_of("auth: {iam: {passwd: x}}\n", &no_env).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use reqwest::{Method, StatusCode, Url};
 use crate::api::credentials::{Credentials, RequestToSign};
 use crate::api::errors::{self, StatusClass, body_request_id, parse_error_body, parse_retry_after};
 use crate::api::types::{CallInfo, HistoryPage, RecordStatus, StartOutcome, StartResponse};
+use crate::secret::Secret;
 
 /// The regions the vendor's SDK knows (`CodeArtsDeployRegion`).
 pub const KNOWN_REGIONS: [&str; 9] = [
@@ -224,6 +225,9 @@ struct Answer {
 struct TransportFailure {
     /// True when the request certainly was not sent (connect, DNS, TLS, auth preparation).
     before_send: bool,
+    /// False only when no credentials can be had (IAM refused the password): sending again
+    /// cannot help.
+    retryable: bool,
     class: &'static str,
     message: String,
 }
@@ -271,7 +275,9 @@ impl DeployClient {
                     error_msg: Some(failure.message),
                     ..CallInfo::default()
                 };
-                return if failure.before_send {
+                return if failure.before_send && !failure.retryable {
+                    StartOutcome::Final(info)
+                } else if failure.before_send {
                     StartOutcome::Retryable(info)
                 } else {
                     StartOutcome::Unknown(info)
@@ -358,7 +364,7 @@ impl DeployClient {
                     error_msg: Some(f.message),
                     ..CallInfo::default()
                 },
-                retryable: true,
+                retryable: f.retryable,
             })?;
         if answer.status.is_success() {
             return Ok(answer);
@@ -370,6 +376,9 @@ impl DeployClient {
         })
     }
 
+    /// Sends one call. With IAM password credentials, a 401 that says the token is expired or
+    /// invalid drops the cached token, gets a new one and sends the call once more: a 401 was
+    /// certainly not processed, so this cannot start a deployment twice.
     async fn send(
         &self,
         method: Method,
@@ -377,6 +386,33 @@ impl DeployClient {
         query: &[(String, String)],
         body: &[u8],
     ) -> Result<Answer, TransportFailure> {
+        let (answer, token_used) = self.send_once(method.clone(), path, query, body).await?;
+        if let (Credentials::Iam(source), Some(used)) = (&self.credentials, token_used)
+            && answer.status == StatusCode::UNAUTHORIZED
+            && let Some(code) = refused_token_code(&answer.body)
+        {
+            tracing::info!(
+                code,
+                path,
+                "the API refused the IAM token; getting a new one and sending the call once more"
+            );
+            source.invalidate(&used).await;
+            return self
+                .send_once(method, path, query, body)
+                .await
+                .map(|(answer, _)| answer);
+        }
+        Ok(answer)
+    }
+
+    /// One HTTP exchange, and the IAM token it carried (if any).
+    async fn send_once(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(String, String)],
+        body: &[u8],
+    ) -> Result<(Answer, Option<Secret>), TransportFailure> {
         let full_path = format!("{}{}", self.endpoint.path_prefix(), path);
         let mut headers = vec![
             ("Content-Type".to_string(), "application/json".to_string()),
@@ -396,14 +432,16 @@ impl DeployClient {
             .await
             .map_err(|e| TransportFailure {
                 before_send: true,
+                retryable: e.retryable,
                 class: "auth_failed",
-                message: e.to_string(),
+                message: e.message,
             })?;
         let url = self
             .endpoint
             .join(path, &prepared.query_string)
             .map_err(|e| TransportFailure {
                 before_send: true,
+                retryable: true,
                 class: "bad_url",
                 message: e.to_string(),
             })?;
@@ -415,6 +453,7 @@ impl DeployClient {
             ) else {
                 return Err(TransportFailure {
                     before_send: true,
+                    retryable: true,
                     class: "bad_header",
                     message: format!("header {name:?} cannot be sent"),
                 });
@@ -431,13 +470,46 @@ impl DeployClient {
             .map_err(transport_failure)?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(transport_failure)?.to_vec();
-        Ok(Answer {
-            status,
-            headers,
-            body,
-        })
+        let mut body = response.bytes().await.map_err(transport_failure)?.to_vec();
+        if !status.is_success() {
+            // An error answer may echo what it received (a gateway's canonical request shows
+            // signed headers): keep our secrets out of result files and logs.
+            let secrets = self.credentials.wire_secrets();
+            body = scrub(body, secrets.into_iter().chain(&prepared.token_used));
+        }
+        Ok((
+            Answer {
+                status,
+                headers,
+                body,
+            },
+            prepared.token_used,
+        ))
     }
+}
+
+/// The code of a 401 answer that says the IAM token is expired or invalid (APIGW.0307, or
+/// APIGW.0301 with a message about the token), worth one refresh; `None` for other refusals.
+fn refused_token_code(body: &[u8]) -> Option<String> {
+    let (code, message) = parse_error_body(body);
+    let code = code?;
+    let about_token = message.is_some_and(|m| m.to_ascii_lowercase().contains("token"));
+    (code == "APIGW.0307" || (code == "APIGW.0301" && about_token)).then_some(code)
+}
+
+/// Replaces every occurrence of each (non-empty) secret in `body` with `***`.
+fn scrub<'s>(body: Vec<u8>, secrets: impl IntoIterator<Item = &'s Secret>) -> Vec<u8> {
+    let mut text = match String::from_utf8(body) {
+        Ok(text) => text,
+        // Not text: nothing a secret (always text) could be found in as such.
+        Err(e) => return e.into_bytes(),
+    };
+    for secret in secrets {
+        if !secret.is_empty() && text.contains(secret.expose()) {
+            text = text.replace(secret.expose(), "***");
+        }
+    }
+    text.into_bytes()
 }
 
 fn transport_failure(e: reqwest::Error) -> TransportFailure {
@@ -461,6 +533,7 @@ fn transport_failure(e: reqwest::Error) -> TransportFailure {
     }
     TransportFailure {
         before_send,
+        retryable: true,
         class,
         message,
     }
@@ -562,6 +635,47 @@ mod tests {
         );
         let err = Endpoint::for_region("mars-1").expect_err("unknown");
         assert!(err.to_string().contains("cn-north-4"));
+    }
+
+    #[test]
+    fn only_token_refusals_trigger_a_refresh() {
+        let body = |code: &str, msg: &str| {
+            serde_json::json!({"error_code": code, "error_msg": msg, "request_id": "r"})
+                .to_string()
+                .into_bytes()
+        };
+        assert_eq!(
+            refused_token_code(&body("APIGW.0307", "The token must be updated.")).as_deref(),
+            Some("APIGW.0307")
+        );
+        assert_eq!(
+            refused_token_code(&body(
+                "APIGW.0301",
+                "Incorrect IAM authentication information: decrypt token fail"
+            ))
+            .as_deref(),
+            Some("APIGW.0301")
+        );
+        for (code, msg) in [
+            ("APIGW.0301", "verify aksk signature fail"),
+            ("APIGW.0303", "signature expired"),
+            ("APIGW.0308", "token bucket"),
+        ] {
+            assert_eq!(refused_token_code(&body(code, msg)), None, "{code}");
+        }
+        assert_eq!(refused_token_code(b"<html>401</html>"), None);
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_from_answers() {
+        let secrets = [Secret::new("sts-SECRET"), Secret::new("")];
+        let body = br#"{"error_msg": "canonicalRequest: x-security-token:sts-SECRET|x"}"#.to_vec();
+        let out = String::from_utf8(scrub(body, &secrets)).expect("text");
+        assert_eq!(
+            out,
+            r#"{"error_msg": "canonicalRequest: x-security-token:***|x"}"#
+        );
+        assert_eq!(scrub(vec![0xff, 0xfe], &secrets), vec![0xff, 0xfe]);
     }
 
     #[test]

@@ -18,6 +18,12 @@ pub const DEFAULT_DOMAIN: &str = "emulator-domain";
 pub const DEFAULT_USER: &str = "emulator-user";
 /// The password of the default user.
 pub const DEFAULT_PASSWORD: &str = "emulator-password";
+/// The access key id accepted by default for AK/SK signatures.
+pub const DEFAULT_AK: &str = "EMULATORACCESSKEY0001";
+/// The secret key of [`DEFAULT_AK`].
+pub const DEFAULT_SK: &str = "emulator-secret-key";
+/// Consecutive failed signatures after which an AK is locked (the gateway's rule: more than 5).
+pub const AK_MAX_FAILURES: u32 = 5;
 
 /// An IAM user the emulator can issue tokens to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +47,25 @@ impl IamUser {
     }
 }
 
+/// An AK/SK pair whose signatures the emulator verifies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessKey {
+    /// Access key id (public: it travels in the `Authorization` header).
+    pub ak: String,
+    /// Secret key.
+    pub sk: Secret,
+}
+
+impl AccessKey {
+    /// A pair from its two parts.
+    pub fn new(ak: impl Into<String>, sk: &str) -> Self {
+        Self {
+            ak: ak.into(),
+            sk: Secret::new(sk),
+        }
+    }
+}
+
 /// What the emulator accepts and which faults it injects.
 ///
 /// Fault fractions are drawn independently per request from one RNG (seeded by `seed`), in the
@@ -54,6 +79,11 @@ pub struct EmulatorConfig {
     pub users: Vec<IamUser>,
     /// Lifetime of an issued IAM token.
     pub token_lifetime: Duration,
+    /// AK/SK pairs whose `SDK-HMAC-SHA256` signatures are accepted.
+    pub access_keys: Vec<AccessKey>,
+    /// How long an AK stays locked after more than [`AK_MAX_FAILURES`] failed signatures in a
+    /// row (5 minutes at the real gateway).
+    pub ak_lock_duration: Duration,
     /// The project id served by the history endpoint (32 letters and digits).
     pub project_id: String,
     /// Fixed delay before answering any API request.
@@ -95,6 +125,8 @@ impl Default for EmulatorConfig {
             tokens: vec![Secret::new(DEFAULT_TOKEN)],
             users: vec![IamUser::new(DEFAULT_DOMAIN, DEFAULT_USER, DEFAULT_PASSWORD)],
             token_lifetime: Duration::from_secs(24 * 3600),
+            access_keys: vec![AccessKey::new(DEFAULT_AK, DEFAULT_SK)],
+            ak_lock_duration: Duration::from_secs(5 * 60),
             project_id: DEFAULT_PROJECT_ID.to_owned(),
             latency: Duration::ZERO,
             latency_jitter: Duration::ZERO,
@@ -201,7 +233,14 @@ pub struct EmulatorArgs {
     /// Lifetime of issued IAM tokens, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 86_400)]
     pub token_lifetime_secs: u64,
-    /// Accept requests without any token.
+    /// An AK/SK pair whose signatures are accepted (repeatable); a test credential, visible to
+    /// `ps` [default: EMULATORACCESSKEY0001:emulator-secret-key].
+    #[arg(long = "access-key", value_name = "AK:SK", value_parser = parse_access_key)]
+    pub access_keys: Vec<AccessKey>,
+    /// How long an AK is locked after more than 5 failed signatures in a row, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub ak_lock_secs: u64,
+    /// Accept requests without any token or signature.
     #[arg(long)]
     pub no_auth: bool,
     /// Project id served by the history endpoint.
@@ -264,6 +303,12 @@ impl EmulatorArgs {
                 self.users
             },
             token_lifetime: Duration::from_secs(self.token_lifetime_secs),
+            access_keys: if self.access_keys.is_empty() {
+                defaults.access_keys
+            } else {
+                self.access_keys
+            },
+            ak_lock_duration: Duration::from_secs(self.ak_lock_secs),
             project_id: self.project_id,
             latency: Duration::from_millis(self.latency_ms),
             latency_jitter: Duration::from_millis(self.jitter_ms),
@@ -291,6 +336,14 @@ fn parse_user(s: &str) -> Result<IamUser, String> {
             Ok(IamUser::new(d, u, p))
         }
         _ => Err("expected DOMAIN:USER:PASSWORD, none of them empty".into()),
+    }
+}
+
+/// Parses `AK:SK` (the SK may itself contain `:`).
+fn parse_access_key(s: &str) -> Result<AccessKey, String> {
+    match s.split_once(':') {
+        Some((ak, sk)) if !ak.is_empty() && !sk.is_empty() => Ok(AccessKey::new(ak, sk)),
+        _ => Err("expected AK:SK, neither empty".into()),
     }
 }
 
@@ -344,6 +397,10 @@ mod tests {
             "t2",
             "--user",
             "acme:bob:pa:ss",
+            "--access-key",
+            "AK1:s:k",
+            "--ak-lock-secs",
+            "2",
             "--rate-limit",
             "2.5",
             "--drop-after-rate",
@@ -358,6 +415,8 @@ mod tests {
         let config = cli.args.into_config();
         assert_eq!(config.tokens, vec![Secret::new("t1"), Secret::new("t2")]);
         assert_eq!(config.users, vec![IamUser::new("acme", "bob", "pa:ss")]);
+        assert_eq!(config.access_keys, vec![AccessKey::new("AK1", "s:k")]);
+        assert_eq!(config.ak_lock_duration, Duration::from_secs(2));
         assert_eq!(config.rate_limit, Some(2.5));
         assert_eq!(config.drop_after_rate, 0.25);
         assert!(config.failing_task_ids.contains(&task));
@@ -372,6 +431,8 @@ mod tests {
             ["--error-rate", "1.5"],
             ["--rate-limit", "0"],
             ["--user", "acme:bob"],
+            ["--access-key", "AK1"],
+            ["--access-key", ":sk"],
             ["--unknown-task", "short"],
         ] {
             assert!(
@@ -388,6 +449,11 @@ mod tests {
             .args
             .into_config();
         assert_eq!(defaults.tokens, vec![Secret::new(DEFAULT_TOKEN)]);
+        assert_eq!(
+            defaults.access_keys,
+            vec![AccessKey::new(DEFAULT_AK, DEFAULT_SK)]
+        );
+        assert_eq!(defaults.ak_lock_duration, Duration::from_secs(300));
         assert!(defaults.validate().is_ok());
         let config = EmulatorConfig {
             hang_rate: -0.1,
@@ -411,7 +477,9 @@ mod tests {
     fn debug_hides_secrets() {
         let text = format!("{:?}", EmulatorConfig::default());
         assert!(
-            !text.contains(DEFAULT_TOKEN) && !text.contains(DEFAULT_PASSWORD),
+            !text.contains(DEFAULT_TOKEN)
+                && !text.contains(DEFAULT_PASSWORD)
+                && !text.contains(DEFAULT_SK),
             "{text}"
         );
     }

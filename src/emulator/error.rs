@@ -16,6 +16,8 @@ pub const APIGW_NOT_FOUND: &str = "APIGW.0101";
 pub const APIGW_BAD_REQUEST: &str = "APIGW.0201";
 /// APIG: IAM authentication failed (missing, unknown or undecryptable token).
 pub const APIGW_AUTH_FAILED: &str = "APIGW.0301";
+/// APIG: the AK/SK signature's `X-Sdk-Date` is more than 15 minutes from the gateway's clock.
+pub const APIGW_SIGNATURE_EXPIRED: &str = "APIGW.0303";
 /// APIG: the token expired and must be refreshed.
 pub const APIGW_TOKEN_EXPIRED: &str = "APIGW.0307";
 /// APIG: throttled (HTTP 429).
@@ -116,6 +118,16 @@ impl ApiErr {
             ErrorForm::Apig,
             APIGW_AUTH_FAILED,
             format!("Incorrect IAM authentication information: {reason}"),
+        )
+    }
+
+    /// 401 APIGW.0303: the signature's date is too far from the server clock.
+    pub fn signature_expired(reason: &str) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorForm::Apig,
+            APIGW_SIGNATURE_EXPIRED,
+            format!("Incorrect app authentication information: {reason}"),
         )
     }
 

@@ -8,6 +8,10 @@
 //! future fail, which makes hyper close the socket without writing anything. State (records,
 //! tokens, log, counters) lives in [`state::Store`] behind one mutex.
 //!
+//! Authentication: a static token or an IAM token it issued in `X-Auth-Token`, or an AK/SK
+//! `SDK-HMAC-SHA256` signature verified with [`crate::auth::signer::verify`] against the raw
+//! received request (API doc E2), with the gateway's skew limit and AK lock-out.
+//!
 //! Endpoints: `POST /v2/tasks/{task_id}/start`, `GET /v2/{project_id}/task/{id}/history`,
 //! `GET /v2/tasks/{task_id}/state`, `POST /v3/auth/tokens`, and for tests `GET /_emulator/log`
 //! and `GET /_emulator/stats` (never subject to auth, faults or counters).
@@ -37,8 +41,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    ConfigError, DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_PROJECT_ID, DEFAULT_TOKEN, DEFAULT_USER,
-    EmulatorArgs, EmulatorConfig, IamUser,
+    AK_MAX_FAILURES, AccessKey, ConfigError, DEFAULT_AK, DEFAULT_DOMAIN, DEFAULT_PASSWORD,
+    DEFAULT_PROJECT_ID, DEFAULT_SK, DEFAULT_TOKEN, DEFAULT_USER, EmulatorArgs, EmulatorConfig,
+    IamUser,
 };
 pub use error::{ApiErr, ErrorForm};
 pub use service::{BODY_LIMIT, Principal};

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::config::EmulatorConfig;
+use super::config::{AK_MAX_FAILURES, EmulatorConfig};
 use super::error::ApiErr;
 use super::state::{
     Faults, IssuedToken, LoggedRequest, Phase, Record, Stats, Store, hex32, service_time,
@@ -30,6 +30,7 @@ use super::state::{
 };
 use super::validate;
 use crate::api::rules;
+use crate::auth::signer::{self, SignatureError};
 
 /// The largest body the gateway accepts (APIG caps signed bodies at 12 MB).
 pub const BODY_LIMIT: usize = 12 * 1024 * 1024;
@@ -71,6 +72,11 @@ pub enum Principal {
         /// `<domain>/<user>`.
         user: String,
     },
+    /// A request signed with a configured AK/SK pair.
+    AkSk {
+        /// The access key id.
+        ak: String,
+    },
 }
 
 impl Principal {
@@ -80,6 +86,7 @@ impl Principal {
             Self::Anonymous => "anonymous".into(),
             Self::StaticToken => "token".into(),
             Self::Iam { user } => format!("iam:{user}"),
+            Self::AkSk { ak } => format!("aksk:{ak}"),
         }
     }
 
@@ -88,6 +95,7 @@ impl Principal {
         match self {
             Self::Anonymous | Self::StaticToken => "emulator".into(),
             Self::Iam { user } => user.rsplit('/').next().unwrap_or(user).to_owned(),
+            Self::AkSk { ak } => ak.clone(),
         }
     }
 }
@@ -215,6 +223,22 @@ fn masked_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A canonical request as APIG shows it in an error message: `|` for newlines, and the value
+/// of a signed `x-security-token` masked (it is a credential).
+fn shown_canonical_request(canonical_request: &str) -> String {
+    canonical_request
+        .split('\n')
+        .map(|line| {
+            if line.starts_with("x-security-token:") {
+                "x-security-token:***"
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
 /// A stable 32-hex id derived from a name (IAM user and domain ids).
 fn derived_id(name: &str) -> String {
     let digest = hex::encode(Sha256::digest(name.as_bytes()));
@@ -302,9 +326,13 @@ impl Shared {
             let result = self
                 .answer(&route, &parts, body, &faults, request_id, received_at)
                 .await;
-            // Losing the answer after processing only matters for a start call (the record
-            // exists, the client cannot know): a query is simply failed and asked again.
-            if faults.drop_after && matches!(route, Route::Deploy(DeployRoute::Start { .. })) {
+            // Losing the answer after processing only matters for a start call that created a
+            // record (the client cannot know it exists): a query is simply failed and asked
+            // again, and a refused call (401, 400, ...) created nothing.
+            if faults.drop_after
+                && result.is_ok()
+                && matches!(route, Route::Deploy(DeployRoute::Start { .. }))
+            {
                 self.store().stats.dropped_after += 1;
                 return Err(DropConnection);
             }
@@ -358,24 +386,97 @@ impl Shared {
         }
     }
 
-    /// Authenticates a deploy call: a static token, an unexpired issued IAM token, or nothing
-    /// when authentication is off. The body is there for AK/SK signatures (payload hash).
-    pub fn authenticate(&self, parts: &Parts, _body: &[u8]) -> Result<Principal, ApiErr> {
+    /// Authenticates a deploy call: a static token, an unexpired issued IAM token, an AK/SK
+    /// signature over the raw received request (`body` is the payload that was hashed), or
+    /// nothing when authentication is off. Every refusal is a 401 and is counted.
+    pub fn authenticate(&self, parts: &Parts, body: &[u8]) -> Result<Principal, ApiErr> {
         if !self.config.auth_required {
             return Ok(Principal::Anonymous);
         }
-        if let Some(token) = parts.headers.get("x-auth-token") {
-            let token = token
-                .to_str()
-                .map_err(|_| ApiErr::unauthorized("decrypt token fail"))?;
-            return self.check_token(token);
+        let result = if let Some(token) = parts.headers.get("x-auth-token") {
+            match token.to_str() {
+                Ok(token) => self.check_token(token),
+                Err(_) => Err(ApiErr::unauthorized("decrypt token fail")),
+            }
+        } else if parts.headers.contains_key(AUTHORIZATION) {
+            self.check_signature(parts, body)
+        } else {
+            Err(ApiErr::unauthorized("x-auth-token not found"))
+        };
+        if result.is_err() {
+            self.store().stats.auth_failures += 1;
         }
-        if parts.headers.contains_key(AUTHORIZATION) {
+        result
+    }
+
+    /// Verifies an `SDK-HMAC-SHA256` signature as the gateway does: unknown AK and bad
+    /// signatures are APIGW.0301 (with the server's canonical request, `|` for newlines, as APIG
+    /// shows it), a skew over 15 minutes APIGW.0303. More than [`AK_MAX_FAILURES`] failures in a
+    /// row lock the AK for the configured time, during which even good signatures are refused.
+    fn check_signature(&self, parts: &Parts, body: &[u8]) -> Result<Principal, ApiErr> {
+        let mut headers = Vec::with_capacity(parts.headers.len());
+        for (name, value) in &parts.headers {
+            let value = value.to_str().map_err(|_| {
+                ApiErr::unauthorized("verify aksk signature fail: a header is not ASCII")
+            })?;
+            headers.push((name.as_str().to_owned(), value.to_owned()));
+        }
+        let authorization = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let parsed = signer::parse_authorization(authorization)
+            .map_err(|e| ApiErr::unauthorized(&format!("verify aksk signature fail: {e}")))?;
+        let Some(key) = self
+            .config
+            .access_keys
+            .iter()
+            .find(|k| k.ak == parsed.access)
+        else {
+            return Err(ApiErr::unauthorized(&format!(
+                "verify aksk signature fail: the access key {:?} does not exist",
+                parsed.access
+            )));
+        };
+        let now = Instant::now();
+        if self
+            .store()
+            .ak_failures
+            .get(&key.ak)
+            .is_some_and(|f| f.locked(now))
+        {
             return Err(ApiErr::unauthorized(
-                "verify aksk signature fail (the emulator does not check AK/SK signatures yet)",
+                "AK access failed to reach the limit, forbidden",
             ));
         }
-        Err(ApiErr::unauthorized("x-auth-token not found"))
+        let received = signer::ReceivedRequest {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or_default(),
+            headers: &headers,
+            body,
+        };
+        let verdict = signer::verify(&received, key.sk.expose(), Utc::now());
+        let mut store = self.store();
+        let failures = store.ak_failures.entry(key.ak.clone()).or_default();
+        let Err(error) = verdict else {
+            failures.consecutive = 0;
+            return Ok(Principal::AkSk { ak: key.ak.clone() });
+        };
+        if failures.fail(now, AK_MAX_FAILURES, self.config.ak_lock_duration) {
+            tracing::info!(ak = %key.ak, "emulator: AK locked after repeated signature failures");
+        }
+        Err(match error {
+            SignatureError::Expired { .. } => ApiErr::signature_expired(&error.to_string()),
+            SignatureError::Mismatch { canonical_request } => ApiErr::unauthorized(&format!(
+                "verify aksk signature fail, canonicalRequest: {}",
+                shown_canonical_request(&canonical_request)
+            )),
+            SignatureError::Malformed(_) => {
+                ApiErr::unauthorized(&format!("verify aksk signature fail: {error}"))
+            }
+        })
     }
 
     /// Checks an `X-Auth-Token` value.
@@ -608,13 +709,16 @@ impl Shared {
             .checked_add(lifetime)
             .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
             .unwrap_or(now);
-        self.store().tokens.insert(
+        let mut store = self.store();
+        store.stats.tokens_issued += 1;
+        store.tokens.insert(
             token.clone(),
             IssuedToken {
                 user: format!("{domain}/{name}"),
                 expires,
             },
         );
+        drop(store);
         let domain_json = json!({"id": derived_id(domain), "name": domain});
         let mut token_json = json!({
             "expires_at": iam_time(expires_at),

@@ -98,6 +98,12 @@ pub struct Stats {
     pub dropped_after: u64,
     /// Requests held open by the hang fault.
     pub hung: u64,
+    /// IAM tokens issued by `POST /v3/auth/tokens`.
+    #[serde(default)]
+    pub tokens_issued: u64,
+    /// Requests refused by authentication (any 401).
+    #[serde(default)]
+    pub auth_failures: u64,
 }
 
 impl Stats {
@@ -198,6 +204,34 @@ pub struct IssuedToken {
     pub expires: Instant,
 }
 
+/// Failed AK/SK signatures of one access key.
+#[derive(Debug, Clone, Default)]
+pub struct AkFailures {
+    /// Failures in a row since the last success or lock.
+    pub consecutive: u32,
+    /// Until when every request with this AK is refused.
+    pub locked_until: Option<Instant>,
+}
+
+impl AkFailures {
+    /// Whether the key is locked at `now`.
+    pub fn locked(&self, now: Instant) -> bool {
+        self.locked_until.is_some_and(|until| now < until)
+    }
+
+    /// Counts a failure; more than `max` in a row locks the key for `lock`. True if it locked.
+    pub fn fail(&mut self, now: Instant, max: u32, lock: Duration) -> bool {
+        self.consecutive += 1;
+        if self.consecutive > max {
+            self.consecutive = 0;
+            self.locked_until = Some(now + lock);
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// A token bucket: `rate` tokens per second, at most `capacity` banked.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -280,6 +314,8 @@ pub struct Store {
     pub by_task: HashMap<String, Vec<String>>,
     /// Issued IAM tokens (expired ones stay, to answer APIGW.0307 rather than 0301).
     pub tokens: HashMap<String, IssuedToken>,
+    /// Failed signatures and locks, by access key id.
+    pub ak_failures: HashMap<String, AkFailures>,
     /// Accepted requests.
     pub log: Vec<LoggedRequest>,
     /// Counters.
@@ -297,6 +333,7 @@ impl Store {
             records: HashMap::new(),
             by_task: HashMap::new(),
             tokens: HashMap::new(),
+            ak_failures: HashMap::new(),
             log: Vec::new(),
             stats: Stats::default(),
             limiter: config

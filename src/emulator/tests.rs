@@ -7,11 +7,13 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::error::{
-    APIGW_AUTH_FAILED, APIGW_BAD_REQUEST, APIGW_NOT_FOUND, APIGW_THROTTLED, APIGW_TOKEN_EXPIRED,
-    DEPLOY_INVALID, DEPLOY_NO_RECORD, DEPLOY_TASK_NOT_FOUND,
+    APIGW_AUTH_FAILED, APIGW_BAD_REQUEST, APIGW_NOT_FOUND, APIGW_SIGNATURE_EXPIRED,
+    APIGW_THROTTLED, APIGW_TOKEN_EXPIRED, DEPLOY_INVALID, DEPLOY_NO_RECORD, DEPLOY_TASK_NOT_FOUND,
 };
 use super::state::service_zone;
 use super::*;
+use crate::auth::signer::{AkSk, SignRequest, sign};
+use crate::secret::Secret;
 
 const TASK: &str = "d2dc947ec2424d8789bb3984bb3adf45";
 const OTHER_TASK: &str = "0ee9c8e6a7dc44109541e53c6dccf47c";
@@ -747,4 +749,242 @@ async fn bad_configs_do_not_start() {
     };
     let err = Emulator::start(config, addr).await.err().expect("refused");
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+/// AK/SK credentials for the signature tests.
+fn aksk(ak: &str, sk: &str, security_token: Option<&str>) -> AkSk {
+    AkSk {
+        ak: ak.into(),
+        sk: Secret::new(sk),
+        project_id: Some(DEFAULT_PROJECT_ID.into()),
+        security_token: security_token.map(Secret::new),
+    }
+}
+
+/// Sends a request signed as the client does (the query goes out in its canonical form),
+/// with `X-Sdk-Date` taken from `at`.
+async fn signed(
+    emu: &Emulator,
+    creds: &AkSk,
+    method: &str,
+    path: &str,
+    query: &[(&str, &str)],
+    body: &str,
+    at: chrono::DateTime<Utc>,
+) -> Answer {
+    let query: Vec<(String, String)> = query
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let headers = vec![("Content-Type".to_owned(), "application/json".to_owned())];
+    let host = emu.addr().to_string();
+    let s = sign(
+        creds,
+        &SignRequest {
+            method,
+            host: &host,
+            path,
+            query: &query,
+            headers: &headers,
+            body: body.as_bytes(),
+        },
+        at,
+    );
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+    let mut req = client(Duration::from_secs(10))
+        .request(method, format!("{}{}", emu.base_url(), s.request_uri))
+        .body(body.to_owned());
+    for (name, value) in &s.headers {
+        req = req.header(name.as_str(), value.as_str());
+    }
+    read(req.send().await.expect("request completes")).await
+}
+
+#[tokio::test]
+async fn aksk_signatures_are_verified_on_starts_and_queries() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let good = aksk(DEFAULT_AK, DEFAULT_SK, None);
+    let start_path = format!("/v2/tasks/{TASK}/start");
+    let a = signed(
+        &emu,
+        &good,
+        "POST",
+        &start_path,
+        &[],
+        r#"{"trigger_source": "0"}"#,
+        Utc::now(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let entry = &emu.log()[0];
+    assert_eq!(entry.principal, format!("aksk:{DEFAULT_AK}"));
+    let shown = entry
+        .headers
+        .iter()
+        .find(|(n, _)| n == "authorization")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(shown, Some("***"));
+
+    // A query given out of order goes out sorted (its canonical form) and verifies too.
+    let today = Utc::now()
+        .with_timezone(&service_zone())
+        .date_naive()
+        .to_string();
+    let history = format!("/v2/{DEFAULT_PROJECT_ID}/task/{TASK}/history");
+    let query = [
+        ("start_date", today.as_str()),
+        ("size", "10"),
+        ("page", "1"),
+        ("end_date", today.as_str()),
+    ];
+    let a = signed(&emu, &good, "GET", &history, &query, "", Utc::now()).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.body["total_num"], 1);
+    let state = format!("/v2/tasks/{TASK}/state");
+    let a = signed(
+        &emu,
+        &good,
+        "GET",
+        &state,
+        &[("record_id", entry.record_id.as_str())],
+        "",
+        Utc::now(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+
+    // The wrong SK: 0301 with the server's canonical request, newlines shown as `|`.
+    let wrong = aksk(DEFAULT_AK, "not-the-sk", Some("sts-token-SECRET"));
+    let a = signed(&emu, &wrong, "POST", &start_path, &[], "{}", Utc::now()).await;
+    assert_eq!((a.status, a.code()), (401, APIGW_AUTH_FAILED));
+    let msg = a.body["error_msg"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("verify aksk signature fail")
+            && msg.contains(&format!("canonicalRequest: POST|{start_path}/||")),
+        "{msg}"
+    );
+    assert!(msg.contains("x-security-token:***"), "{msg}");
+    assert!(
+        !msg.contains("sts-token-SECRET") && !msg.contains("not-the-sk"),
+        "{msg}"
+    );
+
+    // An unknown AK, and a skew over 15 minutes.
+    let a = signed(
+        &emu,
+        &aksk("NOSUCHAK", DEFAULT_SK, None),
+        "POST",
+        &start_path,
+        &[],
+        "{}",
+        Utc::now(),
+    )
+    .await;
+    assert_eq!((a.status, a.code()), (401, APIGW_AUTH_FAILED));
+    assert!(
+        a.body["error_msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("NOSUCHAK")
+    );
+    let old = Utc::now() - chrono::TimeDelta::minutes(16);
+    let a = signed(&emu, &good, "POST", &start_path, &[], "{}", old).await;
+    assert_eq!(
+        (a.status, a.code()),
+        (401, APIGW_SIGNATURE_EXPIRED),
+        "{:?}",
+        a.body
+    );
+    let a = signed(
+        &emu,
+        &good,
+        "POST",
+        &start_path,
+        &[],
+        "{}",
+        Utc::now() - chrono::TimeDelta::minutes(14),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+
+    let stats = emu.stats();
+    assert_eq!(
+        (stats.accepted, stats.auth_failures, stats.status(401)),
+        (2, 3, 3)
+    );
+}
+
+#[tokio::test]
+async fn a_refused_start_is_answered_even_with_drop_after() {
+    let emu = emulator(EmulatorConfig {
+        drop_after_rate: 1.0,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let path = format!("/v2/tasks/{TASK}/start");
+    let a = signed(
+        &emu,
+        &aksk(DEFAULT_AK, "wrong", None),
+        "POST",
+        &path,
+        &[],
+        "{}",
+        Utc::now(),
+    )
+    .await;
+    assert_eq!((a.status, a.code()), (401, APIGW_AUTH_FAILED));
+    let stats = emu.stats();
+    assert_eq!((stats.dropped_after, stats.accepted), (0, 0));
+}
+
+#[tokio::test]
+async fn an_ak_is_locked_after_more_than_five_failures_in_a_row() {
+    let emu = emulator(EmulatorConfig {
+        ak_lock_duration: Duration::from_millis(400),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let good = aksk(DEFAULT_AK, DEFAULT_SK, None);
+    let bad = aksk(DEFAULT_AK, "wrong", None);
+    let path = format!("/v2/tasks/{TASK}/start");
+    // Five failures, then a success: the count starts again.
+    for _ in 0..AK_MAX_FAILURES {
+        let a = signed(&emu, &bad, "POST", &path, &[], "{}", Utc::now()).await;
+        assert!(
+            a.body["error_msg"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("verify aksk")
+        );
+    }
+    assert_eq!(
+        signed(&emu, &good, "POST", &path, &[], "{}", Utc::now())
+            .await
+            .status,
+        200
+    );
+    // Six in a row lock the key: even a good signature is refused.
+    for _ in 0..=AK_MAX_FAILURES {
+        signed(&emu, &bad, "POST", &path, &[], "{}", Utc::now()).await;
+    }
+    let a = signed(&emu, &good, "POST", &path, &[], "{}", Utc::now()).await;
+    assert_eq!((a.status, a.code()), (401, APIGW_AUTH_FAILED));
+    assert!(
+        a.body["error_msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("AK access failed to reach the limit"),
+        "{:?}",
+        a.body
+    );
+    assert_eq!(emu.log().len(), 1);
+    // Until the lock runs out.
+    let unlocked = eventually(Duration::from_secs(5), || async {
+        signed(&emu, &good, "POST", &path, &[], "{}", Utc::now())
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(unlocked, "the AK never unlocked");
 }
