@@ -266,15 +266,16 @@ async fn a_wrong_sk_fails_each_task_with_apigw_0301_and_no_retry() {
     let mut called = 0;
     for t in &s.tasks {
         let entry = task(&r, t);
-        // The run may stop after the first auth failure: such tasks are skipped, uncalled.
+        // The run stops calling after the first auth failure: later tasks fail uncalled.
         let attempts = entry["attempts"].as_u64().unwrap_or(0);
         assert!(attempts <= 1, "task {t} was called more than once: {entry}");
-        if entry["status"] == "failed" {
+        assert_eq!(entry["status"], "failed", "{entry}");
+        if attempts == 1 {
             assert_eq!(entry["error_code"], "APIGW.0301", "{entry}");
             assert_eq!(entry["http_status"], 401, "{entry}");
             called += 1;
         } else {
-            assert_eq!(entry["status"], "skipped", "{entry}");
+            assert_eq!(entry["error_code"], "auth_refused_in_run", "{entry}");
         }
     }
     assert!(called >= 1);

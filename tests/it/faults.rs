@@ -308,3 +308,36 @@ async fn sigkill_mid_run_then_restart_writes_it_interrupted_and_starts_nothing_t
     );
     assert!(!seen.is_empty() && seen.len() < 20);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_one_refused_authentication_the_run_stops_calling() {
+    let emulator = start_emulator(emulator_config()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tasks = ids(8, 6);
+    write(&dir.path().join("auth.yaml"), &plan_of("auth", &tasks, ""));
+    let mut cmd = deployd();
+    cmd.arg("exec")
+        .arg(dir.path().join("auth.yaml"))
+        .args(["--endpoint", &emulator.base_url()])
+        .arg("--results-dir")
+        .arg(dir.path().join("results"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--rate", "100", "--concurrency", "1"])
+        .env("DEPLOYD_TOKEN", "not-the-token");
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stats = emulator.stats();
+    assert_eq!(
+        stats.status(401),
+        1,
+        "one refused call, then no more: {stats:?}"
+    );
+    let r = &results(&dir.path().join("results"), "auth")[0];
+    assert_eq!(r["status"], "failed");
+    assert_eq!(task(r, &tasks[0])["error_code"], "APIGW.0301");
+    for t in &tasks[1..] {
+        assert_eq!(task(r, t)["error_code"], "auth_refused_in_run");
+        assert_eq!(task(r, t)["attempts"], 0);
+    }
+}

@@ -51,6 +51,9 @@ pub fn deployd() -> Command {
         .env_remove("CLOUD_SDK_AK")
         .env_remove("CLOUD_SDK_SK")
         .env_remove("CLOUD_SDK_PROJECT_ID")
+        .env_remove("CLOUD_SDK_SECURITY_TOKEN")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("STATE_DIRECTORY")
         .env_remove("JOURNAL_STREAM")
         .env_remove("NOTIFY_SOCKET")
         .env_remove("RUST_LOG");
