@@ -366,3 +366,40 @@ async fn sigterm_in_the_middle_of_a_slow_run_writes_it_as_interrupted() {
         .count();
     assert_eq!(late, 0, "no call started after the signal");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_show_calls_runs_and_plans() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = plans_dir(root.path());
+    let emulator = start_emulator(emulator_config()).await;
+    let results_dir = root.path().join("results");
+    let stop = CancellationToken::new();
+    let addr = deployd::metrics::serve("127.0.0.1:0".parse().expect("addr"), stop.clone()).await.expect("serve");
+    let d = Daemon::boot(root.path(), &emulator);
+    write(&plans.join("metered.yaml"), &plan(&[T1, T2], ""));
+    write(&plans.join("nightly-metered.yaml"), &plan(&[T3], "schedule: \"0 30 2 * * *\"\n"));
+    wait_for(10, "the run", || results(&results_dir, "metered").len() == 1).await;
+    let url = format!("http://{addr}/metrics");
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        text = reqwest::get(&url).await.expect("GET").text().await.expect("body");
+        if text.contains("deployd_runs_total{plan=\"metered\",status=\"succeeded\"} 1")
+            && text.contains("deployd_next_fire_timestamp_seconds{plan=\"nightly-metered\"}")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for needle in [
+        "deployd_runs_total{plan=\"metered\",status=\"succeeded\"} 1",
+        "deployd_start_calls_total{outcome=\"started\",status=\"200\"}",
+        "deployd_next_fire_timestamp_seconds{plan=\"nightly-metered\"}",
+        "deployd_last_run_status{plan=\"metered\",status=\"succeeded\"} 1",
+        "deployd_build_info{version=",
+    ] {
+        assert!(text.contains(needle), "{needle} missing in:\n{text}");
+    }
+    stop.cancel();
+    d.stop().await;
+}
