@@ -403,3 +403,74 @@ async fn metrics_show_calls_runs_and_plans() {
     stop.cancel();
     d.stop().await;
 }
+
+/// Runs the real daemon with `NOTIFY_SOCKET` pointing at a socket of ours: checks the systemd
+/// protocol (READY, STATUS, STOPPING), SIGHUP with a bad config (kept running), and exit 0 on
+/// SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_notify_sighup_with_a_bad_config_and_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = plans_dir(root.path());
+    let results_dir = root.path().join("results");
+    let emulator = start_emulator(emulator_config()).await;
+    let socket_path = root.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind");
+    socket.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    let config = root.path().join("config.yaml");
+    write(&config, "rescan_interval: 60s\n");
+    let mut child = deployd()
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--plans-dir")
+        .arg(&plans)
+        .arg("--results-dir")
+        .arg(&results_dir)
+        .arg("--state-dir")
+        .arg(root.path().join("state"))
+        .args(["--endpoint", &emulator.base_url()])
+        .env("DEPLOYD_TOKEN", TOKEN)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id().to_string();
+
+    let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = messages.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(n) = socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let done = text.contains("STOPPING=1");
+                sink.lock().expect("lock").push(text);
+                if done {
+                    return;
+                }
+            }
+        }
+    });
+    let has = |needle: &str| messages.lock().expect("lock").iter().any(|m| m.contains(needle));
+    wait_for(15, "READY=1", || has("READY=1")).await;
+    assert!(has("STATUS="), "a status line is sent");
+
+    // A bad config on SIGHUP: the daemon keeps the old one and keeps working.
+    write(&config, "rate: -1\nbogus: 1\n");
+    let kill = |sig: &str| std::process::Command::new("kill").args([sig, &pid]).status().expect("kill").success();
+    assert!(kill("-HUP"));
+    write(&plans.join("after-hup.yaml"), &plan(&[T1], ""));
+    wait_for(15, "a run after the bad reload", || results(&results_dir, "after-hup").len() == 1).await;
+    assert!(child.try_wait().expect("wait").is_none(), "still running");
+
+    assert!(kill("-TERM"));
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait")).await.expect("join");
+    assert_eq!(status.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(stderr.contains("keeping the old one"), "the reload error is logged: {stderr}");
+    reader.join().expect("reader");
+    assert!(has("STOPPING=1"));
+}
