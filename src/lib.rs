@@ -9,6 +9,7 @@ pub mod emulator;
 pub mod executor;
 pub mod plan;
 pub mod results;
+pub mod retention;
 pub mod scan;
 pub mod schedule;
 pub mod secret;

@@ -4,3 +4,4 @@
 mod daemon;
 mod exec;
 mod helpers;
+mod ops;
