@@ -1,5 +1,6 @@
-//! The command line (clap derive): `run`, `check`, `exec`, `next`, `emulator`, `schema`, and
-//! the options they share. Parsing only: no files read, nothing built here.
+//! The command line (clap derive): `run`, `check`, `exec`, `next`, `status`, `emulator`,
+//! `schema`, the hidden `generate` (completions and man pages for packagers), and the options
+//! they share. Parsing only: no files read, nothing built here.
 
 use std::path::PathBuf;
 
@@ -31,6 +32,11 @@ pub enum Command {
     Emulator(crate::emulator::EmulatorArgs),
     /// Print the JSON Schema of the plan format.
     Schema,
+    /// Show each plan's last run and next fire, from the results, state and plans folders.
+    Status(StatusArgs),
+    /// Write shell completions or man pages generated from these definitions (for packagers).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
 }
 
 /// Options shared by the commands that talk to the API.
@@ -125,6 +131,75 @@ pub struct ExecArgs {
     pub common: Common,
 }
 
+/// The folder options of [`Common`], for commands that only read the folders.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Folders {
+    /// Config file (YAML); only its folders are used. Flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Plans folder [default: plans].
+    #[arg(long, value_name = "DIR")]
+    pub plans_dir: Option<PathBuf>,
+    /// Result files folder [default: results, or $STATE_DIRECTORY/results].
+    #[arg(long, value_name = "DIR")]
+    pub results_dir: Option<PathBuf>,
+    /// State folder [default: state, or $STATE_DIRECTORY/state].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Folders {
+    /// The flags that override the config file.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            plans_dir: self.plans_dir.clone(),
+            results_dir: self.results_dir.clone(),
+            state_dir: self.state_dir.clone(),
+            ..Overrides::default()
+        }
+    }
+}
+
+/// `deployd status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// The folders to read.
+    #[command(flatten)]
+    pub folders: Folders,
+}
+
+/// `deployd generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// What to generate.
+    #[command(subcommand)]
+    pub what: Generate,
+}
+
+/// What `deployd generate` writes.
+#[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// A shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+        /// Write the file here (named as the shell expects: deployd.bash, _deployd,
+        /// deployd.fish, ...) instead of printing it.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Man pages: deployd.1, and with --out one page per command (deployd-run.1, ...).
+    Man {
+        /// Write the pages here instead of printing deployd.1.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
 /// `deployd next`.
 #[derive(Debug, Args)]
 pub struct NextArgs {
@@ -175,5 +250,38 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn status_takes_the_folder_flags_only() {
+        let cli = Cli::try_parse_from(["deployd", "status", "--json", "--results-dir", "r"])
+            .expect("parses");
+        let Command::Status(args) = cli.command else {
+            panic!("status expected")
+        };
+        assert!(args.json);
+        assert_eq!(args.folders.overrides().results_dir, Some("r".into()));
+        assert!(Cli::try_parse_from(["deployd", "status", "--emulator"]).is_err());
+    }
+
+    #[test]
+    fn generate_is_hidden_but_parses() {
+        let help = Cli::command().render_help().to_string();
+        assert!(
+            help.contains("status") && !help.contains("generate"),
+            "{help}"
+        );
+        let cli = Cli::try_parse_from(["deployd", "generate", "completions", "zsh", "--out", "d"])
+            .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Generate(GenerateArgs {
+                what: Generate::Completions {
+                    shell: clap_complete::Shell::Zsh,
+                    out: Some(_)
+                }
+            })
+        ));
+        assert!(Cli::try_parse_from(["deployd", "generate", "completions", "tcsh"]).is_err());
     }
 }

@@ -247,6 +247,19 @@ pub async fn run(
     Ok(())
 }
 
+/// Applies `keep_results` to one plan's result files (after each of its runs).
+pub fn prune_results(results_dir: &Path, plan: &str, keep: &crate::retention::RetentionPolicy) {
+    match crate::retention::prune(results_dir, plan, keep, std::time::SystemTime::now()) {
+        Ok(removed) if !removed.is_empty() => info!(
+            plan,
+            removed = removed.len(),
+            "old result files removed (keep_results)"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(plan, "{e}"),
+    }
+}
+
 async fn recv_hint(hints: &mut Option<mpsc::Receiver<Hint>>) -> Option<Hint> {
     match hints {
         Some(rx) => rx.recv().await,
@@ -461,6 +474,7 @@ impl Controller {
         self.slots.entry(plan.name.clone()).or_default().running += 1;
         let plan_dir = self.settings.plans_dir.clone();
         let results_dir = self.settings.results_dir.clone();
+        let keep = self.settings.keep_results;
         let executor = self.executor.clone();
         let stop = self.stop.clone();
         let name = plan.name.clone();
@@ -471,7 +485,10 @@ impl Controller {
             let status = format!("{:?}", report.status).to_lowercase();
             crate::metrics::global().run_finished(&report.plan, &status, report.finished_at);
             match finished.persist(&results_dir) {
-                Ok(path) => info!(plan = %report.plan, run_id = %report.run_id, status = ?report.status, "result written to {}", path.display()),
+                Ok(path) => {
+                    info!(plan = %report.plan, run_id = %report.run_id, status = ?report.status, "result written to {}", path.display());
+                    prune_results(&results_dir, &report.plan, &keep);
+                }
                 Err(e) => error!(plan = %report.plan, run_id = %report.run_id, "{e}"),
             }
             (name, report.status)

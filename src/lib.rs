@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod plan;
 pub mod recovery;
 pub mod results;
+pub mod retention;
 pub mod scan;
 pub mod schedule;
 pub mod secret;

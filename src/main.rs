@@ -36,6 +36,8 @@ async fn main() -> ExitCode {
             commands::emulator::emulator(args).await
         }
         Command::Schema => commands::schema::schema(),
+        Command::Status(args) => commands::status::status(&args),
+        Command::Generate(args) => commands::generate::generate(&args),
     };
     exit.into()
 }

@@ -12,6 +12,7 @@ use crate::auth::iam::{IamConfig, ProjectScope, default_endpoint};
 use crate::duration::parse_duration;
 use crate::executor::retry::RetryPolicy;
 use crate::executor::{ExecutorSettings, UnknownOutcomePolicy};
+use crate::retention::RetentionPolicy;
 
 /// Largest config file read.
 const MAX_CONFIG_BYTES: usize = 256 * 1024;
@@ -52,6 +53,18 @@ pub struct RawConfig {
     pub timeouts: Option<RawTimeouts>,
     /// Credentials (file paths only: secrets never sit in the config itself).
     pub auth: Option<RawAuth>,
+    /// How many result files to keep per plan.
+    pub keep_results: Option<RawKeepResults>,
+}
+
+/// `keep_results:` in the config: `{count: N, age: "30d"}`, either or both.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeepResults {
+    /// Result files kept per plan (the newest ones).
+    pub count: Option<usize>,
+    /// Results of runs that started longer ago than this are removed.
+    pub age: Option<String>,
 }
 
 /// `retry:` in the config.
@@ -177,6 +190,8 @@ pub struct Settings {
     pub client: ClientOptions,
     /// Credential files and the IAM user from the config.
     pub auth: AuthSettings,
+    /// Which result files to keep per plan (everything when `keep_results` is absent).
+    pub keep_results: RetentionPolicy,
 }
 
 /// A bad configuration (exit status 78).
@@ -348,6 +363,21 @@ impl Settings {
             security_token_file: raw_auth.security_token_file,
             iam: iam.flatten(),
         };
+        let keep_results = match raw.keep_results {
+            None => RetentionPolicy::KEEP_ALL,
+            Some(k) => {
+                let age = k.age.map(|a| {
+                    parse_duration(&a).unwrap_or_else(|e| {
+                        err("keep_results.age", e);
+                        Duration::MAX
+                    })
+                });
+                RetentionPolicy::try_new(k.count, age).unwrap_or_else(|e| {
+                    err("keep_results", e.to_string());
+                    RetentionPolicy::KEEP_ALL
+                })
+            }
+        };
 
         if !errors.is_empty() {
             return Err(ConfigError(errors));
@@ -371,6 +401,7 @@ impl Settings {
             },
             client,
             auth,
+            keep_results,
         })
     }
 }
@@ -581,6 +612,30 @@ mod tests {
         .expect_err("invalid");
         assert!(e.contains("not both") && e.contains("http://"), "{e}");
         assert!(iam_of("auth: {iam: {passwd: x}}\n", &no_env).is_err());
+    }
+
+    #[test]
+    fn keep_results_is_validated() {
+        let parse = |yaml: &str| {
+            let raw: RawConfig = serde_saphyr::from_str(yaml).expect("yaml");
+            Settings::from_raw(raw, &Overrides::default(), &no_env, None)
+        };
+        let s = parse("keep_results: {count: 50, age: 30d}\n").expect("valid");
+        assert_eq!(s.keep_results.count().map(|n| n.get()), Some(50));
+        assert_eq!(s.keep_results.age(), Some(Duration::from_secs(30 * 86_400)));
+        let s = parse("keep_results: {age: 12h}\n").expect("valid");
+        assert_eq!(s.keep_results.count(), None);
+        assert!(parse("rate: 1\n").expect("valid").keep_results.keeps_all());
+        for (bad, needle) in [
+            ("keep_results: {count: 0}\n", "count must be at least 1"),
+            ("keep_results: {age: soon}\n", "keep_results.age"),
+            ("keep_results: {age: 0s}\n", "age must be longer than 0"),
+            ("keep_results: {}\n", "give count, age or both"),
+        ] {
+            let e = parse(bad).expect_err(bad).to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+        assert!(serde_saphyr::from_str::<RawConfig>("keep_results: {max: 3}\n").is_err());
     }
 
     #[test]

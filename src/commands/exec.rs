@@ -78,7 +78,14 @@ pub async fn exec(args: ExecArgs) -> Exit {
     let written = finished.persist(&settings.results_dir);
     print_summary(&report, elapsed.as_secs_f64());
     match written {
-        Ok(path) => println!("result: {}", path.display()),
+        Ok(path) => {
+            println!("result: {}", path.display());
+            crate::daemon::prune_results(
+                &settings.results_dir,
+                &report.plan,
+                &settings.keep_results,
+            );
+        }
         Err(e) => {
             eprintln!("deployd: {e}");
             return Exit::Failed;

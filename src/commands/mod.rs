@@ -4,9 +4,11 @@
 pub mod check;
 pub mod emulator;
 pub mod exec;
+pub mod generate;
 pub mod next;
 pub mod run;
 pub mod schema;
+pub mod status;
 
 use std::process::ExitCode;
 use std::sync::Arc;

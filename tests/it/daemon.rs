@@ -374,16 +374,29 @@ async fn metrics_show_calls_runs_and_plans() {
     let emulator = start_emulator(emulator_config()).await;
     let results_dir = root.path().join("results");
     let stop = CancellationToken::new();
-    let addr = deployd::metrics::serve("127.0.0.1:0".parse().expect("addr"), stop.clone()).await.expect("serve");
+    let addr = deployd::metrics::serve("127.0.0.1:0".parse().expect("addr"), stop.clone())
+        .await
+        .expect("serve");
     let d = Daemon::boot(root.path(), &emulator);
     write(&plans.join("metered.yaml"), &plan(&[T1, T2], ""));
-    write(&plans.join("nightly-metered.yaml"), &plan(&[T3], "schedule: \"0 30 2 * * *\"\n"));
-    wait_for(10, "the run", || results(&results_dir, "metered").len() == 1).await;
+    write(
+        &plans.join("nightly-metered.yaml"),
+        &plan(&[T3], "schedule: \"0 30 2 * * *\"\n"),
+    );
+    wait_for(10, "the run", || {
+        results(&results_dir, "metered").len() == 1
+    })
+    .await;
     let url = format!("http://{addr}/metrics");
     let mut text = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::time::Instant::now() < deadline {
-        text = reqwest::get(&url).await.expect("GET").text().await.expect("body");
+        text = reqwest::get(&url)
+            .await
+            .expect("GET")
+            .text()
+            .await
+            .expect("body");
         if text.contains("deployd_runs_total{plan=\"metered\",status=\"succeeded\"} 1")
             && text.contains("deployd_next_fire_timestamp_seconds{plan=\"nightly-metered\"}")
         {
@@ -416,7 +429,9 @@ async fn systemd_notify_sighup_with_a_bad_config_and_sigterm() {
     let emulator = start_emulator(emulator_config()).await;
     let socket_path = root.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).expect("bind");
-    socket.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
     let config = root.path().join("config.yaml");
     write(&config, "rescan_interval: 60s\n");
     let mut child = deployd()
@@ -454,23 +469,43 @@ async fn systemd_notify_sighup_with_a_bad_config_and_sigterm() {
             }
         }
     });
-    let has = |needle: &str| messages.lock().expect("lock").iter().any(|m| m.contains(needle));
+    let has = |needle: &str| {
+        messages
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|m| m.contains(needle))
+    };
     wait_for(15, "READY=1", || has("READY=1")).await;
     assert!(has("STATUS="), "a status line is sent");
 
     // A bad config on SIGHUP: the daemon keeps the old one and keeps working.
     write(&config, "rate: -1\nbogus: 1\n");
-    let kill = |sig: &str| std::process::Command::new("kill").args([sig, &pid]).status().expect("kill").success();
+    let kill = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success()
+    };
     assert!(kill("-HUP"));
     write(&plans.join("after-hup.yaml"), &plan(&[T1], ""));
-    wait_for(15, "a run after the bad reload", || results(&results_dir, "after-hup").len() == 1).await;
+    wait_for(15, "a run after the bad reload", || {
+        results(&results_dir, "after-hup").len() == 1
+    })
+    .await;
     assert!(child.try_wait().expect("wait").is_none(), "still running");
 
     assert!(kill("-TERM"));
-    let status = tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait")).await.expect("join");
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait"))
+        .await
+        .expect("join");
     assert_eq!(status.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&status.stderr);
-    assert!(stderr.contains("keeping the old one"), "the reload error is logged: {stderr}");
+    assert!(
+        stderr.contains("keeping the old one"),
+        "the reload error is logged: {stderr}"
+    );
     reader.join().expect("reader");
     assert!(has("STOPPING=1"));
 }

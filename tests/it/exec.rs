@@ -384,3 +384,44 @@ async fn followed_deployments_report_their_final_state() {
     let stats = s.emulator.stats();
     assert!(stats.total > 2, "the state endpoint was polled: {stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_results_prunes_old_result_files_of_that_plan_only() {
+    let s = Setup::new(emulator_config(), &format!("name: web\ntasks: [{T1}]\n")).await;
+    write(
+        &s.dir.path().join("config.yaml"),
+        "keep_results: {count: 2}\n",
+    );
+    // Another plan's old results must survive.
+    let other = s
+        .results_dir()
+        .join("other")
+        .join("20200101T000000Z-00000000.json");
+    write(&other, "{}");
+    let config = s.dir.path().join("config.yaml");
+    let mut run_ids = Vec::new();
+    for _ in 0..3 {
+        let out = output(s.exec(&["--config", config.to_str().expect("utf8")])).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        run_ids.push(
+            stdout
+                .split("run ")
+                .nth(1)
+                .and_then(|t| t.split(' ').next())
+                .expect("run id")
+                .to_string(),
+        );
+    }
+    let kept: Vec<String> = results(&s.results_dir(), "web")
+        .iter()
+        .map(|r| r["run_id"].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!(kept, run_ids[1..].to_vec(), "the two newest are kept");
+    assert!(other.exists(), "another plan's files are untouched");
+}

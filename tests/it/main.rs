@@ -6,3 +6,4 @@ mod daemon;
 mod exec;
 mod faults;
 mod helpers;
+mod ops;
