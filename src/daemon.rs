@@ -119,7 +119,7 @@ pub async fn run(
             settings.plans_dir.display()
         )
     })?;
-    check_folder_permissions(&plans_dir);
+    check_folder_permissions(&plans_dir).map_err(anyhow::Error::msg)?;
     let (mut watcher, mut hints) = start_watcher(&plans_dir);
 
     let mut c = Controller {
@@ -280,22 +280,28 @@ fn start_watcher(dir: &Path) -> (Option<FolderWatcher>, Option<mpsc::Receiver<Hi
     }
 }
 
-/// Whoever can write a plan can deploy: warn when the folder is writable by others.
-fn check_folder_permissions(dir: &Path) {
+/// Whoever can write a plan can deploy: a plans folder writable by every user is refused.
+pub fn check_folder_permissions(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(dir)
-        && meta.permissions().mode() & 0o002 != 0
-    {
-        warn!(
-            "the plans folder {} is writable by every user (mode {:o}): anyone on this host can deploy; chmod o-w it",
+    let mode = std::fs::metadata(dir)
+        .map(|m| m.permissions().mode())
+        .unwrap_or(0);
+    if mode & 0o002 != 0 {
+        return Err(format!(
+            "the plans folder {} is writable by every user (mode {:o}): anyone on this host could deploy; refusing to read it until you `chmod o-w` it",
             dir.display(),
-            meta.permissions().mode() & 0o7777
-        );
+            mode & 0o7777
+        ));
     }
+    Ok(())
 }
 
 impl Controller {
     fn rescan(&mut self, dir: &Path, scan_at: &mut Option<Instant>) {
+        if let Err(e) = check_folder_permissions(dir) {
+            error!("{e}; the plans loaded so far stay as they are");
+            return;
+        }
         let scan = match self.scanner.scan(dir) {
             Ok(s) => s,
             Err(e) => {

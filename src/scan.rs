@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::plan::catalog::Seen;
-use crate::plan::load::{Loaded, MAX_PLAN_BYTES, is_plan_file_name, parse_plan, plan_files_in};
+use crate::plan::load::{Loaded, is_plan_file_name, parse_plan, plan_files_in, read_limited};
 use crate::plan::{PlanIssue, PlanIssues};
 use crate::watcher::HintKind;
 
@@ -135,22 +135,6 @@ impl FolderScanner {
             .insert(path.to_path_buf(), (sha, outcome.clone()));
         outcome
     }
-}
-
-/// Reads a plan file: a regular file (a symlink only if it points to one), at most
-/// `MAX_PLAN_BYTES` (+1 to detect larger ones; the loader reports the size error).
-fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file (a symlink must point to a regular file)".into());
-    }
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
-    let mut bytes = Vec::with_capacity(meta.len().min(MAX_PLAN_BYTES as u64 + 1) as usize);
-    file.take(MAX_PLAN_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    Ok(bytes)
 }
 
 /// Whether a hint's path concerns a plan file in `dir`.

@@ -267,8 +267,9 @@ fn too_large_message() -> String {
     )
 }
 
-/// Reads at most `MAX_PLAN_BYTES + 1` bytes of a regular file.
-fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
+/// Reads a plan file's bytes: a regular file (a symlink only if it points to one), not
+/// writable by every user, at most `MAX_PLAN_BYTES + 1` bytes (the parser reports the size).
+pub fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
     let not_regular = "is not a regular file (a plan must be a regular file, or a symlink to one)";
     // `metadata` follows symlinks: a link to a regular file is fine, a link to a FIFO or a
     // device is refused before opening it (opening a FIFO could block).
@@ -281,6 +282,13 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
     let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
     if !meta.is_file() {
         return Err(not_regular.into());
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+    if mode & 0o002 != 0 {
+        return Err(format!(
+            "is writable by every user (mode {:o}): whoever can write a plan can deploy, so it is refused; `chmod o-w` it",
+            mode & 0o7777
+        ));
     }
     if meta.len() > MAX_PLAN_BYTES as u64 {
         return Err(too_large_message());

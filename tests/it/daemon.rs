@@ -509,3 +509,49 @@ async fn systemd_notify_sighup_with_a_bad_config_and_sigterm() {
     reader.join().expect("reader");
     assert!(has("STOPPING=1"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn world_writable_plans_and_plans_folders_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = plans_dir(root.path());
+    let emulator = start_emulator(emulator_config()).await;
+
+    // A plan file anyone can write: `check` refuses it, naming the fix.
+    let file = plans.join("open.yaml");
+    write(&file, &plan(&[T1], ""));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let out = output({
+        let mut c = deployd();
+        c.arg("check").arg(&plans);
+        c
+    })
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("open.yaml:1:1") && stdout.contains("chmod o-w"),
+        "{stdout}"
+    );
+
+    // A plans folder anyone can write: the daemon does not start (78) and calls nothing.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::set_permissions(&plans, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let out = output({
+        let mut c = deployd();
+        c.arg("run")
+            .arg("--plans-dir")
+            .arg(&plans)
+            .arg("--results-dir")
+            .arg(root.path().join("results"))
+            .arg("--state-dir")
+            .arg(root.path().join("state"))
+            .args(["--endpoint", &emulator.base_url()])
+            .env("DEPLOYD_TOKEN", TOKEN);
+        c
+    })
+    .await;
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("writable by every user"));
+    assert_eq!(emulator.stats().total, 0);
+}
