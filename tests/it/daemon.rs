@@ -555,3 +555,46 @@ async fn world_writable_plans_and_plans_folders_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("writable by every user"));
     assert_eq!(emulator.stats().total, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn saving_in_vim_runs_the_new_content_once() {
+    use std::io::Write;
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = plans_dir(root.path());
+    let emulator = start_emulator(emulator_config()).await;
+    let results_dir = root.path().join("results");
+    let d = Daemon::boot(root.path(), &emulator);
+    write(&plans.join("web.yaml"), &plan(&[T1], ""));
+    wait_for(10, "first run", || results(&results_dir, "web").len() == 1).await;
+
+    // What vim does on :w (backupcopy=auto): swap file, rename the original to a backup,
+    // write a new file, remove the backup.
+    write(&plans.join(".web.yaml.swp"), "swap");
+    std::fs::rename(plans.join("web.yaml"), plans.join("web.yaml~")).expect("backup");
+    let mut f = std::fs::File::create(plans.join("web.yaml")).expect("create");
+    f.write_all(plan(&[T1, T2], "").as_bytes()).expect("write");
+    f.sync_all().expect("sync");
+    drop(f);
+    std::fs::remove_file(plans.join("web.yaml~")).expect("rm backup");
+    std::fs::remove_file(plans.join(".web.yaml.swp")).expect("rm swap");
+
+    wait_for(10, "the edited plan's run", || {
+        results(&results_dir, "web").len() == 2
+    })
+    .await;
+    assert_eq!(results(&results_dir, "web")[1]["summary"]["total"], 2);
+    write(&plans.join("sentinel.yaml"), &plan(&[T4], ""));
+    wait_for(10, "sentinel", || {
+        results(&results_dir, "sentinel").len() == 1
+    })
+    .await;
+    assert_eq!(results(&results_dir, "web").len(), 2, "one run per content");
+    assert!(
+        !results_dir.join("_invalid").exists()
+            || std::fs::read_dir(results_dir.join("_invalid"))
+                .expect("ls")
+                .next()
+                .is_none()
+    );
+    d.stop().await;
+}
