@@ -42,18 +42,9 @@ pub enum Command {
 /// Options shared by the commands that talk to the API.
 #[derive(Debug, Clone, Default, Args)]
 pub struct Common {
-    /// Config file (YAML). Flags override it.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Watched plans folder [default: plans].
-    #[arg(long, value_name = "DIR")]
-    pub plans_dir: Option<PathBuf>,
-    /// Result files folder [default: results, or $STATE_DIRECTORY/results].
-    #[arg(long, value_name = "DIR")]
-    pub results_dir: Option<PathBuf>,
-    /// State folder [default: state, or $STATE_DIRECTORY/state].
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    /// The config file and the folders.
+    #[command(flatten)]
+    pub folders: Folders,
     /// API base URL (https://..., or http:// to a loopback address).
     #[arg(long, value_name = "URL", conflicts_with = "region")]
     pub endpoint: Option<String>,
@@ -87,15 +78,13 @@ impl Common {
     /// The flags that override the config file.
     pub fn overrides(&self) -> Overrides {
         Overrides {
-            plans_dir: self.plans_dir.clone(),
-            results_dir: self.results_dir.clone(),
-            state_dir: self.state_dir.clone(),
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             project_id: self.project_id.clone(),
             rate: self.rate,
             burst: self.burst,
             concurrency: self.concurrency,
+            ..self.folders.overrides()
         }
     }
 
@@ -131,10 +120,11 @@ pub struct ExecArgs {
     pub common: Common,
 }
 
-/// The folder options of [`Common`], for commands that only read the folders.
+/// The config file and folder options (part of [`Common`]; alone for commands that only read
+/// the folders).
 #[derive(Debug, Clone, Default, Args)]
 pub struct Folders {
-    /// Config file (YAML); only its folders are used. Flags override it.
+    /// Config file (YAML). Flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Plans folder [default: plans].

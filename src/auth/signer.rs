@@ -166,23 +166,31 @@ impl fmt::Debug for SignatureError {
                 .field("sdk_date", sdk_date)
                 .field("skew_seconds", skew_seconds)
                 .finish(),
-            Self::Mismatch { canonical_request } => {
-                let redacted: Vec<&str> = canonical_request
-                    .split('\n')
-                    .map(|line| {
-                        if line.starts_with("x-security-token:") {
-                            "x-security-token:***"
-                        } else {
-                            line
-                        }
-                    })
-                    .collect();
-                f.debug_struct("Mismatch")
-                    .field("canonical_request", &redacted.join("\n"))
-                    .finish()
-            }
+            Self::Mismatch { canonical_request } => f
+                .debug_struct("Mismatch")
+                .field(
+                    "canonical_request",
+                    &redact_canonical_request(canonical_request, "\n"),
+                )
+                .finish(),
         }
     }
+}
+
+/// A canonical request with the value of a signed `x-security-token` masked (it is a
+/// credential), its lines joined with `separator` (APIG shows them joined with `|`).
+pub fn redact_canonical_request(canonical_request: &str, separator: &str) -> String {
+    canonical_request
+        .split('\n')
+        .map(|line| {
+            if line.starts_with("x-security-token:") {
+                "x-security-token:***"
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(separator)
 }
 
 /// Signs `req` with `creds` as the SDK's `BasicCredentials.sign_request` does.

@@ -50,7 +50,11 @@ pub fn process_env(key: &str) -> Option<String> {
 
 /// Loads settings from the config file and flags, printing the errors on failure.
 pub fn load_settings(common: &Common) -> Result<Settings, ConfigError> {
-    Settings::load(common.config.as_deref(), &common.overrides(), &process_env)
+    Settings::load(
+        common.folders.config.as_deref(),
+        &common.overrides(),
+        &process_env,
+    )
 }
 
 /// An executor ready to call the API, and the embedded emulator when `--emulator` was given

@@ -226,17 +226,7 @@ fn masked_headers(headers: &HeaderMap) -> Vec<(String, String)> {
 /// A canonical request as APIG shows it in an error message: `|` for newlines, and the value
 /// of a signed `x-security-token` masked (it is a credential).
 fn shown_canonical_request(canonical_request: &str) -> String {
-    canonical_request
-        .split('\n')
-        .map(|line| {
-            if line.starts_with("x-security-token:") {
-                "x-security-token:***"
-            } else {
-                line
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("|")
+    crate::auth::signer::redact_canonical_request(canonical_request, "|")
 }
 
 /// A stable 32-hex id derived from a name (IAM user and domain ids).
