@@ -421,6 +421,7 @@ fn plan_names() {
         ".",
         "..",
         ".hidden",
+        "_invalid",
         "",
         "a/b",
         "../x",
