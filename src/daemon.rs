@@ -38,8 +38,6 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// A fire found later than this (suspend, clock jump) is not run; the next one is armed.
 const MISSED_FIRE: Duration = Duration::from_secs(60);
-/// Folder under the results folder holding the errors of invalid plan files.
-pub const INVALID_DIR: &str = "_invalid";
 
 /// What the daemon needs, built and validated by the caller.
 pub struct DaemonParts {
@@ -538,7 +536,7 @@ impl Controller {
 
     /// Keeps `RESULTS/_invalid/<file>.txt` equal to the set of invalid plan files.
     fn sync_invalid_reports(&mut self) {
-        let dir = self.settings.results_dir.join(INVALID_DIR);
+        let dir = self.settings.results_dir.join(crate::results::INVALID_DIR);
         let wanted: BTreeMap<String, String> = self
             .catalog
             .invalid_files()

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::api::types::DeployState;
 
+/// Folder under the results folder holding the errors of invalid plan files (a plan may not
+/// take this name).
+pub const INVALID_DIR: &str = "_invalid";
+
 /// Mode of result files: owner read/write, group read.
 pub const RESULT_FILE_MODE: u32 = 0o640;
 

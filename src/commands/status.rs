@@ -24,7 +24,6 @@ use crate::retention::run_id_start;
 use crate::settings::Settings;
 
 /// The folder under RESULTS holding the daemon's reports of invalid plan files.
-const INVALID_DIR: &str = "_invalid";
 
 /// Everything `deployd status` shows.
 #[derive(Debug, Clone, Serialize)]
@@ -221,7 +220,10 @@ pub fn gather(
                 let Ok(name) = entry.file_name().into_string() else {
                     continue;
                 };
-                if name.starts_with('.') || name == INVALID_DIR || !entry.path().is_dir() {
+                if name.starts_with('.')
+                    || name == crate::results::INVALID_DIR
+                    || !entry.path().is_dir()
+                {
                     continue;
                 }
                 with_results.insert(name);
@@ -359,7 +361,7 @@ fn invalid_files(
     mut check_issues: BTreeMap<String, Vec<String>>,
     errors: &mut Vec<String>,
 ) -> Vec<InvalidFile> {
-    let dir = results_dir.join(INVALID_DIR);
+    let dir = results_dir.join(crate::results::INVALID_DIR);
     let mut found = BTreeMap::new();
     match std::fs::read_dir(&dir) {
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {}

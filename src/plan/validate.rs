@@ -315,7 +315,7 @@ pub fn check_plan_name(name: &str) -> Result<(), String> {
     if name.starts_with('.') {
         return Err("must not start with '.'".into());
     }
-    if name == crate::daemon::INVALID_DIR {
+    if name == crate::results::INVALID_DIR {
         return Err(format!(
             "{name:?} is reserved (the results folder of invalid plan reports)"
         ));
