@@ -1,4 +1,50 @@
 //! deployd: declarative batch deploys on Huawei Cloud CodeArts Deploy.
+//!
+//! # Theory of operation
+//!
+//! Ops teams drop YAML plans into a folder. A plan file becomes a trusted [`plan::Plan`] in one
+//! place ([`plan::load`] → [`plan::raw`] → [`plan::validate`]): every rule of the API contract is
+//! checked there, before any call. The daemon ([`daemon`]) keeps a [`plan::catalog::Catalog`]
+//! of the loaded plans, fed by [`scan`] (what is in the folder, and is it finished being
+//! written?) on hints from [`watcher`], a periodic timer and SIGHUP. It fires scheduled plans at
+//! the times [`schedule`] computes and run-once plans on arrival (remembered in [`state`]).
+//!
+//! A run is the [`executor`]: it resolves params, starts the tasks concurrently through the
+//! account-wide [`executor::limits`] (GCRA rate, calls in flight, 429 slow lane), retries what
+//! [`executor::retry`] allows, looks unknown outcomes up in the task's history
+//! ([`executor::reconcile`]) instead of re-sending blindly, and journals each call's intent
+//! before sending it ([`journal`]), so that [`recovery`] can finish a run a crash interrupted.
+//! Calls go through the [`api`] client (exact SDK wire bytes, error classification) with
+//! [`auth`] (AK/SK signing, IAM tokens). Every run ends in one [`results`] file, written
+//! atomically; [`retention`] prunes old ones.
+//!
+//! [`emulator`] is a strict local CodeArts Deploy server for the quick start and the tests.
+//! [`commands`] holds one module per CLI command ([`cli`]); `main.rs` only dispatches.
+//!
+//! # Module map
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`plan`] | the plan format: raw serde types, validation, loader, catalog diff |
+//! | [`schedule`] | cron parsing and DST-correct fire times (pure) |
+//! | [`api`] | API field rules, wire bytes, the HTTP client, error parsing |
+//! | [`auth`] | AK/SK signing (pure) and IAM token refresh |
+//! | [`executor`] | one run of one plan: limits, retries, history lookups, following |
+//! | [`journal`], [`recovery`] | crash safety: per-run intent journal, finishing interrupted runs |
+//! | [`results`], [`retention`] | result files: model, atomic write, pruning |
+//! | [`state`] | the run-once memory |
+//! | [`scan`], [`watcher`] | the plans folder: settledness, content hashes, notify hints |
+//! | [`daemon`] | the controller loop: catalog, schedules, runs, shutdown |
+//! | [`settings`] | the config file and flags, validated |
+//! | [`metrics`], [`telemetry`], [`signals`] | Prometheus, logging, signal futures |
+//! | [`emulator`] | the local CodeArts Deploy server |
+//! | [`cli`], [`commands`] | the command line |
+//!
+//! Small shared pieces: [`secret`] (a string that never prints itself), [`duration`]
+//! (`30s`, `10m`).
+
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod auth;
 pub mod cli;

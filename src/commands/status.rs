@@ -23,8 +23,6 @@ use crate::results::ts;
 use crate::retention::run_id_start;
 use crate::settings::Settings;
 
-/// The folder under RESULTS holding the daemon's reports of invalid plan files.
-
 /// Everything `deployd status` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
