@@ -36,6 +36,8 @@ use crate::watcher::{FolderWatcher, Hint};
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// The controller looks at the wall clock at least this often.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// Longest wait at start-up for plan files still being written.
+const STARTUP_SETTLE: Duration = Duration::from_secs(5);
 /// A fire found later than this (suspend, clock jump) is not run; the next one is armed.
 const MISSED_FIRE: Duration = Duration::from_secs(60);
 
@@ -142,9 +144,20 @@ pub async fn run(
     )
     .await;
 
-    let mut scan_at = Some(Instant::now());
+    let mut scan_at = None;
     let mut periodic = Instant::now() + c.settings.rescan_interval;
     c.rescan(&plans_dir, &mut scan_at);
+    // Files written just before the start are not settled yet: give them their quiet time
+    // (bounded) so that READY means "the plans are loaded".
+    let settle_by = Instant::now() + STARTUP_SETTLE;
+    while let Some(at) = scan_at.filter(|at| *at <= settle_by) {
+        scan_at = None;
+        tokio::select! {
+            _ = control.shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(at) => {}
+        }
+        c.rescan(&plans_dir, &mut scan_at);
+    }
     info!(
         plans = c.catalog.active().count(),
         scheduled = c.armed.len(),
