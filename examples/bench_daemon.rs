@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let calls_before = emulator.log().len();
     let idle = idle_window(&daemon, idle_secs, 30).await?;
     println!(
-        "idle: {plans} plans ({once} run-once done, {} scheduled), window {:.1} s: CPU {:.3} s = {:.3} s per idle minute; RSS every 30 s: {} (peak {}); calls during the window: {}",
+        "idle: {plans} plans ({once} run-once done, {} scheduled), window {:.1} s: CPU {:.3} s = {:.3} s per idle minute; RSS {} (peak {}); calls during the window: {}",
         plans - once,
         idle.window,
         idle.cpu,

@@ -268,7 +268,7 @@ proptest! {
             format!("name: deep\ntasks: {}{}\n", "[".repeat(depth), "]".repeat(depth))
         } else {
             let mut s = String::from("name: deep\ntasks:\n");
-            for d in 0..depth.min(2000) {
+            for d in 0..depth.min(1000) {
                 s.push_str(&" ".repeat(d + 1));
                 s.push_str("-\n");
             }

@@ -422,6 +422,8 @@ pub struct Idle {
     pub cpu: f64,
     /// RSS in KiB at the start, then every `every_secs`.
     pub rss: Vec<u64>,
+    /// The sampling interval, in seconds.
+    pub every_secs: u64,
 }
 
 impl Idle {
@@ -437,7 +439,7 @@ impl Idle {
             .iter()
             .map(|k| format!("{:.1}", *k as f64 / 1024.0))
             .collect();
-        format!("{} MiB", v.join(" -> "))
+        format!("every {} s: {} MiB", self.every_secs, v.join(" -> "))
     }
 }
 
@@ -465,5 +467,6 @@ pub async fn idle_window(d: &DaemonProc, secs: u64, every_secs: u64) -> anyhow::
         window: t.elapsed().as_secs_f64(),
         cpu: (d.cpu()? - cpu0).as_secs_f64(),
         rss,
+        every_secs: every_secs.max(1),
     })
 }
