@@ -145,8 +145,11 @@ pub async fn run(
     .await;
 
     let mut scan_at = None;
+    // Event-driven scans trust unchanged file identities; the periodic scan, SIGHUP and lost
+    // events read every file again.
+    let mut full_scan = false;
     let mut periodic = Instant::now() + c.settings.rescan_interval;
-    c.rescan(&plans_dir, &mut scan_at);
+    c.rescan(&plans_dir, &mut scan_at, true);
     // Files written just before the start are not settled yet: give them their quiet time
     // (bounded) so that READY means "the plans are loaded".
     let settle_by = Instant::now() + STARTUP_SETTLE;
@@ -156,7 +159,7 @@ pub async fn run(
             _ = control.shutdown.cancelled() => break,
             _ = tokio::time::sleep_until(at) => {}
         }
-        c.rescan(&plans_dir, &mut scan_at);
+        c.rescan(&plans_dir, &mut scan_at, false);
     }
     info!(
         plans = c.catalog.active().count(),
@@ -202,6 +205,7 @@ pub async fn run(
                     warn!("{why}: rescanning the plans folder");
                     c.scanner.forget_hints();
                     scan_at = Some(Instant::now());
+                    full_scan = true;
                 }
                 None => {
                     warn!("the folder watcher stopped; relying on periodic rescans until it can be restarted");
@@ -219,6 +223,7 @@ pub async fn run(
                 }
                 c.scanner.forget_hints();
                 scan_at = Some(Instant::now());
+                full_scan = true;
             },
             Some(done) = c.runs.join_next(), if !c.runs.is_empty() => {
                 c.run_ended(done);
@@ -232,17 +237,19 @@ pub async fn run(
             warn!("folder events were dropped (too many at once): rescanning");
             c.scanner.forget_hints();
             scan_at = Some(Instant::now());
+            full_scan = true;
         }
         if Instant::now() >= periodic {
             periodic = Instant::now() + c.settings.rescan_interval;
             scan_at = Some(Instant::now());
+            full_scan = true;
             if watcher.is_none() {
                 (watcher, hints) = start_watcher(&plans_dir);
             }
         }
         if scan_at.is_some_and(|at| Instant::now() >= at) {
             scan_at = None;
-            c.rescan(&plans_dir, &mut scan_at);
+            c.rescan(&plans_dir, &mut scan_at, std::mem::take(&mut full_scan));
         }
         c.fire_due();
         if let (Some(at), Some((every, ping))) = (next_watchdog, control.watchdog.as_mut())
@@ -308,12 +315,12 @@ pub fn check_folder_permissions(dir: &Path) -> Result<(), String> {
 }
 
 impl Controller {
-    fn rescan(&mut self, dir: &Path, scan_at: &mut Option<Instant>) {
+    fn rescan(&mut self, dir: &Path, scan_at: &mut Option<Instant>, full: bool) {
         if let Err(e) = check_folder_permissions(dir) {
             error!("{e}; the plans loaded so far stay as they are");
             return;
         }
-        let scan = match self.scanner.scan(dir) {
+        let scan = match self.scanner.scan(dir, full) {
             Ok(s) => s,
             Err(e) => {
                 error!(

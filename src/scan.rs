@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::plan::catalog::Seen;
-use crate::plan::load::{Loaded, is_plan_file_name, parse_plan, plan_files_in, read_limited};
+use crate::plan::catalog::{Seen, Valid};
+use crate::plan::load::{is_plan_file_name, parse_plan, plan_files_in, read_limited};
 use crate::plan::{PlanIssue, PlanIssues};
 use crate::watcher::HintKind;
 
@@ -27,8 +27,39 @@ pub struct FolderScanner {
     open_writes: HashMap<PathBuf, Instant>,
     /// Files known complete (closed after writing, or renamed in) since their last write.
     complete: HashSet<PathBuf>,
-    /// Last parse per file, keyed by content hash.
-    cache: HashMap<PathBuf, (String, Result<Loaded, PlanIssues>)>,
+    /// Last parse per file, with the file's identity and content hash.
+    cache: HashMap<PathBuf, Cached>,
+}
+
+/// What the scanner remembers of a file it read.
+#[derive(Debug)]
+struct Cached {
+    identity: Option<FileIdentity>,
+    sha: String,
+    outcome: Result<Valid, PlanIssues>,
+}
+
+/// Size, inode and nanosecond change times: when all are equal, the content is taken as
+/// unchanged without reading it (event-driven scans only; full scans always read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    len: u64,
+    ino: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            len: m.len(),
+            ino: m.ino(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
 }
 
 /// The result of one scan.
@@ -70,9 +101,11 @@ impl FolderScanner {
         self.complete.clear();
     }
 
-    /// Scans `dir`. I/O errors on the folder itself are returned; errors on one file become
-    /// that file's issue.
-    pub fn scan(&mut self, dir: &Path) -> std::io::Result<Scan> {
+    /// Scans `dir`. A `full` scan reads and hashes every file; otherwise a file whose size,
+    /// inode and change times are those of the last read is not read again (so a folder event
+    /// costs a `stat` per file, not a read). I/O errors on the folder itself are returned;
+    /// errors on one file become that file's issue.
+    pub fn scan(&mut self, dir: &Path, full: bool) -> std::io::Result<Scan> {
         let files = plan_files_in(dir)?;
         let now = Instant::now();
         let wall = SystemTime::now();
@@ -102,7 +135,7 @@ impl FolderScanner {
                     continue;
                 }
             }
-            let outcome = self.read(&path);
+            let outcome = self.read(&path, full);
             seen.insert(path, Seen::Read(outcome));
         }
         self.cache.retain(|p, _| seen.contains_key(p));
@@ -110,7 +143,15 @@ impl FolderScanner {
         Ok(Scan { seen, recheck_at })
     }
 
-    fn read(&mut self, path: &Path) -> Result<Loaded, PlanIssues> {
+    fn read(&mut self, path: &Path, full: bool) -> Result<Valid, PlanIssues> {
+        let identity = FileIdentity::of(path);
+        if !full
+            && let Some(cached) = self.cache.get(path)
+            && identity.is_some()
+            && cached.identity == identity
+        {
+            return cached.outcome.clone();
+        }
         let bytes = match read_limited(path) {
             Ok(b) => b,
             Err(message) => {
@@ -125,14 +166,21 @@ impl FolderScanner {
             }
         };
         let sha = hex::encode(Sha256::digest(&bytes));
-        if let Some((cached_sha, outcome)) = self.cache.get(path)
-            && *cached_sha == sha
+        if let Some(cached) = self.cache.get_mut(path)
+            && cached.sha == sha
         {
-            return outcome.clone();
+            cached.identity = identity;
+            return cached.outcome.clone();
         }
-        let outcome = parse_plan(path, &bytes);
-        self.cache
-            .insert(path.to_path_buf(), (sha, outcome.clone()));
+        let outcome = parse_plan(path, &bytes).map(Valid::from);
+        self.cache.insert(
+            path.to_path_buf(),
+            Cached {
+                identity,
+                sha,
+                outcome: outcome.clone(),
+            },
+        );
         outcome
     }
 }
@@ -144,4 +192,80 @@ pub fn concerns_plans(dir: &Path, path: &Path) -> bool {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(is_plan_file_name)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    const PLAN: &str = "tasks: [d2dc947ec2424d8789bb3984bb3adf45]\n";
+
+    fn read_ok(scan: &Scan, path: &Path) -> bool {
+        matches!(scan.seen.get(path), Some(Seen::Read(Ok(_))))
+    }
+
+    #[tokio::test]
+    async fn a_file_open_for_writing_is_unsettled_until_closed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, PLAN).expect("write");
+        let mut scanner = FolderScanner::new();
+        scanner.note(path.clone(), HintKind::Written);
+        let scan = scanner.scan(dir.path(), false).expect("scan");
+        assert!(matches!(scan.seen.get(&path), Some(Seen::Unsettled)));
+        assert!(scan.recheck_at.is_some(), "a recheck is scheduled");
+        scanner.note(path.clone(), HintKind::Closed);
+        let scan = scanner.scan(dir.path(), false).expect("scan");
+        assert!(read_ok(&scan, &path), "closed after writing: complete");
+    }
+
+    #[tokio::test]
+    async fn a_fresh_file_without_events_waits_for_quiet_and_a_rename_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fresh = dir.path().join("fresh.yaml");
+        let moved = dir.path().join("moved.yaml");
+        std::fs::write(&fresh, PLAN).expect("write");
+        std::fs::write(&moved, PLAN).expect("write");
+        let mut scanner = FolderScanner::new();
+        scanner.note(moved.clone(), HintKind::RenamedIn);
+        let scan = scanner.scan(dir.path(), false).expect("scan");
+        assert!(
+            matches!(scan.seen.get(&fresh), Some(Seen::Unsettled)),
+            "written under a second ago"
+        );
+        assert!(
+            read_ok(&scan, &moved),
+            "renamed in: complete by construction"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_edit_is_seen_by_an_event_scan_through_the_file_identity() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, PLAN).expect("write");
+        let mut scanner = FolderScanner::new();
+        scanner.note(path.clone(), HintKind::Closed);
+        let first = scanner.scan(dir.path(), false).expect("scan");
+        let Some(Seen::Read(Ok(a))) = first.seen.get(&path) else {
+            panic!("read")
+        };
+        let a = a.plan.sha256.clone();
+        // Same size, new content.
+        std::fs::write(&path, PLAN.replace("d2dc", "e2dc")).expect("write");
+        scanner.note(path.clone(), HintKind::Closed);
+        let second = scanner.scan(dir.path(), false).expect("scan");
+        let Some(Seen::Read(Ok(b))) = second.seen.get(&path) else {
+            panic!("read")
+        };
+        assert_ne!(a, b.plan.sha256, "the change was read");
+        // Unchanged: the very same shared plan comes back.
+        let third = scanner.scan(dir.path(), false).expect("scan");
+        let Some(Seen::Read(Ok(c))) = third.seen.get(&path) else {
+            panic!("read")
+        };
+        assert!(Arc::ptr_eq(&b.plan, &c.plan), "not parsed again");
+    }
 }

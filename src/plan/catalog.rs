@@ -6,15 +6,32 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::load::Loaded;
 use super::{Plan, PlanIssue, PlanIssues};
+
+/// A valid plan as read from its file, cheap to clone (shared, never copied per scan).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Valid {
+    /// The plan.
+    pub plan: Arc<Plan>,
+    /// The loader's warnings about it.
+    pub warnings: Arc<[PlanIssue]>,
+}
+
+impl From<super::load::Loaded> for Valid {
+    fn from(loaded: super::load::Loaded) -> Self {
+        Self {
+            plan: Arc::new(loaded.plan),
+            warnings: loaded.warnings.into(),
+        }
+    }
+}
 
 /// What a scan saw for one plan file.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // short-lived, one per file per scan
 pub enum Seen {
     /// The file was stable and read: its loader outcome.
-    Read(Result<Loaded, PlanIssues>),
+    Read(Result<Valid, PlanIssues>),
     /// The file is still being written: keep whatever was known about it.
     Unsettled,
 }
@@ -49,7 +66,7 @@ struct FileEntry {
     /// The last valid plan read from this file.
     last_valid: Option<Arc<Plan>>,
     /// Warnings of the last valid read.
-    warnings: Vec<PlanIssue>,
+    warnings: Arc<[PlanIssue]>,
 }
 
 /// Loaded plans, by file and by name.
@@ -109,13 +126,13 @@ impl Catalog {
             let entry = self.files.entry(file.clone()).or_insert(FileEntry {
                 issues: None,
                 last_valid: None,
-                warnings: Vec::new(),
+                warnings: Arc::from(Vec::new()),
             });
             match outcome {
-                Ok(loaded) => {
+                Ok(valid) => {
                     entry.issues = None;
-                    entry.last_valid = Some(Arc::new(loaded.plan));
-                    entry.warnings = loaded.warnings;
+                    entry.last_valid = Some(valid.plan);
+                    entry.warnings = valid.warnings;
                 }
                 Err(issues) => {
                     if entry.issues.is_none() {
@@ -210,9 +227,9 @@ mod tests {
     use super::*;
     use crate::plan::{Overlap, RetryOverrides, Task};
 
-    fn plan(name: &str, file: &str, sha: &str) -> Loaded {
-        Loaded {
-            plan: Plan {
+    fn plan(name: &str, file: &str, sha: &str) -> Valid {
+        Valid {
+            plan: Arc::new(Plan {
                 name: name.into(),
                 file_name: file.into(),
                 sha256: sha.into(),
@@ -228,8 +245,8 @@ mod tests {
                     params: vec![],
                     record_id: None,
                 }],
-            },
-            warnings: vec![],
+            }),
+            warnings: Arc::from(Vec::new()),
         }
     }
 
