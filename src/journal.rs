@@ -75,6 +75,10 @@ pub enum Entry {
         attempt: u32,
         /// What the answer means.
         class: CallClass,
+        /// The task's line as it stands after this answer (status, record id, HTTP status,
+        /// error), so that recovery can report a started task as started.
+        #[serde(default)]
+        report: Option<Box<TaskReport>>,
     },
     /// A task reached its final state in this run.
     Task(Box<TaskReport>),
@@ -202,10 +206,22 @@ impl Drop for RunJournal {
 /// Writes every queued line, syncs once, acknowledges them all; repeats until the sender is
 /// gone. Closing the file releases the lock.
 fn group_commit(mut file: File, rx: mpsc::Receiver<(Vec<u8>, Ack)>) {
+    // After a failed write the file may end in a torn line: nothing more is appended (every
+    // later append fails, so no call is made that the journal could not record).
+    let mut poisoned: Option<(std::io::ErrorKind, String)> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
+        }
+        if let Some((kind, msg)) = &poisoned {
+            for (_, ack) in batch {
+                let _ = ack.send(Err(std::io::Error::new(
+                    *kind,
+                    format!("an earlier write failed: {msg}"),
+                )));
+            }
+            continue;
         }
         let mut result = Ok(());
         for (line, _) in &batch {
@@ -216,6 +232,9 @@ fn group_commit(mut file: File, rx: mpsc::Receiver<(Vec<u8>, Ack)>) {
         }
         if result.is_ok() {
             result = file.sync_data();
+        }
+        if let Err(e) = &result {
+            poisoned = Some((e.kind(), e.to_string()));
         }
         for (_, ack) in batch {
             let _ = ack.send(match &result {
@@ -231,6 +250,8 @@ fn group_commit(mut file: File, rx: mpsc::Receiver<(Vec<u8>, Ack)>) {
 pub struct TaskTrail {
     /// The final report, if the task finished before the crash.
     pub done: Option<TaskReport>,
+    /// The task's line after its last answered call.
+    pub last_answer: Option<TaskReport>,
     /// Calls made: (attempt, sent_at, class if an answer came).
     pub calls: Vec<(u32, DateTime<Utc>, Option<CallClass>)>,
 }
@@ -313,15 +334,14 @@ fn read_one(path: &Path) -> Result<Option<Unfinished>, String> {
                 task_id,
                 attempt,
                 class,
+                report,
             } => {
-                if let Some(call) = trails
-                    .entry(task_id)
-                    .or_default()
-                    .calls
-                    .iter_mut()
-                    .find(|c| c.0 == attempt)
-                {
+                let trail = trails.entry(task_id).or_default();
+                if let Some(call) = trail.calls.iter_mut().find(|c| c.0 == attempt) {
                     call.2 = Some(class);
+                }
+                if let Some(report) = report {
+                    trail.last_answer = Some(*report);
                 }
             }
             Entry::Task(report) => {
@@ -375,6 +395,7 @@ mod tests {
             task_id: "a".into(),
             attempt: 1,
             class: CallClass::Retryable,
+            report: None,
         })
         .await
         .expect("outcome");

@@ -12,8 +12,8 @@ use tracing::{error, info, warn};
 
 use crate::executor::Executor;
 use crate::executor::reconcile::{Lookup, Reconciler};
-use crate::journal::{TaskTrail, Unfinished, unfinished};
-use crate::results::{RecordRef, RunReport, RunStatus, TaskReport, TaskStatus, write_report};
+use crate::journal::{CallClass, TaskTrail, Unfinished, unfinished};
+use crate::results::{RunReport, RunStatus, TaskReport, TaskStatus, write_report};
 
 /// Writes the result of every unfinished run found under `state_dir`; returns how many.
 pub async fn recover(
@@ -29,6 +29,11 @@ pub async fn recover(
     let mut done = 0;
     for run in runs {
         let report = finish(&run, exec, stop).await;
+        if stop.is_cancelled() {
+            // Lookups were cut short: keep the journal, the next start finishes the run.
+            warn!(run_id = %run.header.run_id, "shutdown during crash recovery: the run journal is kept for the next start");
+            break;
+        }
         match write_report(results_dir, &report) {
             Ok(path) => {
                 warn!(
@@ -56,17 +61,40 @@ pub async fn recover(
     done
 }
 
-/// The `interrupted` report of one unfinished run.
+/// The `interrupted` report of one unfinished run. The tasks' history lookups run
+/// concurrently (each through the shared limits).
 pub async fn finish(run: &Unfinished, exec: &Executor, stop: &CancellationToken) -> RunReport {
-    let mut tasks = Vec::with_capacity(run.header.tasks.len());
-    for skeleton in &run.header.tasks {
+    let mut lookups = tokio::task::JoinSet::new();
+    for (index, skeleton) in run.header.tasks.iter().enumerate() {
         let trail = run
             .trails
             .get(&skeleton.task_id)
             .cloned()
             .unwrap_or_default();
-        tasks.push(finish_task(skeleton, &trail, exec, stop).await);
+        let (skeleton, exec, stop) = (skeleton.clone(), exec.clone(), stop.clone());
+        lookups.spawn(async move { (index, finish_task(&skeleton, &trail, &exec, &stop).await) });
     }
+    let mut tasks: Vec<Option<TaskReport>> = vec![None; run.header.tasks.len()];
+    while let Some(done) = lookups.join_next().await {
+        match done {
+            Ok((index, report)) => tasks[index] = Some(report),
+            Err(e) => error!("a recovery lookup ended abnormally: {e}"),
+        }
+    }
+    let tasks: Vec<TaskReport> = tasks
+        .into_iter()
+        .zip(&run.header.tasks)
+        .map(|(r, skeleton)| {
+            r.unwrap_or_else(|| {
+                let mut r = skeleton.clone();
+                r.status = TaskStatus::Failed;
+                r.error_code = Some("outcome_unknown".into());
+                r.error_msg =
+                    Some("the crash recovery of this task failed; check the task's history".into());
+                r
+            })
+        })
+        .collect();
     let summary = RunReport::summarize(&tasks);
     RunReport {
         plan: run.header.plan.clone(),
@@ -92,10 +120,27 @@ async fn finish_task(
     if let Some(done) = &trail.done {
         return done.clone();
     }
-    let mut report = skeleton.clone();
-    report.status = TaskStatus::Skipped;
+    // The line as the last answer left it (record id, HTTP status, error), or the skeleton.
+    let mut report = trail
+        .last_answer
+        .clone()
+        .unwrap_or_else(|| skeleton.clone());
     report.attempts = u32::try_from(trail.calls.len()).unwrap_or(u32::MAX);
+    if trail.calls.iter().any(|c| c.2 == Some(CallClass::Started)) {
+        // Started before the crash (e.g. while being followed): its record is in the journal.
+        report.status = TaskStatus::Started;
+        return report;
+    }
     let Some(since) = trail.uncertain_since() else {
+        if trail
+            .calls
+            .last()
+            .is_some_and(|c| c.2 == Some(CallClass::Final))
+        {
+            report.status = TaskStatus::Failed;
+            return report;
+        }
+        report.status = TaskStatus::Skipped;
         report.error_msg = Some(if trail.calls.is_empty() {
             "not started: the daemon stopped (crash) before this task's turn".into()
         } else {
@@ -108,23 +153,27 @@ async fn finish_task(
         Lookup::Found(record_id) => {
             report.status = TaskStatus::Started;
             report.reconciled = true;
-            report.record_id = Some(record_id.clone());
-            if let Ok(all) = reconciler.records_since(since).await
-                && all.len() > 1
-            {
-                report.records = all
-                    .into_iter()
-                    .map(|id| RecordRef {
-                        record_id: id,
-                        reconciled: true,
-                    })
-                    .collect();
-            }
-            report.error_msg = Some("the daemon stopped (crash) during this task's call; the record was found in the task's history".into());
+            report.record_id = Some(record_id);
+            report.error_code = None;
+            report.error_msg = Some(
+                "the daemon stopped (crash) during this task's call; the record was found in the task's history"
+                    .into(),
+            );
+        }
+        Lookup::Ambiguous(ids) => {
+            report.status = TaskStatus::Failed;
+            report.error_code = Some("outcome_ambiguous".into());
+            report.error_msg = Some(format!(
+                "the daemon stopped (crash) during this task's call; the task's history shows {} records since then ({}) and which one is ours is unknown: check the task's history",
+                ids.len(),
+                ids.join(", ")
+            ));
         }
         Lookup::NotFound => {
+            report.status = TaskStatus::Skipped;
             report.error_msg = Some(
-                "not started: the daemon stopped (crash) during this task's call, and the task's history shows no record from it".into(),
+                "not started: the daemon stopped (crash) during this task's call, and the task's history shows no record from it"
+                    .into(),
             );
         }
         Lookup::Unavailable(why) => unknown(&mut report, &why),

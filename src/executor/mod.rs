@@ -116,6 +116,7 @@ pub struct Executor {
     client: DeployClient,
     limits: Arc<Limits>,
     settings: Arc<ExecutorSettings>,
+    known_records: Arc<reconcile::KnownRecords>,
 }
 
 impl Executor {
@@ -125,6 +126,7 @@ impl Executor {
             client,
             limits,
             settings: Arc::new(settings),
+            known_records: Arc::new(reconcile::KnownRecords::default()),
         }
     }
 
@@ -403,6 +405,12 @@ impl TaskCtx {
                 }),
             })
             .collect();
+        // Values of encrypt params, to be masked in any error text an answer echoes.
+        let secrets: Vec<crate::secret::Secret> = resolved
+            .iter()
+            .filter(|p| p.ty == ParamType::Encrypt && !p.value.is_empty())
+            .map(|p| p.value.clone())
+            .collect();
         let body = StartBody {
             params: resolved
                 .iter()
@@ -477,7 +485,15 @@ impl TaskCtx {
                 return report;
             };
             set_info(&mut report, outcome.info());
+            scrub(&mut report, &secrets);
             let retry_after = outcome.info().retry_after;
+            if let StartOutcome::Started { response, .. } = &outcome {
+                report.status = TaskStatus::Started;
+                report.record_id = Some(response.id.clone());
+                report.job_name = response.job_name.clone();
+                report.app_component_list = response.app_component_list.clone();
+                self.exec.known_records.remember(&response.id);
+            }
             if let Some(j) = &self.shared.journal {
                 let class = match &outcome {
                     StartOutcome::Started { .. } => CallClass::Started,
@@ -489,6 +505,7 @@ impl TaskCtx {
                     task_id: task.task_id.clone(),
                     attempt,
                     class,
+                    report: Some(Box::new(report.clone())),
                 };
                 if let Err(e) = j.append(&entry).await {
                     warn!("{e}");
@@ -509,10 +526,6 @@ impl TaskCtx {
             match outcome {
                 StartOutcome::Started { response, .. } => {
                     info!(attempt, record_id = %response.id, "started");
-                    report.status = TaskStatus::Started;
-                    report.record_id = Some(response.id.clone());
-                    report.job_name = response.job_name;
-                    report.app_component_list = response.app_component_list;
                     if let Some(since) = unknown_since {
                         self.list_all_records(&reconciler, since, &mut report).await;
                     }
@@ -540,6 +553,15 @@ impl TaskCtx {
                                 self.list_all_records(&reconciler, since, &mut report).await;
                             }
                             return self.followed(report).await;
+                        }
+                        Lookup::Ambiguous(ids) => {
+                            report.error_code = Some("outcome_ambiguous".into());
+                            report.error_msg = Some(format!(
+                                "the outcome of the call is unknown and the task's history shows {} records started since ({}) that this daemon did not create: one may be ours; not sent again, check the task's history",
+                                ids.len(),
+                                ids.join(", ")
+                            ));
+                            return report;
                         }
                         Lookup::NotFound => {
                             info!("no record in the task's history: sending again");
@@ -668,6 +690,19 @@ impl TaskCtx {
                 "more than one record exists for this task after an unknown outcome"
             );
             report.records = records;
+        }
+    }
+}
+
+/// Masks secret values anywhere in a task's error text.
+fn scrub(report: &mut TaskReport, secrets: &[crate::secret::Secret]) {
+    for field in [&mut report.error_msg, &mut report.error_code] {
+        if let Some(text) = field.as_mut() {
+            for secret in secrets {
+                if text.contains(secret.expose()) {
+                    *text = text.replace(secret.expose(), MASK);
+                }
+            }
         }
     }
 }

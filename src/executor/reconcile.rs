@@ -23,11 +23,54 @@ const POLL: Duration = Duration::from_secs(2);
 /// Failed history reads in a row before giving up on a lookup.
 const LOOKUP_FAILURES: u32 = 10;
 
+/// Record ids this process has seen returned by a start call or adopted from a history, for
+/// the last two days (as far back as a lookup can look). A lookup never adopts one of them:
+/// it belongs to another call (another plan starting the same task, an `overlap: allow` run).
+#[derive(Debug, Default)]
+pub struct KnownRecords {
+    inner: std::sync::Mutex<(
+        std::collections::HashSet<String>,
+        std::collections::VecDeque<(std::time::Instant, String)>,
+    )>,
+}
+
+/// How long a record id is remembered.
+const KNOWN_FOR: Duration = Duration::from_secs(2 * 24 * 3600);
+
+impl KnownRecords {
+    /// Remembers a record id.
+    pub fn remember(&self, id: &str) {
+        if let Ok(mut guard) = self.inner.lock() {
+            let (set, order) = &mut *guard;
+            let now = std::time::Instant::now();
+            while order
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > KNOWN_FOR)
+            {
+                if let Some((_, old)) = order.pop_front() {
+                    set.remove(&old);
+                }
+            }
+            if set.insert(id.to_string()) {
+                order.push_back((now, id.to_string()));
+            }
+        }
+    }
+
+    /// Whether a record id is known.
+    pub fn contains(&self, id: &str) -> bool {
+        self.inner.lock().map(|g| g.0.contains(id)).unwrap_or(false)
+    }
+}
+
 /// The answer of a history lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    /// A record started at or after the send time.
+    /// A record started at or after the send time, and no other candidate.
     Found(String),
+    /// Several unknown records started after the send time: adopting one could report another
+    /// caller's deployment as ours, sending again could deploy twice. The ids.
+    Ambiguous(Vec<String>),
     /// The history was read and, for the whole settle period, showed no such record.
     NotFound,
     /// The history could not be consulted (no project id, or every query failed): why.
@@ -63,9 +106,19 @@ impl<'a> Reconciler<'a> {
             let pause = match self.records_since(sent_at).await {
                 Ok(records) => {
                     failures = 0;
-                    // The oldest record after the send time is the one our call created.
-                    if let Some(first) = records.into_iter().next() {
-                        return Lookup::Found(first);
+                    // Records another call of this process created are not ours.
+                    let mut candidates: Vec<String> = records
+                        .into_iter()
+                        .filter(|id| !self.exec.known_records.contains(id))
+                        .collect();
+                    match candidates.len() {
+                        0 => {}
+                        1 => {
+                            let id = candidates.remove(0);
+                            self.exec.known_records.remember(&id);
+                            return Lookup::Found(id);
+                        }
+                        _ => return Lookup::Ambiguous(candidates),
                     }
                     let deadline =
                         *settled_at.get_or_insert_with(|| tokio::time::Instant::now() + settle);

@@ -341,3 +341,67 @@ async fn after_one_refused_authentication_the_run_stops_calling() {
         assert_eq!(task(r, t)["attempts"], 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_while_following_reports_the_started_tasks_as_started() {
+    let emulator = start_emulator(EmulatorConfig {
+        deploy_duration: Duration::from_secs(600),
+        ..emulator_config()
+    })
+    .await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = root.path().join("plans");
+    let results_dir = root.path().join("results");
+    let tasks = ids(4, 7);
+    write(
+        &plans.join("followed.yaml"),
+        &plan_of("followed", &tasks, "follow: true\nfollow_timeout: 1h\n"),
+    );
+    let spawn = || {
+        deployd()
+            .arg("run")
+            .arg("--plans-dir")
+            .arg(&plans)
+            .arg("--results-dir")
+            .arg(&results_dir)
+            .arg("--state-dir")
+            .arg(root.path().join("state"))
+            .args([
+                "--endpoint",
+                &emulator.base_url(),
+                "--project-id",
+                &emulator.config().project_id,
+            ])
+            .args(["--rate", "50", "--concurrency", "4"])
+            .env("DEPLOYD_TOKEN", TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn")
+    };
+    let mut first = spawn();
+    // Every task started and is now being followed (the deployments run for 10 minutes).
+    wait_for(20, "all tasks started", || emulator.log().len() == 4).await;
+    wait_for(20, "following", || emulator.stats().total > 4).await;
+    first.kill().expect("SIGKILL");
+    let _ = first.wait();
+    let mut second = spawn();
+    wait_for(30, "the recovered result", || {
+        results(&results_dir, "followed").len() == 1
+    })
+    .await;
+    second.kill().expect("stop");
+    let _ = second.wait();
+    let r = &results(&results_dir, "followed")[0];
+    assert_eq!(r["status"], "interrupted");
+    let by_task = records_by_task(&emulator.log());
+    for id in &tasks {
+        let t = task(r, id);
+        assert_eq!(t["status"], "started", "{t}");
+        assert_eq!(
+            by_task[id],
+            vec![t["record_id"].as_str().expect("id").to_string()]
+        );
+    }
+    assert_eq!(emulator.log().len(), 4, "nothing started twice");
+}
