@@ -28,11 +28,14 @@ const LOOKUP_FAILURES: u32 = 10;
 /// it belongs to another call (another plan starting the same task, an `overlap: allow` run).
 #[derive(Debug, Default)]
 pub struct KnownRecords {
-    inner: std::sync::Mutex<(
-        std::collections::HashSet<String>,
-        std::collections::VecDeque<(std::time::Instant, String)>,
-    )>,
+    inner: std::sync::Mutex<KnownSet>,
 }
+
+/// The ids, and the order they came in (to forget the old ones).
+type KnownSet = (
+    std::collections::HashSet<String>,
+    std::collections::VecDeque<(std::time::Instant, String)>,
+);
 
 /// How long a record id is remembered.
 const KNOWN_FOR: Duration = Duration::from_secs(2 * 24 * 3600);

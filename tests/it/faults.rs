@@ -335,8 +335,13 @@ async fn after_one_refused_authentication_the_run_stops_calling() {
     );
     let r = &results(&dir.path().join("results"), "auth")[0];
     assert_eq!(r["status"], "failed");
-    assert_eq!(task(r, &tasks[0])["error_code"], "APIGW.0301");
-    for t in &tasks[1..] {
+    // One task (whichever got the single slot first) was refused; the others were not called.
+    let refused: Vec<&String> = tasks
+        .iter()
+        .filter(|t| task(r, t)["error_code"] == "APIGW.0301")
+        .collect();
+    assert_eq!(refused.len(), 1, "{r}");
+    for t in tasks.iter().filter(|t| !refused.contains(t)) {
         assert_eq!(task(r, t)["error_code"], "auth_refused_in_run");
         assert_eq!(task(r, t)["attempts"], 0);
     }
