@@ -91,6 +91,8 @@ struct Controller {
     armed: BTreeMap<String, Armed>,
     slots: HashMap<String, RunSlots>,
     runs: JoinSet<(String, RunStatus)>,
+    /// Plan name of each run task, so that even a run that panicked frees its plan's slot.
+    run_names: HashMap<tokio::task::Id, String>,
     stop: StopTokens,
     /// Invalid-file reports currently written, file name -> text.
     invalid_written: BTreeMap<String, String>,
@@ -131,6 +133,7 @@ pub async fn run(
         armed: BTreeMap::new(),
         slots: HashMap::new(),
         runs: JoinSet::new(),
+        run_names: HashMap::new(),
         stop: StopTokens::default(),
         invalid_written: BTreeMap::new(),
         status: String::new(),
@@ -225,7 +228,7 @@ pub async fn run(
                 scan_at = Some(Instant::now());
                 full_scan = true;
             },
-            Some(done) = c.runs.join_next(), if !c.runs.is_empty() => {
+            Some(done) = c.runs.join_next_with_id(), if !c.runs.is_empty() => {
                 c.run_ended(done);
             }
             _ = tokio::time::sleep_until(wake) => {}
@@ -472,7 +475,11 @@ impl Controller {
                     return;
                 }
                 Overlap::Queue => {
-                    if slots.queued.is_some() {
+                    if slots.queued.is_some() && trigger == Trigger::Arrival {
+                        // New content of a run-once plan replaces whatever waited.
+                        info!(plan = %plan.name, "the previous run is still going: the new content waits for it");
+                        slots.queued = Some((plan, trigger, scheduled_for));
+                    } else if slots.queued.is_some() {
                         warn!(plan = %plan.name, "fire dropped: a run is going and another already waits (overlap: queue)");
                     } else {
                         info!(plan = %plan.name, "the previous run is still going: this one waits for it (overlap: queue)");
@@ -502,7 +509,8 @@ impl Controller {
         let executor = self.executor.clone();
         let stop = self.stop.clone();
         let name = plan.name.clone();
-        self.runs.spawn(async move {
+        let run_name = name.clone();
+        let handle = self.runs.spawn(async move {
             let req = RunRequest { plan, plan_dir, trigger, scheduled_for, run_id, started_at };
             let finished = executor.run(req, stop, Arc::new(NoObserver)).await;
             let report = finished.report.clone();
@@ -517,16 +525,23 @@ impl Controller {
             }
             (name, report.status)
         });
+        self.run_names.insert(handle.id(), run_name);
     }
 
-    fn run_ended(&mut self, done: Result<(String, RunStatus), tokio::task::JoinError>) {
-        let name = match done {
-            Ok((name, _)) => name,
-            Err(e) => {
-                error!("a run ended abnormally: {e}");
-                return;
-            }
+    fn run_ended(
+        &mut self,
+        done: Result<(tokio::task::Id, (String, RunStatus)), tokio::task::JoinError>,
+    ) {
+        let id = match &done {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
         };
+        let Some(name) = self.run_names.remove(&id) else {
+            return;
+        };
+        if let Err(e) = done {
+            error!(plan = %name, "a run ended abnormally: {e}");
+        }
         let queued = self.slots.get_mut(&name).and_then(|s| {
             s.running = s.running.saturating_sub(1);
             s.queued.take()
@@ -534,9 +549,25 @@ impl Controller {
         if let Some((plan, trigger, at)) = queued
             && !self.stop.stop.is_cancelled()
         {
-            // Run the latest version of the plan if it changed while waiting.
-            let plan = self.catalog.get(&plan.name).cloned().unwrap_or(plan);
-            self.start(plan, trigger, at);
+            // The plan may have changed, been disabled or removed while the fire waited: decide
+            // on its current version, as a fresh fire would.
+            let Some(current) = self.catalog.get(&plan.name).cloned() else {
+                info!(plan = %plan.name, "the waiting run is dropped: the plan was removed");
+                return;
+            };
+            if !current.enabled {
+                info!(plan = %plan.name, "the waiting run is dropped: the plan is disabled");
+                return;
+            }
+            match (trigger, &current.schedule) {
+                // Re-checks the run-once memory: reverting to content that already ran does
+                // not run it again.
+                (Trigger::Arrival, None) => self.arrival(current, "changed"),
+                (Trigger::Schedule, Some(_)) => self.start(current, Trigger::Schedule, at),
+                _ => {
+                    info!(plan = %plan.name, "the waiting run is dropped: the plan changed between scheduled and run-once")
+                }
+            }
         }
     }
 
@@ -548,9 +579,22 @@ impl Controller {
             );
         }
         let plans_dir = self.settings.plans_dir.clone();
+        let same_limits = (
+            parts.settings.rate,
+            parts.settings.burst,
+            parts.settings.concurrency,
+        ) == (
+            self.settings.rate,
+            self.settings.burst,
+            self.settings.concurrency,
+        );
+        if !same_limits {
+            warn!("new rate/burst/concurrency: runs in progress finish under the old limits");
+        }
+        // With the same limits, runs in progress and new runs keep sharing one limiter.
+        self.executor = parts.executor.succeeding(&self.executor, same_limits);
         self.settings = parts.settings;
         self.settings.plans_dir = plans_dir;
-        self.executor = parts.executor;
         info!("configuration reloaded (runs in progress keep the old one)");
     }
 
@@ -631,11 +675,11 @@ impl Controller {
         let deadline = Instant::now() + grace;
         while !self.runs.is_empty() {
             tokio::select! {
-                Some(done) = self.runs.join_next() => self.run_ended(done),
+                Some(done) = self.runs.join_next_with_id() => self.run_ended(done),
                 _ = tokio::time::sleep_until(deadline) => {
                     warn!(runs = self.runs.len(), "grace period over: abandoning calls still in flight");
                     self.stop.abort.cancel();
-                    while let Some(done) = self.runs.join_next().await {
+                    while let Some(done) = self.runs.join_next_with_id().await {
                         self.run_ended(done);
                     }
                 }

@@ -313,7 +313,7 @@ pub fn write_atomic(target: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteE
         let path = path.to_path_buf();
         move |source| WriteError { path, source }
     };
-    fs::create_dir_all(dir).map_err(err(dir))?;
+    create_dir_all_durable(dir).map_err(err(dir))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .suffix(".partial")
@@ -331,6 +331,36 @@ pub fn write_atomic(target: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteE
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(err(dir))?;
+    Ok(())
+}
+
+/// `create_dir_all`, then an fsync of the parent of every folder it created, so that a new
+/// folder (`RESULTS/<plan>/`, `STATE/once/<plan>/`) survives a power loss with its content.
+pub fn create_dir_all_durable(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    while !cur.as_os_str().is_empty() && !cur.exists() {
+        missing.push(cur);
+        match cur.parent() {
+            Some(parent) => cur = parent,
+            None => break,
+        }
+    }
+    for created in missing.into_iter().rev() {
+        match fs::create_dir(created) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let parent = created
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::File::open(parent)?.sync_all()?;
+    }
     Ok(())
 }
 

@@ -398,6 +398,7 @@ impl Settings {
                 unknown_outcome: raw.unknown_outcome.unwrap_or_default(),
                 settle,
                 state_dir: Some(state_dir.clone()),
+                forbidden_files: secret_paths(&auth, env),
             },
             client,
             auth,
@@ -487,6 +488,29 @@ fn check_iam(
         }),
         _ => None,
     }
+}
+
+/// deployd's own secret files and the systemd credentials folder: plans may not read them.
+fn secret_paths(auth: &AuthSettings, env: &dyn Fn(&str) -> Option<String>) -> Vec<PathBuf> {
+    let credentials = env("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let files = [
+        &auth.token_file,
+        &auth.ak_file,
+        &auth.sk_file,
+        &auth.security_token_file,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .chain(auth.iam.as_ref().map(|iam| iam.password_file.clone()));
+    let mut out: Vec<PathBuf> = files
+        .map(|f| match &credentials {
+            Some(dir) if f.is_relative() => dir.join(f),
+            _ => f,
+        })
+        .collect();
+    out.extend(credentials);
+    out
 }
 
 fn read_config(path: &Path) -> Result<RawConfig, ConfigError> {

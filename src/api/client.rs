@@ -289,6 +289,13 @@ impl DeployClient {
             return match serde_json::from_slice::<StartResponse>(&answer.body) {
                 Ok(response) if !response.id.is_empty() => StartOutcome::Started { response, info },
                 _ => {
+                    // Some refusals come as 200 with an error body (e.g. Deploy.00011021, a
+                    // deleted application): a code in the body is a refusal, not a mystery.
+                    if let (Some(code), msg) = parse_error_body(&answer.body) {
+                        info.error_code = Some(code);
+                        info.error_msg = msg;
+                        return StartOutcome::Final(info);
+                    }
                     info.error_code = Some("unreadable_response".into());
                     info.error_msg = Some(format!(
                         "HTTP {} without a readable record id; the deployment may have started",
@@ -676,6 +683,45 @@ mod tests {
             r#"{"error_msg": "canonicalRequest: x-security-token:***|x"}"#
         );
         assert_eq!(scrub(vec![0xff, 0xfe], &secrets), vec![0xff, 0xfe]);
+    }
+
+    /// Serves one canned HTTP answer on a loopback port.
+    async fn one_answer(raw: &'static str) -> Endpoint {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 8192];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(raw.as_bytes()).await;
+        });
+        Endpoint::parse(&format!("http://{addr}")).expect("endpoint")
+    }
+
+    #[tokio::test]
+    async fn a_200_with_an_error_body_is_a_refusal_not_an_unknown_outcome() {
+        let body = r#"{"error_code":"Deploy.00011021","error_msg":"application deleted"}"#;
+        let raw: &'static str = Box::leak(
+            format!("HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+                .into_boxed_str(),
+        );
+        let endpoint = one_answer(raw).await;
+        let client = DeployClient::new(
+            endpoint,
+            Credentials::Token(crate::secret::Secret::new("t")),
+            ClientOptions::default(),
+        )
+        .expect("client");
+        match client.start_task(&"a".repeat(32), "{}").await {
+            StartOutcome::Final(info) => {
+                assert_eq!(info.error_code.as_deref(), Some("Deploy.00011021"));
+                assert_eq!(info.http_status, Some(200));
+            }
+            other => panic!("expected a final refusal, got {other:?}"),
+        }
     }
 
     #[test]

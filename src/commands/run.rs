@@ -10,6 +10,9 @@ use tracing::{error, info};
 use super::{Exit, Target, connect, load_settings};
 use crate::cli::Common;
 use crate::daemon::{self, Control, DaemonParts};
+use crate::executor::Executor;
+use crate::executor::limits::Limits;
+use std::sync::Arc;
 
 /// Runs the daemon.
 pub async fn run(common: Common) -> Exit {
@@ -59,11 +62,21 @@ pub async fn run(common: Common) -> Exit {
     // SIGHUP rebuilds settings and the executor from the same config file and flags. With
     // --emulator the embedded emulator stays the target.
     let reload_common = common.clone();
-    let emulator_executor = emulator.as_ref().map(|_| executor.clone());
+    // With --emulator the embedded emulator stays the target (its client and project id).
+    let emulator_target = emulator
+        .as_ref()
+        .map(|e| (executor.client().clone(), e.config().project_id.clone()));
     let reloader: daemon::Reloader = Box::new(move || {
-        let settings = load_settings(&reload_common)?;
-        let executor = match &emulator_executor {
-            Some(e) => e.clone(),
+        let mut settings = load_settings(&reload_common)?;
+        let executor = match &emulator_target {
+            Some((client, project_id)) => {
+                settings
+                    .executor
+                    .project_id
+                    .get_or_insert_with(|| project_id.clone());
+                let limits = Limits::new(settings.rate, settings.burst, settings.concurrency)?;
+                Executor::new(client.clone(), Arc::new(limits), settings.executor.clone())
+            }
             None => {
                 let handle = tokio::runtime::Handle::current();
                 let mut s = settings.clone();

@@ -37,9 +37,15 @@ pub async fn follow(
     let mut state = DeployState::Running;
     let mut n = 0;
     loop {
-        let permit = exec.limits.acquire(None).await;
-        let answer = exec.client.record_status(task_id, record_id).await;
-        drop(permit);
+        let query = async {
+            let _permit = exec.limits.acquire(None).await;
+            exec.client.record_status(task_id, record_id).await
+        };
+        let answer = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            answer = query => answer,
+        };
         match answer {
             Ok(status) => {
                 state = DeployState::from_service(&status.status);

@@ -60,6 +60,9 @@ pub struct ExecutorSettings {
     pub settle: Duration,
     /// Where run journals go (`STATE/runs/`); `None` runs without one (no crash recovery).
     pub state_dir: Option<PathBuf>,
+    /// Files and folders a plan's `value_from.file` may not read: deployd's own secrets
+    /// (the `auth.*_file` settings and `$CREDENTIALS_DIRECTORY`).
+    pub forbidden_files: Vec<PathBuf>,
 }
 
 impl Default for ExecutorSettings {
@@ -70,6 +73,7 @@ impl Default for ExecutorSettings {
             unknown_outcome: UnknownOutcomePolicy::Fail,
             settle: Duration::from_secs(10),
             state_dir: None,
+            forbidden_files: Vec::new(),
         }
     }
 }
@@ -128,6 +132,16 @@ impl Executor {
             settings: Arc::new(settings),
             known_records: Arc::new(reconcile::KnownRecords::default()),
         }
+    }
+
+    /// This executor (built from a reloaded config) carrying on `old`'s memory of known
+    /// records, and its limiter too when `same_limits` (one limiter for the account).
+    pub fn succeeding(mut self, old: &Executor, same_limits: bool) -> Self {
+        self.known_records = old.known_records.clone();
+        if same_limits {
+            self.limits = old.limits.clone();
+        }
+        self
     }
 
     /// The shared limits.
@@ -382,17 +396,18 @@ impl TaskCtx {
     }
 
     async fn run_task_inner(&self, task: &Task) -> TaskReport {
-        let resolved = match resolve_params(task, &self.plan_dir) {
-            Ok(r) => r,
-            Err(msg) => {
-                warn!("not started: {msg}");
-                let mut r =
-                    TaskReport::new(&task.task_id, TaskStatus::Failed, unresolved_params(task));
-                r.error_code = Some("param_unresolved".into());
-                r.error_msg = Some(msg);
-                return r;
-            }
-        };
+        let resolved =
+            match resolve_params(task, &self.plan_dir, &self.exec.settings.forbidden_files) {
+                Ok(r) => r,
+                Err(msg) => {
+                    warn!("not started: {msg}");
+                    let mut r =
+                        TaskReport::new(&task.task_id, TaskStatus::Failed, unresolved_params(task));
+                    r.error_code = Some("param_unresolved".into());
+                    r.error_msg = Some(msg);
+                    return r;
+                }
+            };
         let params: Vec<ReportParam> = resolved
             .iter()
             .map(|p| ReportParam {
@@ -666,7 +681,10 @@ impl TaskCtx {
         since: DateTime<Utc>,
         report: &mut TaskReport,
     ) {
-        let Ok(found) = reconciler.records_since(since).await else {
+        if self.stop.stop.is_cancelled() {
+            return;
+        }
+        let Ok(found) = reconciler.records_since(since, &self.stop.abort).await else {
             return;
         };
         let mut records: Vec<RecordRef> = found
@@ -725,7 +743,11 @@ fn set_info(report: &mut TaskReport, info: &CallInfo) {
 }
 
 /// Resolves every param's value for this run; the message never holds a value.
-fn resolve_params(task: &Task, plan_dir: &Path) -> Result<Vec<Resolved>, String> {
+fn resolve_params(
+    task: &Task,
+    plan_dir: &Path,
+    forbidden: &[PathBuf],
+) -> Result<Vec<Resolved>, String> {
     task.params
         .iter()
         .map(|p| {
@@ -746,6 +768,13 @@ fn resolve_params(task: &Task, plan_dir: &Path) -> Result<Vec<Resolved>, String>
                     } else {
                         plan_dir.join(path)
                     };
+                    if is_forbidden(&full, forbidden) {
+                        return Err(format!(
+                            "param {:?}: {} holds deployd's own credentials; a plan may not read it",
+                            p.key,
+                            full.display()
+                        ));
+                    }
                     match std::fs::read_to_string(&full) {
                         Ok(text) => crate::secret::Secret::new(strip_one_newline(text)),
                         Err(e) => {
@@ -767,6 +796,17 @@ fn resolve_params(task: &Task, plan_dir: &Path) -> Result<Vec<Resolved>, String>
             })
         })
         .collect()
+}
+
+/// Whether `path` (resolved through symlinks) is one of, or inside one of, `forbidden`.
+fn is_forbidden(path: &Path, forbidden: &[PathBuf]) -> bool {
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    forbidden
+        .iter()
+        .filter_map(|f| std::fs::canonicalize(f).ok())
+        .any(|f| real.starts_with(&f))
 }
 
 /// A file's value without the one line ending editors add.

@@ -20,6 +20,8 @@ const PAGE_SIZE: u32 = 100;
 const MAX_PAGES: u32 = 100;
 /// Longest pause between lookups while waiting for a record to appear.
 const POLL: Duration = Duration::from_secs(2);
+/// The error of a query cut short by the stop token.
+const STOPPED: &str = "stopped";
 /// Failed history reads in a row before giving up on a lookup.
 const LOOKUP_FAILURES: u32 = 10;
 
@@ -106,7 +108,7 @@ impl<'a> Reconciler<'a> {
         let mut settled_at: Option<tokio::time::Instant> = None;
         let mut failures = 0u32;
         loop {
-            let pause = match self.records_since(sent_at).await {
+            let pause = match self.records_since(sent_at, stop).await {
                 Ok(records) => {
                     failures = 0;
                     // Records another call of this process created are not ours.
@@ -130,6 +132,7 @@ impl<'a> Reconciler<'a> {
                     }
                     poll
                 }
+                Err(_) if stop.is_cancelled() => return Lookup::Stopped,
                 Err(e) => {
                     failures += 1;
                     if failures >= LOOKUP_FAILURES {
@@ -151,7 +154,11 @@ impl<'a> Reconciler<'a> {
 
     /// Ids of the task's records started at or after `since` (minus the skew tolerance),
     /// oldest first.
-    pub async fn records_since(&self, since: DateTime<Utc>) -> Result<Vec<String>, String> {
+    pub async fn records_since(
+        &self,
+        since: DateTime<Utc>,
+        stop: &CancellationToken,
+    ) -> Result<Vec<String>, String> {
         let Some(project_id) = self.exec.settings.project_id.as_deref() else {
             return Err("no project id".into());
         };
@@ -164,20 +171,25 @@ impl<'a> Reconciler<'a> {
             .max(start_date);
         let mut found: Vec<(NaiveDateTime, String)> = Vec::new();
         for page in 1..=MAX_PAGES {
-            let permit = self.exec.limits.acquire(None).await;
-            let answer = self
-                .exec
-                .client
-                .history_page(
-                    project_id,
-                    self.task_id,
-                    page,
-                    PAGE_SIZE,
-                    start_date,
-                    end_date,
-                )
-                .await;
-            drop(permit);
+            let query = async {
+                let _permit = self.exec.limits.acquire(None).await;
+                self.exec
+                    .client
+                    .history_page(
+                        project_id,
+                        self.task_id,
+                        page,
+                        PAGE_SIZE,
+                        start_date,
+                        end_date,
+                    )
+                    .await
+            };
+            let answer = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Err(STOPPED.into()),
+                answer = query => answer,
+            };
             let answer = answer.map_err(|e| e.to_string())?;
             let seen = (page - 1) as u64 * PAGE_SIZE as u64 + answer.result.len() as u64;
             for record in answer.result {

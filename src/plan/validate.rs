@@ -595,8 +595,19 @@ fn check_env_name(name: &str) -> Result<(), String> {
             "may only hold letters, digits and '_', found {c:?}"
         ));
     }
+    if let Some(prefix) = RESERVED_ENV_PREFIXES.iter().find(|p| name.starts_with(*p)) {
+        return Err(format!(
+            "{prefix}* variables hold deployd's own credentials and settings; a plan may not read them"
+        ));
+    }
+    if name == "CREDENTIALS_DIRECTORY" {
+        return Err("is deployd's credentials folder; a plan may not read it".into());
+    }
     Ok(())
 }
+
+/// Environment variables a plan may not read: deployd's credentials and the vendor SDK's.
+pub const RESERVED_ENV_PREFIXES: [&str; 3] = ["DEPLOYD_", "CLOUD_SDK_", "HUAWEICLOUD_SDK_"];
 
 fn check_tasks(
     raw: &RawPlan,

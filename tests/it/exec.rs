@@ -425,3 +425,46 @@ async fn keep_results_prunes_old_result_files_of_that_plan_only() {
     assert_eq!(kept, run_ids[1..].to_vec(), "the two newest are kept");
     assert!(other.exists(), "another plan's files are untouched");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_cannot_read_deployds_own_token_file() {
+    let dir_plan = format!(
+        "name: web\ntasks:\n  - task_id: {T1}\n    params: [{{key: leak, value_from: {{file: token}}}}]\n  - {T2}\n"
+    );
+    let s = Setup::new(emulator_config(), &dir_plan).await;
+    write(&s.dir.path().join("token"), TOKEN);
+    let token_path = s.dir.path().join("token");
+    write(
+        &s.dir.path().join("config.yaml"),
+        &format!("auth: {{token_file: {}}}\n", token_path.display()),
+    );
+    let mut cmd = s.exec(&[
+        "--config",
+        s.dir.path().join("config.yaml").to_str().expect("utf8"),
+    ]);
+    cmd.env_remove("DEPLOYD_TOKEN");
+    let out = output(cmd).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = &results(&s.results_dir(), "web")[0];
+    let t1 = task(r, T1);
+    assert_eq!(t1["status"], "failed");
+    assert_eq!(t1["error_code"], "param_unresolved");
+    assert!(
+        t1["error_msg"]
+            .as_str()
+            .expect("msg")
+            .contains("credentials")
+    );
+    assert_eq!(
+        task(r, T2)["status"],
+        "started",
+        "the token file still authenticates"
+    );
+    assert!(!serde_json::to_string(r).expect("json").contains(TOKEN));
+    assert!(s.emulator.log().iter().all(|l| !l.body.contains(TOKEN)));
+}

@@ -623,3 +623,27 @@ fn issues_display_as_file_line_column_path_message() {
         "p/a.yaml:3:7: tasks[1].params[0].value: bad\na.yaml:1:1: is empty"
     );
 }
+
+#[test]
+fn plans_may_not_read_deployds_own_credentials_from_the_environment() {
+    for name in [
+        "DEPLOYD_TOKEN",
+        "CLOUD_SDK_SK",
+        "HUAWEICLOUD_SDK_AK",
+        "CREDENTIALS_DIRECTORY",
+    ] {
+        let text = format!(
+            "tasks:\n  - task_id: {ID_A}\n    params: [{{key: k, value_from: {{env: {name}}}}}]\n"
+        );
+        let issues = errors(&text);
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.path.ends_with("value_from.env") || i.message.contains("may not read")),
+            "{name}: {issues:?}"
+        );
+    }
+    ok(&format!(
+        "tasks:\n  - task_id: {ID_A}\n    params: [{{key: k, value_from: {{env: DB_PASSWORD}}}}]\n"
+    ));
+}
