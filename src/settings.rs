@@ -49,6 +49,8 @@ pub struct RawConfig {
     pub unknown_outcome: Option<UnknownOutcomePolicy>,
     /// How long to wait for a record to show up in the history.
     pub settle: Option<String>,
+    /// The zone of the history's `start_time` values, as `+08:00` (the default).
+    pub history_utc_offset: Option<String>,
     /// HTTP timeouts.
     pub timeouts: Option<RawTimeouts>,
     /// Credentials (file paths only: secrets never sit in the config itself).
@@ -379,6 +381,17 @@ impl Settings {
             }
         };
 
+        let history_offset = match raw.history_utc_offset.as_deref() {
+            None => ExecutorSettings::default().history_offset,
+            Some(text) => parse_offset(text).unwrap_or_else(|| {
+                err(
+                    "history_utc_offset",
+                    format!("{text:?} is not an offset like +08:00 or -05:30"),
+                );
+                ExecutorSettings::default().history_offset
+            }),
+        };
+
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -399,6 +412,7 @@ impl Settings {
                 settle,
                 state_dir: Some(state_dir.clone()),
                 forbidden_files: secret_paths(&auth, env),
+                history_offset,
             },
             client,
             auth,
@@ -511,6 +525,17 @@ fn secret_paths(auth: &AuthSettings, env: &dyn Fn(&str) -> Option<String>) -> Ve
         .collect();
     out.extend(credentials);
     out
+}
+
+/// `+08:00`, `-05:30`, `Z`.
+fn parse_offset(text: &str) -> Option<chrono::FixedOffset> {
+    let t = text.trim();
+    if t == "Z" || t == "+00:00" {
+        return chrono::FixedOffset::east_opt(0);
+    }
+    chrono::DateTime::parse_from_rfc3339(&format!("2000-01-01T00:00:00{t}"))
+        .ok()
+        .map(|d| *d.offset())
 }
 
 fn read_config(path: &Path) -> Result<RawConfig, ConfigError> {
@@ -665,5 +690,25 @@ mod tests {
     #[test]
     fn unknown_fields_are_errors() {
         assert!(serde_saphyr::from_str::<RawConfig>("rat: 5\n").is_err());
+    }
+}
+
+#[cfg(test)]
+mod offset_tests {
+    use super::parse_offset;
+
+    #[test]
+    fn offsets() {
+        assert_eq!(
+            parse_offset("+08:00").map(|o| o.local_minus_utc()),
+            Some(8 * 3600)
+        );
+        assert_eq!(
+            parse_offset("-05:30").map(|o| o.local_minus_utc()),
+            Some(-(5 * 3600 + 1800))
+        );
+        assert_eq!(parse_offset("Z").map(|o| o.local_minus_utc()), Some(0));
+        assert_eq!(parse_offset("8"), None);
+        assert_eq!(parse_offset("+25:00"), None);
     }
 }

@@ -60,6 +60,8 @@ pub struct ExecutorSettings {
     pub settle: Duration,
     /// Where run journals go (`STATE/runs/`); `None` runs without one (no crash recovery).
     pub state_dir: Option<PathBuf>,
+    /// The zone of the history's `start_time` values.
+    pub history_offset: chrono::FixedOffset,
     /// Files and folders a plan's `value_from.file` may not read: deployd's own secrets
     /// (the `auth.*_file` settings and `$CREDENTIALS_DIRECTORY`).
     pub forbidden_files: Vec<PathBuf>,
@@ -73,6 +75,8 @@ impl Default for ExecutorSettings {
             unknown_outcome: UnknownOutcomePolicy::Fail,
             settle: Duration::from_secs(10),
             state_dir: None,
+            history_offset: chrono::FixedOffset::east_opt(reconcile::DEFAULT_SERVICE_OFFSET_SECS)
+                .expect("UTC+8 is a valid offset"),
             forbidden_files: Vec::new(),
         }
     }

@@ -4,14 +4,15 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::Executor;
 
-/// Service-local time of the history's timestamps: China Standard Time, UTC+8.
-const SERVICE_OFFSET_SECS: i32 = 8 * 3600;
+/// The default zone of the history's timestamps: China Standard Time, UTC+8 (the API doc
+/// marks it unverified; `history_utc_offset` in the config changes it).
+pub const DEFAULT_SERVICE_OFFSET_SECS: i32 = 8 * 3600;
 /// Clock skew allowed between this host and the service when matching start times.
 pub const SKEW_TOLERANCE: Duration = Duration::from_secs(5);
 /// Records per history page (the API's maximum).
@@ -162,13 +163,16 @@ impl<'a> Reconciler<'a> {
         let Some(project_id) = self.exec.settings.project_id.as_deref() else {
             return Err("no project id".into());
         };
-        let offset = FixedOffset::east_opt(SERVICE_OFFSET_SECS).expect("UTC+8 is a valid offset");
+        let offset = self.exec.settings.history_offset;
         let floor = since - TimeDelta::from_std(SKEW_TOLERANCE).unwrap_or_default();
-        let start_date = floor.with_timezone(&offset).date_naive();
+        // A day of margin on both sides: a wrong guess of the service's zone must not hide a
+        // record near midnight (the start time check below is exact).
+        let start_date = floor.with_timezone(&offset).date_naive() - TimeDelta::days(1);
         let end_date = Utc::now()
             .with_timezone(&offset)
             .date_naive()
-            .max(start_date);
+            .max(start_date)
+            + TimeDelta::days(1);
         let mut found: Vec<(NaiveDateTime, String)> = Vec::new();
         for page in 1..=MAX_PAGES {
             let query = async {

@@ -598,3 +598,58 @@ async fn saving_in_vim_runs_the_new_content_once() {
     );
     d.stop().await;
 }
+
+/// Content A is running; B arrives (waits); the file is reverted to A before A's run ends.
+/// A already ran, so nothing more may run: the waiting run is decided on the current content.
+#[tokio::test(flavor = "multi_thread")]
+async fn reverting_while_a_run_is_going_does_not_run_the_old_content_twice() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = plans_dir(root.path());
+    // 8 tasks at 300 ms each with the plan's concurrency 1: the run lasts about 2.4 s.
+    let emulator = start_emulator(EmulatorConfig {
+        latency: Duration::from_millis(300),
+        ..emulator_config()
+    })
+    .await;
+    let results_dir = root.path().join("results");
+    let d = Daemon::boot(root.path(), &emulator);
+    let ids: Vec<String> = (0..8).map(|i| format!("{i:032x}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let a = plan(&refs, "name: web\nconcurrency: 1\n");
+    write(&plans.join("web.yaml"), &a);
+    wait_for(10, "A's run under way", || !emulator.log().is_empty()).await;
+    write(
+        &plans.join("web.yaml"),
+        &plan(&refs, "name: web\nconcurrency: 1\noverlap: queue\n"),
+    );
+    // The sentinel's run proves the folder was scanned after B was written.
+    write(&plans.join("sentinel.yaml"), &plan(&[T1], ""));
+    wait_for(10, "sentinel", || {
+        results(&results_dir, "sentinel").len() == 1
+    })
+    .await;
+    assert!(
+        results(&results_dir, "web").is_empty(),
+        "A is still running: the test needs a slower run"
+    );
+    write(&plans.join("web.yaml"), &a);
+    wait_for(20, "A's result", || results(&results_dir, "web").len() == 1).await;
+    // After A's run ended, the waiting run was decided: prove the daemon moved on, then count.
+    write(&plans.join("sentinel2.yaml"), &plan(&[T2], ""));
+    wait_for(10, "sentinel2", || {
+        results(&results_dir, "sentinel2").len() == 1
+    })
+    .await;
+    // A second run of A would have begun right after the first one's end, before sentinel2.
+    assert_eq!(
+        emulator.log().len(),
+        8 + 2,
+        "no call after A's run and the sentinels"
+    );
+    assert_eq!(
+        results(&results_dir, "web").len(),
+        1,
+        "the reverted content A did not run again"
+    );
+    d.stop().await;
+}
