@@ -23,6 +23,8 @@ struct Daemon {
     shutdown: CancellationToken,
     reload: mpsc::Sender<()>,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The last systemd STATUS= line (plan counts, running runs, next fire).
+    status: Arc<std::sync::Mutex<String>>,
 }
 
 impl Daemon {
@@ -55,11 +57,13 @@ impl Daemon {
         let executor = Executor::new(client, limits, settings.executor.clone());
         let shutdown = CancellationToken::new();
         let (reload, reload_rx) = mpsc::channel(4);
+        let status = Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = status.clone();
         let control = Control {
             shutdown: shutdown.clone(),
             reload: reload_rx,
             on_ready: Box::new(|| {}),
-            on_status: Box::new(|_| {}),
+            on_status: Box::new(move |s| *sink.lock().expect("lock") = s.to_string()),
             watchdog: None,
         };
         let handle = tokio::spawn(daemon::run(
@@ -71,7 +75,12 @@ impl Daemon {
             shutdown,
             reload,
             handle,
+            status,
         }
+    }
+
+    fn status(&self) -> String {
+        self.status.lock().expect("lock").clone()
     }
 
     async fn stop(self) {
@@ -118,8 +127,20 @@ async fn drop_edit_delete_and_restart() {
     assert_eq!(first["status"], "succeeded");
     assert_eq!(emulator.log().len(), 2);
 
-    // Touching it (same content) does not run it again.
+    // Touching it (same content) does not run it again: a sentinel proves the folder was
+    // scanned after the touch.
     write(&plans.join("web.yaml"), &plan(&[T1, T2], ""));
+    write(&plans.join("touch-sentinel.yaml"), &plan(&[T4], ""));
+    wait_for(10, "touch sentinel", || {
+        results(&results_dir, "touch-sentinel").len() == 1
+    })
+    .await;
+    assert_eq!(
+        results(&results_dir, "web").len(),
+        1,
+        "a touch is not a change"
+    );
+    std::fs::remove_file(plans.join("touch-sentinel.yaml")).expect("rm");
     // Edit: a second run with the new content.
     write(&plans.join("web.yaml"), &plan(&[T1, T2, T3], "name: web\n"));
     wait_for(10, "second run's result", || {
@@ -127,11 +148,12 @@ async fn drop_edit_delete_and_restart() {
     })
     .await;
     assert_eq!(results(&results_dir, "web")[1]["summary"]["total"], 3);
-    assert_eq!(emulator.log().len(), 5);
+    assert_eq!(emulator.log().len(), 6, "2 + the touch sentinel + 3");
 
     // Delete, then drop the same content again: it already ran, so nothing happens.
     std::fs::remove_file(plans.join("web.yaml")).expect("rm");
     d.reload.send(()).await.expect("reload");
+    wait_for(10, "the removal seen", || d.status().starts_with("0 plans")).await;
     write(&plans.join("web.yaml"), &plan(&[T1, T2, T3], "name: web\n"));
     // A sentinel plan proves the daemon looked at the folder after that.
     write(&plans.join("sentinel.yaml"), &plan(&[T4], ""));
