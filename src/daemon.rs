@@ -383,6 +383,9 @@ impl Controller {
             }) {
                 warn!(plan = %plan.name, "{w}");
             }
+            if let Err(e) = self.settings.executor.retry.with_overrides(&plan.retry) {
+                error!(plan = %plan.name, "the plan's retry block does not fit the daemon's retry policy ({e}); its runs use the daemon's policy");
+            }
             match (&plan.schedule, plan.enabled) {
                 (_, false) => {
                     info!(plan = %plan.name, "plan {change} (disabled: it never fires)");
