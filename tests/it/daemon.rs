@@ -329,18 +329,7 @@ async fn sigterm_in_the_middle_of_a_slow_run_writes_it_as_interrupted() {
     let ids: Vec<String> = (0..20).map(|i| format!("{i:032x}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     write(&plans.join("slow.yaml"), &plan(&refs, ""));
-    let mut child = deployd()
-        .arg("run")
-        .arg("--plans-dir")
-        .arg(&plans)
-        .arg("--results-dir")
-        .arg(&results_dir)
-        .arg("--state-dir")
-        .arg(root.path().join("state"))
-        .arg("--endpoint")
-        .arg(emulator.base_url())
-        .args(["--rate", "4", "--concurrency", "2"])
-        .env("DEPLOYD_TOKEN", TOKEN)
+    let mut child = daemon_command(root.path(), &emulator, "4", "2")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -456,18 +445,9 @@ async fn systemd_notify_sighup_with_a_bad_config_and_sigterm() {
         .expect("timeout");
     let config = root.path().join("config.yaml");
     write(&config, "rescan_interval: 60s\n");
-    let mut child = deployd()
-        .arg("run")
+    let mut child = daemon_command(root.path(), &emulator, "5", "8")
         .arg("--config")
         .arg(&config)
-        .arg("--plans-dir")
-        .arg(&plans)
-        .arg("--results-dir")
-        .arg(&results_dir)
-        .arg("--state-dir")
-        .arg(root.path().join("state"))
-        .args(["--endpoint", &emulator.base_url()])
-        .env("DEPLOYD_TOKEN", TOKEN)
         .env("NOTIFY_SOCKET", &socket_path)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -218,22 +218,7 @@ async fn sigkill_mid_run_then_restart_writes_it_interrupted_and_starts_nothing_t
     let tasks = ids(20, 4);
     write(&plans.join("crash.yaml"), &plan_of("crash", &tasks, ""));
     let spawn = || {
-        deployd()
-            .arg("run")
-            .arg("--plans-dir")
-            .arg(&plans)
-            .arg("--results-dir")
-            .arg(&results_dir)
-            .arg("--state-dir")
-            .arg(root.path().join("state"))
-            .args([
-                "--endpoint",
-                &emulator.base_url(),
-                "--project-id",
-                &emulator.config().project_id,
-            ])
-            .args(["--rate", "3", "--concurrency", "2"])
-            .env("DEPLOYD_TOKEN", TOKEN)
+        daemon_command(root.path(), &emulator, "3", "2")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -363,22 +348,7 @@ async fn a_crash_while_following_reports_the_started_tasks_as_started() {
         &plan_of("followed", &tasks, "follow: true\nfollow_timeout: 1h\n"),
     );
     let spawn = || {
-        deployd()
-            .arg("run")
-            .arg("--plans-dir")
-            .arg(&plans)
-            .arg("--results-dir")
-            .arg(&results_dir)
-            .arg("--state-dir")
-            .arg(root.path().join("state"))
-            .args([
-                "--endpoint",
-                &emulator.base_url(),
-                "--project-id",
-                &emulator.config().project_id,
-            ])
-            .args(["--rate", "50", "--concurrency", "4"])
-            .env("DEPLOYD_TOKEN", TOKEN)
+        daemon_command(root.path(), &emulator, "50", "4")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -118,3 +118,25 @@ pub fn task<'a>(result: &'a Value, task_id: &str) -> &'a Value {
         .find(|t| t["task_id"] == task_id)
         .unwrap_or_else(|| panic!("task {task_id} in the result"))
 }
+
+/// `deployd run` on `root/plans`, with results and state under `root`, against `emulator`
+/// (with its project id), authenticated with `TOKEN`, at `rate` calls/s and `concurrency`.
+pub fn daemon_command(root: &Path, emulator: &Emulator, rate: &str, concurrency: &str) -> Command {
+    let mut cmd = deployd();
+    cmd.arg("run")
+        .arg("--plans-dir")
+        .arg(root.join("plans"))
+        .arg("--results-dir")
+        .arg(root.join("results"))
+        .arg("--state-dir")
+        .arg(root.join("state"))
+        .args([
+            "--endpoint",
+            &emulator.base_url(),
+            "--project-id",
+            &emulator.config().project_id,
+        ])
+        .args(["--rate", rate, "--concurrency", concurrency])
+        .env("DEPLOYD_TOKEN", TOKEN);
+    cmd
+}
