@@ -551,14 +551,15 @@ impl TaskCtx {
                     return self.followed(report).await;
                 }
                 StartOutcome::Final(info) => {
-                    warn!(attempt, status = ?info.http_status, code = ?info.error_code, "refused: {}", info.error_msg.as_deref().unwrap_or(""));
+                    // Logged from the report: its text is scrubbed of encrypt values.
+                    warn!(attempt, status = ?info.http_status, code = ?report.error_code, "refused: {}", report.error_msg.as_deref().unwrap_or(""));
                     if info.http_status == Some(401) {
                         self.shared.auth_refused.store(true, Ordering::Relaxed);
                     }
                     return report;
                 }
-                StartOutcome::Unknown(info) => {
-                    warn!(attempt, code = ?info.error_code, "outcome unknown: {}", info.error_msg.as_deref().unwrap_or(""));
+                StartOutcome::Unknown(_) => {
+                    warn!(attempt, code = ?report.error_code, "outcome unknown: {}", report.error_msg.as_deref().unwrap_or(""));
                     report.unknown_outcomes += 1;
                     // The lookup goes on during the shutdown grace period: stopping here could
                     // leave a started deployment unreported.
@@ -611,7 +612,7 @@ impl TaskCtx {
                     }
                 }
                 StartOutcome::Retryable(info) => {
-                    debug!(attempt, status = ?info.http_status, "retryable: {}", info.error_msg.as_deref().unwrap_or(""));
+                    debug!(attempt, status = ?info.http_status, "retryable: {}", report.error_msg.as_deref().unwrap_or(""));
                 }
             }
             let delay = self
@@ -827,6 +828,16 @@ fn strip_one_newline(mut s: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_echoed_by_an_answer_are_masked() {
+        let mut r = TaskReport::new("t", TaskStatus::Failed, vec![]);
+        r.error_code = Some("Deploy.1".into());
+        r.error_msg = Some("value s3cret is not allowed (s3cret)".into());
+        scrub(&mut r, &[crate::secret::Secret::new("s3cret")]);
+        assert_eq!(r.error_msg.as_deref(), Some("value *** is not allowed (***)"));
+        assert_eq!(r.error_code.as_deref(), Some("Deploy.1"));
+    }
 
     #[test]
     fn one_trailing_newline_is_dropped() {
