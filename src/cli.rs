@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The daemon: watch the plans folder, fire schedules, run plans, write results.
-    Run(Common),
+    Run(RunArgs),
     /// Validate plan files or folders; print every error as FILE:LINE:COL: field: message.
     Check(CheckArgs),
     /// Run one plan now, in the foreground, and write its result file.
@@ -63,9 +63,6 @@ pub struct Common {
     /// Calls in flight, all plans together [default: 8].
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
-    /// Serve Prometheus metrics at http://ADDR/metrics (`run` only).
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Run against an embedded emulator instead of the cloud (no credentials needed).
     #[arg(long, conflicts_with_all = ["endpoint", "region"])]
     pub emulator: bool,
@@ -96,6 +93,17 @@ impl Common {
             _ => "trace",
         }
     }
+}
+
+/// `deployd run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Shared options.
+    #[command(flatten)]
+    pub common: Common,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `deployd check`.

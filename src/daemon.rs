@@ -269,8 +269,19 @@ pub async fn run(
 }
 
 /// Applies `keep_results` to one plan's result files (after each of its runs).
-pub fn prune_results(results_dir: &Path, plan: &str, keep: &crate::retention::RetentionPolicy) {
-    match crate::retention::prune(results_dir, plan, keep, std::time::SystemTime::now()) {
+pub fn prune_results(
+    results_dir: &Path,
+    plan: &str,
+    keep: &crate::retention::RetentionPolicy,
+    just_written: &str,
+) {
+    match crate::retention::prune(
+        results_dir,
+        plan,
+        keep,
+        std::time::SystemTime::now(),
+        Some(just_written),
+    ) {
         Ok(removed) if !removed.is_empty() => info!(
             plan,
             removed = removed.len(),
@@ -522,7 +533,7 @@ impl Controller {
             match finished.persist(&results_dir) {
                 Ok(path) => {
                     info!(plan = %report.plan, run_id = %report.run_id, status = ?report.status, "result written to {}", path.display());
-                    prune_results(&results_dir, &report.plan, &keep);
+                    prune_results(&results_dir, &report.plan, &keep, report.run_id.as_str());
                 }
                 Err(e) => error!(plan = %report.plan, run_id = %report.run_id, "{e}"),
             }

@@ -21,9 +21,9 @@ async fn main() -> ExitCode {
         }
     };
     let exit = match cli.command {
-        Command::Run(common) => {
-            deployd::telemetry::init(common.log_level("info"));
-            commands::run::run(common).await
+        Command::Run(args) => {
+            deployd::telemetry::init(args.common.log_level("info"));
+            commands::run::run(args).await
         }
         Command::Exec(args) => {
             deployd::telemetry::init(args.common.log_level("warn"));

@@ -20,6 +20,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Scrapers served at once.
+const MAX_CONNECTIONS: usize = 64;
+
 /// The process-wide metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -228,14 +231,23 @@ fn escape(s: &str) -> String {
 pub async fn serve(addr: SocketAddr, stop: CancellationToken) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
                 _ = stop.cancelled() => return,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
-                    Err(_) => continue,
+                    Err(_) => {
+                        // Out of file descriptors, most likely: do not spin.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
                 },
+            };
+            // A bounded number of scrapers at once; the rest are closed at once.
+            let Ok(slot) = connections.clone().try_acquire_owned() else {
+                continue;
             };
             tokio::spawn(async move {
                 let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
@@ -252,9 +264,13 @@ pub async fn serve(addr: SocketAddr, stop: CancellationToken) -> std::io::Result
                     );
                     Ok::<_, Infallible>(resp)
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let connection = http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                // An idle or slow client is dropped after a while.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(30), connection).await;
+                drop(slot);
             });
         }
     });

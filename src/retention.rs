@@ -168,6 +168,7 @@ pub fn prune(
     plan: &str,
     policy: &RetentionPolicy,
     now: SystemTime,
+    just_written: Option<&str>,
 ) -> Result<Vec<PathBuf>, RetentionError> {
     if policy.keeps_all() {
         return Ok(Vec::new());
@@ -199,7 +200,12 @@ pub fn prune(
     }
     let runs: Vec<(&str, SystemTime)> = names.iter().filter_map(|n| result_run_id(n)).collect();
     let mut removed = Vec::new();
-    for id in select(&runs, policy, now) {
+    // The result just written is never removed, even if its run started before others
+    // (`overlap: allow`) or its id is not the greatest (a clock set back).
+    for id in select(&runs, policy, now)
+        .into_iter()
+        .filter(|id| Some(*id) != just_written)
+    {
         let path = dir.join(format!("{id}.json"));
         match std::fs::remove_file(&path) {
             Ok(()) => removed.push(path),
@@ -334,6 +340,30 @@ mod tests {
     }
 
     #[test]
+    fn the_result_just_written_is_never_pruned() {
+        let root = tempfile::tempdir().expect("tempdir");
+        // Oldest first: 3, 2, 1 days ago. The run that just ended started 3 days ago
+        // (overlap: allow, or a clock set back): count 1 would remove it.
+        folder(root.path(), "web", &[3, 2, 1]);
+        let just = id(3, "0a1b2c3d");
+        let removed = prune(
+            root.path(),
+            "web",
+            &policy(Some(1), None),
+            now(),
+            Some(&just),
+        )
+        .expect("prune");
+        assert_eq!(removed.len(), 1, "{removed:?}");
+        assert!(
+            root.path()
+                .join("web")
+                .join(format!("{just}.json"))
+                .exists()
+        );
+    }
+
+    #[test]
     fn prune_removes_only_this_plans_old_results() {
         let root = tempfile::tempdir().expect("tempdir");
         let web = folder(root.path(), "web", &[0, 1, 2, 3, 50]);
@@ -344,7 +374,8 @@ mod tests {
         std::fs::write(web.join(format!("{}.txt", id(90, "1"))), "x").expect("write");
         std::fs::create_dir(web.join(format!("{}.json", id(95, "1")))).expect("mkdir");
 
-        let removed = prune(root.path(), "web", &policy(Some(2), None), now()).expect("prune");
+        let removed =
+            prune(root.path(), "web", &policy(Some(2), None), now(), None).expect("prune");
         let removed_names: Vec<String> = removed
             .iter()
             .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
@@ -368,7 +399,7 @@ mod tests {
 
         // Idempotent.
         assert!(
-            prune(root.path(), "web", &policy(Some(2), None), now())
+            prune(root.path(), "web", &policy(Some(2), None), now(), None)
                 .expect("prune")
                 .is_empty()
         );
@@ -378,7 +409,14 @@ mod tests {
     fn prune_by_age_keeps_the_newest_even_if_old() {
         let root = tempfile::tempdir().expect("tempdir");
         let dir = folder(root.path(), "web", &[100, 200]);
-        let removed = prune(root.path(), "web", &policy(None, Some(30 * DAY)), now()).expect("ok");
+        let removed = prune(
+            root.path(),
+            "web",
+            &policy(None, Some(30 * DAY)),
+            now(),
+            None,
+        )
+        .expect("ok");
         assert_eq!(removed.len(), 1);
         assert_eq!(names(&dir), vec![format!("{}.json", id(100, "0a1b2c3d"))]);
     }
@@ -392,7 +430,8 @@ mod tests {
         std::fs::create_dir(&results).expect("mkdir");
         // A plan folder that is a symlink to somewhere else.
         std::os::unix::fs::symlink(&target, results.join("linked")).expect("symlink");
-        let e = prune(&results, "linked", &policy(Some(1), None), now()).expect_err("refused");
+        let e =
+            prune(&results, "linked", &policy(Some(1), None), now(), None).expect_err("refused");
         assert!(matches!(e, RetentionError::NotAFolder(_)), "{e}");
         assert_eq!(names(&target).len(), 3);
 
@@ -405,7 +444,7 @@ mod tests {
             )
             .expect("symlink");
         }
-        let removed = prune(&results, "web", &policy(Some(1), None), now()).expect("prune");
+        let removed = prune(&results, "web", &policy(Some(1), None), now(), None).expect("prune");
         assert!(removed.is_empty(), "{removed:?}");
         assert_eq!(names(&target).len(), 3);
         assert_eq!(names(&web).len(), 4);
@@ -416,16 +455,22 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         folder(root.path(), "web", &[1, 2]);
         for bad in ["..", ".", "", "a/b", "/etc", ".hidden", "../web"] {
-            let e = prune(root.path(), bad, &policy(Some(1), None), now()).expect_err(bad);
+            let e = prune(root.path(), bad, &policy(Some(1), None), now(), None).expect_err(bad);
             assert!(matches!(e, RetentionError::UnsafePlanName(_)), "{bad}: {e}");
         }
         assert!(
-            prune(root.path(), "never-ran", &policy(Some(1), None), now())
-                .expect("ok")
-                .is_empty()
+            prune(
+                root.path(),
+                "never-ran",
+                &policy(Some(1), None),
+                now(),
+                None
+            )
+            .expect("ok")
+            .is_empty()
         );
         assert!(
-            prune(root.path(), "web", &RetentionPolicy::KEEP_ALL, now())
+            prune(root.path(), "web", &RetentionPolicy::KEEP_ALL, now(), None)
                 .expect("ok")
                 .is_empty()
         );

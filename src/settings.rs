@@ -517,6 +517,7 @@ fn secret_paths(auth: &AuthSettings, env: &dyn Fn(&str) -> Option<String>) -> Ve
     .flatten()
     .cloned()
     .chain(auth.iam.as_ref().map(|iam| iam.password_file.clone()));
+    let files = files.chain(env("DEPLOYD_TOKEN_FILE").map(PathBuf::from));
     let mut out: Vec<PathBuf> = files
         .map(|f| match &credentials {
             Some(dir) if f.is_relative() => dir.join(f),

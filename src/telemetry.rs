@@ -55,26 +55,50 @@ where
         mut writer: format::Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        write!(writer, "<{}>", priority(event.metadata().level()))?;
+        // Formatted into a buffer first: the journal splits a message on newlines, so every
+        // line gets the priority prefix (a multi-line error stays an error).
+        let mut line = String::new();
+        let mut buf = format::Writer::new(&mut line);
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
-                write!(writer, "{}", span.name())?;
+                write!(buf, "{}", span.name())?;
                 if let Some(fields) = span.extensions().get::<FormattedFields<N>>()
                     && !fields.is_empty()
                 {
-                    write!(writer, "{{{fields}}}")?;
+                    write!(buf, "{{{fields}}}")?;
                 }
-                write!(writer, ": ")?;
+                write!(buf, ": ")?;
             }
         }
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+        ctx.field_format().format_fields(buf.by_ref(), event)?;
+        writeln!(
+            writer,
+            "{}",
+            prefix_lines(&line, priority(event.metadata().level()))
+        )
     }
+}
+
+/// Every line of `text` with a `<N>` priority prefix.
+fn prefix_lines(text: &str, priority: u8) -> String {
+    text.lines()
+        .map(|l| format!("<{priority}>{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_line_of_a_multi_line_message_keeps_its_priority() {
+        assert_eq!(
+            prefix_lines("bad configuration:\na: x\nb: y", 3),
+            "<3>bad configuration:\n<3>a: x\n<3>b: y"
+        );
+        assert_eq!(prefix_lines("one", 6), "<6>one");
+    }
 
     #[test]
     fn journal_priorities() {

@@ -322,8 +322,13 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<Secret, CredentialsErr
     let text = std::fs::read_to_string(&full).map_err(|e| {
         CredentialsError(format!("cannot read secret file {}: {e}", full.display()))
     })?;
-    let value = text.trim();
-    if value.is_empty() {
+    // Only the line ending an editor or `echo` adds is dropped: a password may start or end
+    // with spaces.
+    let value = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if value.trim().is_empty() {
         return Err(CredentialsError(format!(
             "secret file {} is empty",
             full.display()

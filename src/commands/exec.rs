@@ -84,6 +84,7 @@ pub async fn exec(args: ExecArgs) -> Exit {
                 &settings.results_dir,
                 &report.plan,
                 &settings.keep_results,
+                report.run_id.as_str(),
             );
         }
         Err(e) => {

@@ -8,14 +8,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::{Exit, Target, connect, load_settings};
-use crate::cli::Common;
+use crate::cli::RunArgs;
 use crate::daemon::{self, Control, DaemonParts};
 use crate::executor::Executor;
 use crate::executor::limits::Limits;
 use std::sync::Arc;
 
 /// Runs the daemon.
-pub async fn run(common: Common) -> Exit {
+pub async fn run(args: RunArgs) -> Exit {
+    let RunArgs {
+        common,
+        metrics_listen,
+    } = args;
     let mut settings = match load_settings(&common) {
         Ok(s) => s,
         Err(e) => {
@@ -47,7 +51,7 @@ pub async fn run(common: Common) -> Exit {
     }
 
     let shutdown = CancellationToken::new();
-    if let Some(addr) = common.metrics_listen {
+    if let Some(addr) = metrics_listen {
         match crate::metrics::serve(addr, shutdown.clone()).await {
             Ok(bound) => info!("metrics at http://{bound}/metrics"),
             Err(e) => {

@@ -111,6 +111,9 @@ enum DeployRoute {
     State { task_id: String },
 }
 
+/// Entries kept in the request log (the oldest half is dropped beyond this).
+const MAX_LOG: usize = 1_000_000;
+
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Route {
@@ -541,6 +544,10 @@ impl Shared {
             rollback_record_id: parsed.record_id,
         };
         store.log.push(entry);
+        // A long-running emulator keeps the newest entries only.
+        if store.log.len() > MAX_LOG {
+            store.log.drain(..MAX_LOG / 2);
+        }
         drop(store);
         let answer = json!({
             "id": record.id,
@@ -753,7 +760,10 @@ pub async fn handle(
 ) -> Result<Response<Body>, DropConnection> {
     let request_id = hex32();
     match Route::parse(req.method(), req.uri().path()) {
-        Route::EmulatorLog => Ok(json_response(StatusCode::OK, &shared.log(), &request_id)),
+        Route::EmulatorLog => {
+            let masked: Vec<_> = shared.log().iter().map(|entry| entry.masked()).collect();
+            Ok(json_response(StatusCode::OK, &masked, &request_id))
+        }
         Route::EmulatorStats => Ok(json_response(StatusCode::OK, &shared.stats(), &request_id)),
         route => shared.process(route, req, &request_id).await,
     }

@@ -62,6 +62,28 @@ pub struct LoggedRequest {
     pub rollback_record_id: Option<String>,
 }
 
+impl LoggedRequest {
+    /// This entry with the values of `encrypt` params replaced by `***`, in the params and in
+    /// the body, for `GET /_emulator/log` (any local user can read it).
+    pub fn masked(&self) -> Self {
+        let mut out = self.clone();
+        for p in &mut out.params {
+            if p.param_type.as_deref() == Some(crate::api::rules::ParamType::Encrypt.as_str())
+                && !p.value.is_empty()
+            {
+                for encoded in [
+                    crate::api::wire::json_string(&p.value),
+                    serde_json::Value::from(p.value.clone()).to_string(),
+                ] {
+                    out.body = out.body.replace(&encoded, "\"***\"");
+                }
+                p.value = "***".into();
+            }
+        }
+        out
+    }
+}
+
 impl std::fmt::Debug for LoggedRequest {
     // The body may hold `encrypt` values: print its size, and the params masked.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

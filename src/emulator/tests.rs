@@ -706,8 +706,30 @@ async fn log_and_stats_are_served_over_http() {
             .expect("log reads"),
     )
     .expect("log is JSON");
-    assert_eq!(log, emu.log());
+    assert_eq!(
+        log,
+        emu.log(),
+        "nothing secret in these requests: the same log"
+    );
     assert_eq!(log[0].trigger_source.as_deref(), Some("1"));
+
+    // Encrypt values are masked over HTTP (kept in-process for tests).
+    start(
+        &emu,
+        TASK,
+        r#"{"params": [{"key": "pw", "value": "hunter2", "type": "encrypt"}]}"#,
+    )
+    .await;
+    let text = c
+        .get(format!("{}/_emulator/log", emu.base_url()))
+        .send()
+        .await
+        .expect("log answers")
+        .text()
+        .await
+        .expect("log reads");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(emu.log().last().expect("entry").body.contains("hunter2"));
     let stats: Stats = serde_json::from_str(
         &c.get(format!("{}/_emulator/stats", emu.base_url()))
             .send()
@@ -721,7 +743,7 @@ async fn log_and_stats_are_served_over_http() {
     assert_eq!(stats, emu.stats());
     assert_eq!(
         (stats.total, stats.status(200), stats.status(400)),
-        (2, 1, 1)
+        (3, 2, 1)
     );
 }
 

@@ -773,23 +773,10 @@ fn resolve_params(
                     } else {
                         plan_dir.join(path)
                     };
-                    if is_forbidden(&full, forbidden) {
-                        return Err(format!(
-                            "param {:?}: {} holds deployd's own credentials; a plan may not read it",
-                            p.key,
-                            full.display()
-                        ));
-                    }
-                    match std::fs::read_to_string(&full) {
-                        Ok(text) => crate::secret::Secret::new(strip_one_newline(text)),
-                        Err(e) => {
-                            return Err(format!(
-                                "param {:?}: cannot read {}: {e}",
-                                p.key,
-                                full.display()
-                            ));
-                        }
-                    }
+                    crate::secret::Secret::new(
+                        read_param_file(&full, forbidden)
+                            .map_err(|e| format!("param {:?}: {e}", p.key))?,
+                    )
                 }
             };
             rules::check_param_value(value.expose())
@@ -803,15 +790,30 @@ fn resolve_params(
         .collect()
 }
 
-/// Whether `path` (resolved through symlinks) is one of, or inside one of, `forbidden`.
-fn is_forbidden(path: &Path, forbidden: &[PathBuf]) -> bool {
-    let Ok(real) = std::fs::canonicalize(path) else {
-        return false;
-    };
-    forbidden
+/// Reads a `value_from.file` once: the file actually opened (whatever symlinks were swapped
+/// meanwhile) must not be, nor be inside, one of `forbidden` (deployd's own secrets).
+fn read_param_file(path: &Path, forbidden: &[PathBuf]) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .or_else(|_| std::fs::canonicalize(path))
+        .map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
+    let forbidden_hit = forbidden
         .iter()
         .filter_map(|f| std::fs::canonicalize(f).ok())
-        .any(|f| real.starts_with(&f))
+        .any(|f| opened.starts_with(&f));
+    if forbidden_hit {
+        return Err(format!(
+            "{} holds deployd's own credentials; a plan may not read it",
+            path.display()
+        ));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(strip_one_newline(text))
 }
 
 /// A file's value without the one line ending editors add.
@@ -835,7 +837,10 @@ mod tests {
         r.error_code = Some("Deploy.1".into());
         r.error_msg = Some("value s3cret is not allowed (s3cret)".into());
         scrub(&mut r, &[crate::secret::Secret::new("s3cret")]);
-        assert_eq!(r.error_msg.as_deref(), Some("value *** is not allowed (***)"));
+        assert_eq!(
+            r.error_msg.as_deref(),
+            Some("value *** is not allowed (***)")
+        );
         assert_eq!(r.error_code.as_deref(), Some("Deploy.1"));
     }
 

@@ -429,10 +429,11 @@ async fn keep_results_prunes_old_result_files_of_that_plan_only() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plan_cannot_read_deployds_own_token_file() {
     let dir_plan = format!(
-        "name: web\ntasks:\n  - task_id: {T1}\n    params: [{{key: leak, value_from: {{file: token}}}}]\n  - {T2}\n"
+        "name: web\ntasks:\n  - task_id: {T1}\n    params: [{{key: leak, value_from: {{file: token}}}}]\n  - task_id: {T2}\n    params: [{{key: note, value_from: {{file: note.txt}}}}]\n"
     );
     let s = Setup::new(emulator_config(), &dir_plan).await;
     write(&s.dir.path().join("token"), TOKEN);
+    write(&s.dir.path().join("note.txt"), " spaced note \n");
     let token_path = s.dir.path().join("token");
     write(
         &s.dir.path().join("config.yaml"),
@@ -467,4 +468,17 @@ async fn a_plan_cannot_read_deployds_own_token_file() {
     );
     assert!(!serde_json::to_string(r).expect("json").contains(TOKEN));
     assert!(s.emulator.log().iter().all(|l| !l.body.contains(TOKEN)));
+    // An ordinary file is read, relative to the plan, with only its line ending dropped.
+    let t2 = s
+        .emulator
+        .log()
+        .into_iter()
+        .find(|l| l.task_id == T2)
+        .expect("T2 called");
+    assert!(
+        t2.body
+            .contains(r#"{"key": "note", "value": " spaced note ", "type": "text"}"#),
+        "{}",
+        t2.body
+    );
 }
