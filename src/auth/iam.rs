@@ -103,13 +103,22 @@ pub enum IamError {
         "{0} (not asked again, so that IAM does not lock the user; fix the credentials and restart or reload)"
     )]
     RefusedBefore(String),
+    /// IAM failed moments ago and no token is cached: callers wait for the next attempt
+    /// instead of each asking again.
+    #[error("IAM is unavailable ({last}); next token request in {wait:?}")]
+    BackingOff {
+        /// The last failure.
+        last: String,
+        /// Time until the next request.
+        wait: Duration,
+    },
 }
 
 impl IamError {
     /// Whether asking again later may help (transport errors, 429 and 5xx).
     pub fn retryable(&self) -> bool {
         match self {
-            Self::Transport { .. } | Self::BadAnswer { .. } => true,
+            Self::Transport { .. } | Self::BadAnswer { .. } | Self::BackingOff { .. } => true,
             Self::Refused { status, .. } => *status == 429 || *status >= 500,
             Self::RefusedBefore(_) => false,
         }
@@ -128,8 +137,11 @@ struct State {
     cached: Option<Cached>,
     /// Set when IAM refused the credentials: every later call fails with it.
     refused: Option<String>,
-    /// After a failed refresh with a still-valid token: no new attempt before this.
+    /// After a failed request: no new attempt before this (the failure is shared with every
+    /// caller meanwhile).
     next_attempt: Option<Instant>,
+    /// The last failure and how many in a row (for the backoff without a cached token).
+    last_failure: Option<(String, u32)>,
 }
 
 /// Obtains, caches and refreshes IAM tokens; shared by every request of a client.
@@ -204,17 +216,25 @@ impl IamTokenSource {
             return Err(IamError::RefusedBefore(reason.clone()));
         }
         let now = Instant::now();
-        if let Some(cached) = &state.cached {
-            let backing_off = state.next_attempt.is_some_and(|t| now < t);
-            if now < cached.refresh_at || (backing_off && now < cached.expires) {
-                return Ok(cached.token.clone());
-            }
+        let backing_off = state.next_attempt.filter(|t| now < *t);
+        if let Some(cached) = &state.cached
+            && (now < cached.refresh_at || (backing_off.is_some() && now < cached.expires))
+        {
+            return Ok(cached.token.clone());
+        }
+        if let (Some(until), Some((last, _))) = (backing_off, &state.last_failure) {
+            // No usable token and IAM failed moments ago: share that failure.
+            return Err(IamError::BackingOff {
+                last: last.clone(),
+                wait: until - now,
+            });
         }
         match self.fetch().await {
             Ok(fresh) => {
                 let token = fresh.token.clone();
                 state.cached = Some(fresh);
                 state.next_attempt = None;
+                state.last_failure = None;
                 Ok(token)
             }
             Err(e) if !e.retryable() => {
@@ -225,7 +245,13 @@ impl IamTokenSource {
             }
             Err(e) => {
                 let now = Instant::now();
+                let failures = state.last_failure.as_ref().map_or(0, |f| f.1) + 1;
+                state.last_failure = Some((e.to_string(), failures));
                 let Some(old) = state.cached.as_ref().filter(|c| now < c.expires) else {
+                    // 1 s, doubling up to 30 s, between requests while IAM keeps failing.
+                    let wait =
+                        Duration::from_secs(1u64 << failures.min(5)).min(RETRY_REFRESH_AFTER);
+                    state.next_attempt = Some(now + wait);
                     return Err(e);
                 };
                 let token = old.token.clone();
@@ -532,7 +558,26 @@ mod tests {
             matches!(err, IamError::Transport { .. }) && err.retryable(),
             "{err:?}"
         );
-        assert!(src.token().await.is_err());
-        assert_eq!(src.fetches(), 2, "a transport failure is not remembered");
+        // Right after a failure, callers share it instead of each asking IAM again...
+        let shared = src.token().await.expect_err("still failing");
+        assert!(
+            matches!(shared, IamError::BackingOff { .. }) && shared.retryable(),
+            "{shared:?}"
+        );
+        assert_eq!(src.fetches(), 1, "the failure is shared, not repeated");
+        // ...and after the backoff (1 s after a first failure) IAM is asked again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while src.fetches() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "IAM is asked again after the backoff"
+            );
+            let _ = src.token().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            src.token().await.is_err(),
+            "a transport failure is not a refusal: never remembered as one"
+        );
     }
 }
