@@ -1,5 +1,6 @@
 //! Benchmark: one plan of N tasks against the emulator with a fixed latency, as `deployd exec`
-//! runs it (same executor, same limits), and the elapsed time against the ideal.
+//! runs it (same executor, same limits, the run journal in a temporary state folder), and the
+//! elapsed time against the ideal.
 //!
 //! Run: `cargo run --release --example bench_exec -- [TASKS] [CONCURRENCY] [LATENCY_MS] [RATE] [BURST]`
 //! (defaults: 1000 50 50 10000 50: the ideal is TASKS / CONCURRENCY * LATENCY = 1.0 s).
@@ -50,7 +51,13 @@ async fn main() -> anyhow::Result<()> {
         ClientOptions::default(),
     )?;
     let limits = Arc::new(Limits::new(rate, burst, concurrency)?);
-    let executor = Executor::new(client, limits, ExecutorSettings::default());
+    // With a state folder, as `deployd exec` and the daemon run: every call is journaled.
+    let state = tempfile::tempdir()?;
+    let settings = ExecutorSettings {
+        state_dir: Some(state.path().to_path_buf()),
+        ..ExecutorSettings::default()
+    };
+    let executor = Executor::new(client, limits, settings);
     let started_at = Utc::now();
     let req = RunRequest {
         plan: Arc::new(plan),
