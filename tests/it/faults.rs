@@ -45,23 +45,10 @@ async fn faults_end_in_one_known_outcome_and_never_a_double_deploy() {
         &dir.path().join("config.yaml"),
         "settle: 1s\ntimeouts: {connect: 2s, request: 1s}\n",
     );
-    let mut cmd = deployd();
-    cmd.arg("exec")
-        .arg(dir.path().join("faults.yaml"))
-        .arg("--config")
+    let mut cmd = exec_command(dir.path(), "faults.yaml", &emulator, true);
+    cmd.arg("--config")
         .arg(dir.path().join("config.yaml"))
-        .args([
-            "--endpoint",
-            &emulator.base_url(),
-            "--project-id",
-            &emulator.config().project_id,
-        ])
-        .arg("--results-dir")
-        .arg(dir.path().join("results"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .args(["--rate", "200", "--burst", "10", "--concurrency", "10"])
-        .env("DEPLOYD_TOKEN", TOKEN);
+        .args(["--rate", "200", "--burst", "10", "--concurrency", "10"]);
     let out = output(cmd).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(matches!(out.status.code(), Some(0 | 1)), "{stderr}");
@@ -136,16 +123,8 @@ async fn the_same_rate_on_both_sides_gets_no_429() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tasks = ids(40, 2);
     write(&dir.path().join("rate.yaml"), &plan_of("rate", &tasks, ""));
-    let mut cmd = deployd();
-    cmd.arg("exec")
-        .arg(dir.path().join("rate.yaml"))
-        .args(["--endpoint", &emulator.base_url()])
-        .arg("--results-dir")
-        .arg(dir.path().join("results"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .args(["--rate", "20", "--concurrency", "8"])
-        .env("DEPLOYD_TOKEN", TOKEN);
+    let mut cmd = exec_command(dir.path(), "rate.yaml", &emulator, false);
+    cmd.args(["--rate", "20", "--concurrency", "8"]);
     let out = output(cmd).await;
     assert_eq!(
         out.status.code(),
@@ -177,16 +156,8 @@ async fn a_rate_set_too_high_settles_instead_of_storming() {
             "retry: {max_attempts: 20, base: 100ms, cap: 2s, deadline: 2m}\n",
         ),
     );
-    let mut cmd = deployd();
-    cmd.arg("exec")
-        .arg(dir.path().join("hot.yaml"))
-        .args(["--endpoint", &emulator.base_url()])
-        .arg("--results-dir")
-        .arg(dir.path().join("results"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .args(["--rate", "100", "--burst", "1", "--concurrency", "8"])
-        .env("DEPLOYD_TOKEN", TOKEN);
+    let mut cmd = exec_command(dir.path(), "hot.yaml", &emulator, false);
+    cmd.args(["--rate", "100", "--burst", "1", "--concurrency", "8"]);
     let out = output(cmd).await;
     assert_eq!(
         out.status.code(),
@@ -300,15 +271,8 @@ async fn after_one_refused_authentication_the_run_stops_calling() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tasks = ids(8, 6);
     write(&dir.path().join("auth.yaml"), &plan_of("auth", &tasks, ""));
-    let mut cmd = deployd();
-    cmd.arg("exec")
-        .arg(dir.path().join("auth.yaml"))
-        .args(["--endpoint", &emulator.base_url()])
-        .arg("--results-dir")
-        .arg(dir.path().join("results"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .args(["--rate", "100", "--concurrency", "1"])
+    let mut cmd = exec_command(dir.path(), "auth.yaml", &emulator, false);
+    cmd.args(["--rate", "100", "--concurrency", "1"])
         .env("DEPLOYD_TOKEN", "not-the-token");
     let out = output(cmd).await;
     assert_eq!(out.status.code(), Some(1));

@@ -140,3 +140,21 @@ pub fn daemon_command(root: &Path, emulator: &Emulator, rate: &str, concurrency:
         .env("DEPLOYD_TOKEN", TOKEN);
     cmd
 }
+
+/// `deployd exec DIR/PLAN` against `emulator` (with its project id when `project`), results and
+/// state under `dir`, authenticated with `TOKEN` (callers add the rate flags).
+pub fn exec_command(dir: &Path, plan: &str, emulator: &Emulator, project: bool) -> Command {
+    let mut cmd = deployd();
+    cmd.arg("exec")
+        .arg(dir.join(plan))
+        .args(["--endpoint", &emulator.base_url()])
+        .arg("--results-dir")
+        .arg(dir.join("results"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .env("DEPLOYD_TOKEN", TOKEN);
+    if project {
+        cmd.args(["--project-id", &emulator.config().project_id]);
+    }
+    cmd
+}
