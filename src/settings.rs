@@ -209,11 +209,29 @@ impl Settings {
         overrides: &Overrides,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let raw = match config {
-            Some(path) => read_config(path)?,
-            None => RawConfig::default(),
+        let Some(path) = config else {
+            return Self::from_raw(RawConfig::default(), overrides, env, None);
         };
-        Self::from_raw(raw, overrides, env, config)
+        let (raw, text) = read_config(path)?;
+        // Point every field error at its line in the file.
+        Self::from_raw(raw, overrides, env, config).map_err(|ConfigError(errors)| {
+            let origin = format!("{}: ", path.display());
+            ConfigError(
+                errors
+                    .into_iter()
+                    .map(|e| {
+                        let Some(rest) = e.strip_prefix(&origin) else {
+                            return e;
+                        };
+                        let field = rest.split(": ").next().unwrap_or_default();
+                        match locate_field(&text, field) {
+                            Some((line, col)) => format!("{}:{line}:{col}: {rest}", path.display()),
+                            None => e,
+                        }
+                    })
+                    .collect(),
+            )
+        })
     }
 
     /// Validates a parsed config with the flags applied; reports every problem at once.
@@ -539,7 +557,52 @@ fn parse_offset(text: &str) -> Option<chrono::FixedOffset> {
         .map(|d| *d.offset())
 }
 
-fn read_config(path: &Path) -> Result<RawConfig, ConfigError> {
+/// The 1-based line and column of a field (`rate`, `retry.base`, `a/b` for either) in a
+/// config file, in block (`retry:` then an indented `base:`) or flow (`retry: {base: 1s}`)
+/// style. Best effort: `None` when not found (the message then names the field only).
+fn locate_field(text: &str, field: &str) -> Option<(usize, usize)> {
+    if field.contains('/') {
+        return field.split('/').find_map(|f| locate_field(text, f));
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let mut from = 0;
+    let mut min_indent = 0;
+    let mut found: Option<(usize, usize)> = None;
+    for (depth, part) in field.split('.').enumerate() {
+        let key = format!("{part}:");
+        // In a flow mapping on the parent's line.
+        if let Some((line, _)) = found {
+            let text = lines[line - 1];
+            if let Some(brace) = text.find('{') {
+                let flow = &text[brace..];
+                let hit = [format!("{{{key}"), format!(" {key}"), format!(",{key}")]
+                    .iter()
+                    .find_map(|needle| flow.find(needle.as_str()));
+                if let Some(at) = hit {
+                    // +1 past the separator, +1 to be 1-based.
+                    found = Some((line, brace + at + 2));
+                    continue;
+                }
+            }
+        }
+        let hit = lines.iter().enumerate().skip(from).find(|(_, l)| {
+            let indent = l.len() - l.trim_start().len();
+            l.trim_start().starts_with(&key)
+                && (if depth == 0 {
+                    indent == 0
+                } else {
+                    indent >= min_indent
+                })
+        })?;
+        let indent = hit.1.len() - hit.1.trim_start().len();
+        found = Some((hit.0 + 1, indent + 1));
+        from = hit.0 + 1;
+        min_indent = indent + 1;
+    }
+    found
+}
+
+fn read_config(path: &Path) -> Result<(RawConfig, String), ConfigError> {
     let fail = |msg: String| ConfigError(vec![format!("{}: {msg}", path.display())]);
     let bytes =
         std::fs::read(path).map_err(|e| fail(format!("cannot read the config file: {e}")))?;
@@ -548,9 +611,10 @@ fn read_config(path: &Path) -> Result<RawConfig, ConfigError> {
     }
     let text = std::str::from_utf8(&bytes).map_err(|_| fail("not UTF-8 text".into()))?;
     if text.trim().is_empty() {
-        return Ok(RawConfig::default());
+        return Ok((RawConfig::default(), String::new()));
     }
-    serde_saphyr::from_str(text).map_err(|e| fail(e.to_string()))
+    let raw = serde_saphyr::from_str(text).map_err(|e| fail(e.to_string()))?;
+    Ok((raw, text.to_string()))
 }
 
 #[cfg(test)]
@@ -691,6 +755,39 @@ mod tests {
     #[test]
     fn unknown_fields_are_errors() {
         assert!(serde_saphyr::from_str::<RawConfig>("rat: 5\n").is_err());
+    }
+}
+
+#[cfg(test)]
+mod locate_tests {
+    use super::locate_field;
+
+    const TEXT: &str = "rate: 0\nretry:\n  base: soon\n  cap: 1s\ntimeouts: {connect: 1ms, request: 2s}\nendpoint: x\n";
+
+    #[test]
+    fn config_errors_name_file_line_and_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "concurrency: 3\nretry:\n  base: soon\n").expect("write");
+        let e = super::Settings::load(Some(&path), &super::Overrides::default(), &|_| None)
+            .expect_err("bad");
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("{}:3:3: retry.base: ", path.display())),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn finds_block_and_flow_fields() {
+        assert_eq!(locate_field(TEXT, "rate"), Some((1, 1)));
+        assert_eq!(locate_field(TEXT, "retry.base"), Some((3, 3)));
+        assert_eq!(locate_field(TEXT, "retry.cap"), Some((4, 3)));
+        assert_eq!(locate_field(TEXT, "timeouts.connect"), Some((5, 12)));
+        assert_eq!(locate_field(TEXT, "timeouts.request"), Some((5, 26)));
+        assert_eq!(locate_field(TEXT, "rate/burst/concurrency"), Some((1, 1)));
+        assert_eq!(locate_field(TEXT, "retry.deadline"), None);
+        assert_eq!(locate_field(TEXT, "burst"), None);
     }
 }
 
