@@ -5,17 +5,13 @@
 //! Run: `cargo run --release --example bench_exec -- [TASKS] [CONCURRENCY] [LATENCY_MS] [RATE] [BURST]`
 //! (defaults: 1000 50 50 10000 50: the ideal is TASKS / CONCURRENCY * LATENCY = 1.0 s).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+#[path = "support/mod.rs"]
+mod support;
 
-use chrono::Utc;
-use deployd::api::client::{ClientOptions, DeployClient, Endpoint};
-use deployd::api::credentials::Credentials;
+use std::time::Duration;
+
 use deployd::emulator::{Emulator, EmulatorConfig};
 use deployd::executor::limits::Limits;
-use deployd::executor::{Executor, ExecutorSettings, NoObserver, RunRequest, StopTokens};
-use deployd::plan::load::parse_plan;
-use deployd::results::{RunId, Trigger};
 use deployd::secret::Secret;
 
 #[tokio::main]
@@ -28,9 +24,8 @@ async fn main() -> anyhow::Result<()> {
     let rate = arg(3, 10_000.0);
     let burst = arg(4, 50.0) as u32;
 
-    let token = "bench-token";
     let config = EmulatorConfig {
-        tokens: vec![Secret::new(token)],
+        tokens: vec![Secret::new(support::TOKEN)],
         latency,
         ..EmulatorConfig::default()
     };
@@ -41,38 +36,16 @@ async fn main() -> anyhow::Result<()> {
             "  - task_id: {i:032x}\n    params: [{{key: version, value: \"1.0.{i}\"}}]\n"
         ));
     }
-    let plan = parse_plan("bench.yaml".as_ref(), yaml.as_bytes())
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .plan;
-
-    let client = DeployClient::new(
-        Endpoint::parse(&emulator.base_url())?,
-        Credentials::Token(Secret::new(token)),
-        ClientOptions::default(),
-    )?;
-    let limits = Arc::new(Limits::new(rate, burst, concurrency)?);
     // With a state folder, as `deployd exec` and the daemon run: every call is journaled.
     let state = tempfile::tempdir()?;
-    let settings = ExecutorSettings {
-        state_dir: Some(state.path().to_path_buf()),
-        ..ExecutorSettings::default()
-    };
-    let executor = Executor::new(client, limits, settings);
-    let started_at = Utc::now();
-    let req = RunRequest {
-        plan: Arc::new(plan),
-        plan_dir: ".".into(),
-        trigger: Trigger::Manual,
-        scheduled_for: None,
-        run_id: RunId::new(started_at),
-        started_at,
-    };
-    let clock = Instant::now();
-    let report = executor
-        .run(req, StopTokens::default(), Arc::new(NoObserver))
-        .await
-        .report;
-    let elapsed = clock.elapsed().as_secs_f64();
+    let (report, elapsed) = support::run_in_process(
+        &emulator,
+        &yaml,
+        Limits::new(rate, burst, concurrency)?,
+        Some(state.path().to_path_buf()),
+    )
+    .await?;
+    let elapsed = elapsed.as_secs_f64();
     let ideal = tasks as f64 / concurrency as f64 * latency.as_secs_f64();
     let ideal = ideal.max((tasks as f64 - f64::from(burst)).max(0.0) / rate);
     println!(

@@ -5,18 +5,12 @@
 //! Run: `cargo run --release --example bench_rate -- [TASKS] [RATE] [BURST] [CONCURRENCY]`
 //! (defaults: 200 50 1 8).
 
-use std::sync::Arc;
+#[path = "support/mod.rs"]
+mod support;
+
 use std::time::Duration;
 
-use chrono::Utc;
-use deployd::api::client::{ClientOptions, DeployClient, Endpoint};
-use deployd::api::credentials::Credentials;
-use deployd::emulator::{Emulator, EmulatorConfig};
 use deployd::executor::limits::Limits;
-use deployd::executor::{Executor, ExecutorSettings, NoObserver, RunRequest, StopTokens};
-use deployd::plan::load::parse_plan;
-use deployd::results::{RunId, Trigger};
-use deployd::secret::Secret;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -27,42 +21,18 @@ async fn main() -> anyhow::Result<()> {
     let burst = arg(2, 1.0) as u32;
     let concurrency = arg(3, 8.0) as usize;
 
-    let token = "bench-token";
-    let config = EmulatorConfig {
-        tokens: vec![Secret::new(token)],
-        ..EmulatorConfig::default()
-    };
-    let emulator = Emulator::start(config, "127.0.0.1:0".parse()?).await?;
+    let emulator = support::emulator().await?;
     let mut yaml = String::from("name: rate\ntasks:\n");
     for i in 0..tasks {
         yaml.push_str(&format!("  - {i:032x}\n"));
     }
-    let plan = parse_plan("rate.yaml".as_ref(), yaml.as_bytes())
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .plan;
-    let client = DeployClient::new(
-        Endpoint::parse(&emulator.base_url())?,
-        Credentials::Token(Secret::new(token)),
-        ClientOptions::default(),
-    )?;
-    let executor = Executor::new(
-        client,
-        Arc::new(Limits::new(rate, burst, concurrency)?),
-        ExecutorSettings::default(),
-    );
-    let started_at = Utc::now();
-    let req = RunRequest {
-        plan: Arc::new(plan),
-        plan_dir: ".".into(),
-        trigger: Trigger::Manual,
-        scheduled_for: None,
-        run_id: RunId::new(started_at),
-        started_at,
-    };
-    let report = executor
-        .run(req, StopTokens::default(), Arc::new(NoObserver))
-        .await
-        .report;
+    let (report, _) = support::run_in_process(
+        &emulator,
+        &yaml,
+        Limits::new(rate, burst, concurrency)?,
+        None,
+    )
+    .await?;
 
     let mut arrivals: Vec<i64> = emulator
         .log()

@@ -470,3 +470,47 @@ pub async fn idle_window(d: &DaemonProc, secs: u64, every_secs: u64) -> anyhow::
         every_secs: every_secs.max(1),
     })
 }
+
+/// Runs a plan (YAML text) in this process, as `deployd exec` does (same executor, limits and,
+/// with `state_dir`, the run journal), against `emulator`, authenticated with [`TOKEN`].
+/// Returns the report and the time the run itself took (set-up excluded).
+pub async fn run_in_process(
+    emulator: &Emulator,
+    yaml: &str,
+    limits: deployd::executor::limits::Limits,
+    state_dir: Option<PathBuf>,
+) -> anyhow::Result<(deployd::results::RunReport, Duration)> {
+    use deployd::api::client::{ClientOptions, DeployClient, Endpoint};
+    use deployd::api::credentials::Credentials;
+    use deployd::executor::{Executor, ExecutorSettings, NoObserver, RunRequest, StopTokens};
+    use deployd::results::{RunId, Trigger};
+
+    let plan = deployd::plan::load::parse_plan("bench.yaml".as_ref(), yaml.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .plan;
+    let client = DeployClient::new(
+        Endpoint::parse(&emulator.base_url())?,
+        Credentials::Token(Secret::new(TOKEN)),
+        ClientOptions::default(),
+    )?;
+    let settings = ExecutorSettings {
+        state_dir,
+        ..ExecutorSettings::default()
+    };
+    let executor = Executor::new(client, Arc::new(limits), settings);
+    let started_at = Utc::now();
+    let req = RunRequest {
+        plan: Arc::new(plan),
+        plan_dir: ".".into(),
+        trigger: Trigger::Manual,
+        scheduled_for: None,
+        run_id: RunId::new(started_at),
+        started_at,
+    };
+    let clock = Instant::now();
+    let report = executor
+        .run(req, StopTokens::default(), Arc::new(NoObserver))
+        .await
+        .report;
+    Ok((report, clock.elapsed()))
+}
