@@ -79,6 +79,10 @@ pub enum Entry {
         /// error), so that recovery can report a started task as started.
         #[serde(default)]
         report: Option<Box<TaskReport>>,
+        /// When the answer came (our clock): with the intent's `sent_at`, it bounds when the
+        /// service created a record, which teaches the zone of its record times.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        answered_at: Option<DateTime<Utc>>,
     },
     /// A task reached its final state in this run.
     Task(Box<TaskReport>),
@@ -254,6 +258,8 @@ pub struct TaskTrail {
     pub last_answer: Option<TaskReport>,
     /// Calls made: (attempt, sent_at, class if an answer came).
     pub calls: Vec<(u32, DateTime<Utc>, Option<CallClass>)>,
+    /// Records this task's calls created, with the call's send and answer times.
+    pub created: Vec<(String, DateTime<Utc>, DateTime<Utc>)>,
 }
 
 impl TaskTrail {
@@ -335,10 +341,21 @@ fn read_one(path: &Path) -> Result<Option<Unfinished>, String> {
                 attempt,
                 class,
                 report,
+                answered_at,
             } => {
                 let trail = trails.entry(task_id).or_default();
+                let mut sent_at = None;
                 if let Some(call) = trail.calls.iter_mut().find(|c| c.0 == attempt) {
                     call.2 = Some(class);
+                    sent_at = Some(call.1);
+                }
+                if let (Some(sent), Some(answered), Some(id)) = (
+                    sent_at,
+                    answered_at,
+                    report.as_ref().and_then(|r| r.record_id.clone()),
+                ) && class == CallClass::Started
+                {
+                    trail.created.push((id, sent, answered));
                 }
                 if let Some(report) = report {
                     trail.last_answer = Some(*report);
@@ -396,6 +413,7 @@ mod tests {
             attempt: 1,
             class: CallClass::Retryable,
             report: None,
+            answered_at: None,
         })
         .await
         .expect("outcome");

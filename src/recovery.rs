@@ -26,6 +26,11 @@ pub async fn recover(
     for p in problems {
         error!("unreadable run journal left as it is: {p}");
     }
+    // Every journal's records are known before any lookup: one run's record is never
+    // adopted by another run's lookup.
+    for run in &runs {
+        learn_from_journal(run, exec);
+    }
     let mut done = 0;
     for run in runs {
         let report = finish(&run, exec, stop).await;
@@ -64,6 +69,7 @@ pub async fn recover(
 /// The `interrupted` report of one unfinished run. The tasks' history lookups run
 /// concurrently (each through the shared limits).
 pub async fn finish(run: &Unfinished, exec: &Executor, stop: &CancellationToken) -> RunReport {
+    learn_from_journal(run, exec);
     let mut lookups = tokio::task::JoinSet::new();
     for (index, skeleton) in run.header.tasks.iter().enumerate() {
         let trail = run
@@ -111,6 +117,23 @@ pub async fn finish(run: &Unfinished, exec: &Executor, stop: &CancellationToken)
     }
 }
 
+/// What a journal knows before any lookup: the records its calls created are other calls'
+/// (never adopted by a lookup), and their send and answer times bound their creation (which
+/// teaches the zone of record times).
+pub fn learn_from_journal(run: &Unfinished, exec: &Executor) {
+    for (task_id, trail) in &run.trails {
+        for report in trail.done.iter().chain(&trail.last_answer) {
+            if let Some(id) = &report.record_id {
+                exec.remember_record(id);
+            }
+        }
+        for (id, sent, answered) in &trail.created {
+            exec.remember_record(id);
+            exec.client().clock().witness(task_id, id, *sent, *answered);
+        }
+    }
+}
+
 async fn finish_task(
     skeleton: &TaskReport,
     trail: &TaskTrail,
@@ -148,7 +171,7 @@ async fn finish_task(
         });
         return report;
     };
-    let reconciler = Reconciler::new(exec, &skeleton.task_id);
+    let reconciler = Reconciler::new(exec, &skeleton.task_id, &skeleton.params);
     match reconciler.lookup(since, stop).await {
         Lookup::Found(record_id) => {
             report.status = TaskStatus::Started;

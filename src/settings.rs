@@ -49,7 +49,8 @@ pub struct RawConfig {
     pub unknown_outcome: Option<UnknownOutcomePolicy>,
     /// How long to wait for a record to show up in the history.
     pub settle: Option<String>,
-    /// The zone of the history's `start_time` values, as `+08:00` (the default).
+    /// What the operator believes the zone of the history's `start_time` values is, as
+    /// `+08:00`: a hint, compared with the zone deployd learns, never trusted over it.
     pub history_utc_offset: Option<String>,
     /// HTTP timeouts.
     pub timeouts: Option<RawTimeouts>,
@@ -399,15 +400,18 @@ impl Settings {
             }
         };
 
-        let history_offset = match raw.history_utc_offset.as_deref() {
-            None => ExecutorSettings::default().history_offset,
-            Some(text) => parse_offset(text).unwrap_or_else(|| {
-                err(
-                    "history_utc_offset",
-                    format!("{text:?} is not an offset like +08:00 or -05:30"),
-                );
-                ExecutorSettings::default().history_offset
-            }),
+        let history_offset_hint = match raw.history_utc_offset.as_deref() {
+            None => None,
+            Some(text) => match parse_offset(text) {
+                Some(offset) => Some(offset),
+                None => {
+                    err(
+                        "history_utc_offset",
+                        format!("{text:?} is not an offset like +08:00 or -05:30"),
+                    );
+                    None
+                }
+            },
         };
 
         if !errors.is_empty() {
@@ -430,7 +434,7 @@ impl Settings {
                 settle,
                 state_dir: Some(state_dir.clone()),
                 forbidden_files: secret_paths(&auth, env),
-                history_offset,
+                history_offset_hint,
             },
             client,
             auth,

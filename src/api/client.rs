@@ -11,7 +11,10 @@ use reqwest::{Method, StatusCode, Url};
 
 use crate::api::credentials::{Credentials, RequestToSign};
 use crate::api::errors::{self, StatusClass, body_request_id, parse_error_body, parse_retry_after};
-use crate::api::types::{CallInfo, HistoryPage, RecordStatus, StartOutcome, StartResponse};
+use crate::api::service_clock::ServiceClock;
+use crate::api::types::{
+    CallInfo, HistoryPage, RecordParam, RecordStatus, StartOutcome, StartResponse,
+};
 use crate::secret::Secret;
 
 /// The regions the vendor's SDK knows (`CodeArtsDeployRegion`).
@@ -203,6 +206,8 @@ pub struct DeployClient {
     endpoint: Endpoint,
     credentials: Credentials,
     user_agent: String,
+    /// What the answers' `Date` headers tell of the service's clock (shared by clones).
+    clock: std::sync::Arc<ServiceClock>,
 }
 
 impl std::fmt::Debug for DeployClient {
@@ -251,7 +256,19 @@ impl DeployClient {
             endpoint,
             credentials,
             user_agent: format!("deployd/{}", env!("CARGO_PKG_VERSION")),
+            clock: std::sync::Arc::new(ServiceClock::new()),
         })
+    }
+
+    /// This client, sharing `clock` (a client rebuilt on reload keeps what was learned).
+    pub fn with_clock(mut self, clock: std::sync::Arc<ServiceClock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// What this client's answers told of the service's clock.
+    pub fn clock(&self) -> &std::sync::Arc<ServiceClock> {
+        &self.clock
     }
 
     /// The endpoint this client talks to.
@@ -361,6 +378,19 @@ impl DeployClient {
             .map_err(|e| unreadable(&answer, e))
     }
 
+    /// `GET /v2/history/tasks/{task_id}/params?record_id=` (ShowExecutionParams): the params a
+    /// record was started with.
+    pub async fn record_params(
+        &self,
+        task_id: &str,
+        record_id: &str,
+    ) -> Result<Vec<RecordParam>, GetFailure> {
+        let path = format!("/v2/history/tasks/{}/params", encode_segment(task_id));
+        let query = [("record_id".to_string(), record_id.to_string())];
+        let answer = self.get(&path, &query).await?;
+        serde_json::from_slice(&answer.body).map_err(|e| unreadable(&answer, e))
+    }
+
     async fn get(&self, path: &str, query: &[(String, String)]) -> Result<Answer, GetFailure> {
         let answer = self
             .send(Method::GET, path, query, b"")
@@ -467,6 +497,7 @@ impl DeployClient {
             };
             header_map.append(name, value);
         }
+        let sent = Utc::now();
         let response = self
             .http
             .request(method, url)
@@ -477,6 +508,13 @@ impl DeployClient {
             .map_err(transport_failure)?;
         let status = response.status();
         let headers = response.headers().clone();
+        self.clock.observe(
+            sent,
+            Utc::now(),
+            headers
+                .get(reqwest::header::DATE)
+                .and_then(|v| v.to_str().ok()),
+        );
         let mut body = response.bytes().await.map_err(transport_failure)?.to_vec();
         if !status.is_success() {
             // An error answer may echo what it received (a gateway's canonical request shows

@@ -3,5 +3,6 @@ pub mod client;
 pub mod credentials;
 pub mod errors;
 pub mod rules;
+pub mod service_clock;
 pub mod types;
 pub mod wire;

@@ -79,12 +79,27 @@ pub struct HistoryRecord {
     /// Record state (`running`, `succeeded`, ...).
     #[serde(default)]
     pub state: Option<String>,
-    /// `yyyy-MM-dd HH:mm:ss`, service-local time (UTC+8).
+    /// `yyyy-MM-dd HH:mm:ss` in the service's zone (undocumented: learned, see
+    /// [`crate::api::service_clock`]).
     #[serde(default)]
     pub start_time: Option<String>,
     /// User who started it.
     #[serde(default)]
     pub operator: Option<String>,
+}
+
+/// One param of a record (`ShowExecutionParams` answers an array of them).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct RecordParam {
+    /// The key.
+    #[serde(default)]
+    pub name: String,
+    /// The type, when given.
+    #[serde(rename = "type", default)]
+    pub ty: Option<String>,
+    /// The value (`encrypt` values are not shown by the service).
+    #[serde(default)]
+    pub value: Option<String>,
 }
 
 /// One page of history.

@@ -117,6 +117,27 @@ pub struct EmulatorConfig {
     pub seed: Option<u64>,
     /// Whether deploy endpoints check `X-Auth-Token`.
     pub auth_required: bool,
+    /// The zone of record times (`start_time`, `end_time`) and of history date windows. The API
+    /// doc does not say which it is; UTC+8 by default.
+    pub record_utc_offset: chrono::FixedOffset,
+    /// How far the service's clock is ahead of this host's (negative: behind). It moves record
+    /// times, the `Date` header of every answer and the signature expiry check.
+    pub clock_offset: chrono::TimeDelta,
+    /// Faults for the start calls of given task ids: a task's first call gets its first
+    /// listed fault, and so on (then the random ones apply), so a test loses exactly the
+    /// answers it wants whatever order the calls come in.
+    pub start_script: Vec<(String, ScriptedFault)>,
+}
+
+/// A fault chosen for one start call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptedFault {
+    /// Processed and answered normally.
+    None,
+    /// Connection closed before processing: no record, the outcome unknown to the client.
+    DropBefore,
+    /// Processed (a record exists), then the connection closed unanswered.
+    DropAfter,
 }
 
 impl Default for EmulatorConfig {
@@ -142,6 +163,9 @@ impl Default for EmulatorConfig {
             deploy_duration: Duration::from_secs(2),
             seed: None,
             auth_required: true,
+            record_utc_offset: super::state::service_zone(),
+            clock_offset: chrono::TimeDelta::zero(),
+            start_script: Vec::new(),
         }
     }
 }
@@ -285,6 +309,58 @@ pub struct EmulatorArgs {
     /// Seed of the fault RNG, for reproducible runs.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// Zone of record times and history date windows, as `+08:00`, `-05:00`, `+05:45`, `Z`.
+    #[arg(long, value_name = "OFFSET", default_value = "+08:00", value_parser = parse_utc_offset)]
+    pub record_utc_offset: chrono::FixedOffset,
+    /// How many seconds the emulated service's clock is ahead of this host's (negative: behind).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub clock_offset_secs: i64,
+}
+
+/// Parses a UTC offset (`+08:00`, `-0500`, `Z`, `UTC`), within UTC-12 to UTC+14.
+pub fn parse_utc_offset(text: &str) -> Result<chrono::FixedOffset, String> {
+    let t = text.trim();
+    let secs = if t.eq_ignore_ascii_case("z") || t.eq_ignore_ascii_case("utc") {
+        0
+    } else {
+        let (sign, rest) = match t.as_bytes().first() {
+            Some(b'+') => (1, &t[1..]),
+            Some(b'-') => (-1, &t[1..]),
+            _ => {
+                return Err(format!(
+                    "{text:?} is not a UTC offset like +08:00 or -05:00"
+                ));
+            }
+        };
+        let digits: String = rest.chars().filter(|c| *c != ':').collect();
+        let (h, m) = match digits.len() {
+            1 | 2 => (digits.as_str(), "0"),
+            4 => digits.split_at(2),
+            _ => {
+                return Err(format!(
+                    "{text:?} is not a UTC offset like +08:00 or -05:00"
+                ));
+            }
+        };
+        let (Ok(h), Ok(m)) = (h.parse::<i32>(), m.parse::<i32>()) else {
+            return Err(format!(
+                "{text:?} is not a UTC offset like +08:00 or -05:00"
+            ));
+        };
+        if m >= 60 {
+            return Err(format!("{text:?}: minutes must be below 60"));
+        }
+        sign * (h * 3600 + m * 60)
+    };
+    if !(-12 * 3600..=14 * 3600).contains(&secs) {
+        return Err(format!("{text:?} is outside UTC-12..UTC+14"));
+    }
+    chrono::FixedOffset::east_opt(secs).ok_or_else(|| format!("{text:?} is not a valid offset"))
 }
 
 impl EmulatorArgs {
@@ -324,6 +400,9 @@ impl EmulatorArgs {
             deploy_duration: Duration::from_millis(self.deploy_ms),
             seed: self.seed,
             auth_required: !self.no_auth,
+            record_utc_offset: self.record_utc_offset,
+            clock_offset: chrono::TimeDelta::seconds(self.clock_offset_secs),
+            start_script: Vec::new(),
         }
     }
 }

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{
     AK_MAX_FAILURES, AccessKey, ConfigError, DEFAULT_AK, DEFAULT_DOMAIN, DEFAULT_PASSWORD,
     DEFAULT_PROJECT_ID, DEFAULT_SK, DEFAULT_TOKEN, DEFAULT_USER, EmulatorArgs, EmulatorConfig,
-    IamUser,
+    IamUser, ScriptedFault, parse_utc_offset,
 };
 pub use error::{ApiErr, ErrorForm};
 pub use service::{BODY_LIMIT, Principal};
@@ -98,6 +98,30 @@ impl Emulator {
     /// The accepted requests so far, oldest first.
     pub fn log(&self) -> Vec<LoggedRequest> {
         self.shared.log()
+    }
+
+    /// Creates a record as another caller would have, started at `start_time` (the service's
+    /// clock) with `params` (`(key, value, type)`); returns its id.
+    pub fn insert_record(
+        &self,
+        task_id: &str,
+        start_time: chrono::DateTime<chrono::Utc>,
+        params: &[(&str, &str, &str)],
+    ) -> String {
+        let params = params
+            .iter()
+            .map(|(k, v, t)| WireParam {
+                key: (*k).to_string(),
+                value: (*v).to_string(),
+                param_type: Some((*t).to_string()),
+            })
+            .collect();
+        self.shared.insert_record(task_id, start_time, params)
+    }
+
+    /// The service's clock now.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.shared.now()
     }
 
     /// The counters so far.

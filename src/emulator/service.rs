@@ -22,11 +22,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::config::{AK_MAX_FAILURES, EmulatorConfig};
+use super::config::{AK_MAX_FAILURES, EmulatorConfig, ScriptedFault};
 use super::error::ApiErr;
 use super::state::{
-    Faults, IssuedToken, LoggedRequest, Phase, Record, Stats, Store, hex32, service_time,
-    service_zone,
+    Faults, IssuedToken, LoggedRequest, Phase, Record, Stats, Store, hex32, http_date, service_time,
 };
 use super::validate;
 use crate::api::rules;
@@ -109,6 +108,8 @@ enum DeployRoute {
     History { project_id: String, task_id: String },
     /// `GET /v2/tasks/{task_id}/state`.
     State { task_id: String },
+    /// `GET /v2/history/tasks/{task_id}/params`.
+    Params { task_id: String },
 }
 
 /// Entries kept in the request log (the oldest half is dropped beyond this).
@@ -143,6 +144,9 @@ impl Route {
             }
             (&Method::GET, ["v2", "tasks", id, "state"]) => {
                 Self::Deploy(DeployRoute::State { task_id: owned(id) })
+            }
+            (&Method::GET, ["v2", "history", "tasks", id, "params"]) => {
+                Self::Deploy(DeployRoute::Params { task_id: owned(id) })
             }
             (&Method::POST, ["v3", "auth", "tokens"]) => Self::IamTokens,
             (&Method::GET, ["_emulator", "log"]) => Self::EmulatorLog,
@@ -279,6 +283,34 @@ impl Shared {
         self.store().stats.clone()
     }
 
+    /// Creates a record as another caller would have (for tests: a deployment this client
+    /// did not start), with the given start instant and params; returns its id.
+    pub fn insert_record(
+        &self,
+        task_id: &str,
+        start_time: DateTime<Utc>,
+        params: Vec<crate::emulator::validate::WireParam>,
+    ) -> String {
+        let mut store = self.store();
+        store
+            .create_record(
+                task_id,
+                "someone-else".into(),
+                false,
+                false,
+                params,
+                start_time,
+            )
+            .id
+    }
+
+    /// The service's clock: this host's, moved by `clock_offset`.
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+            .checked_add_signed(self.config.clock_offset)
+            .unwrap_or_else(Utc::now)
+    }
+
     /// Waits `d`, or less if the emulator shuts down. True if the whole time passed.
     async fn pause(&self, d: Duration) -> bool {
         tokio::select! {
@@ -294,12 +326,22 @@ impl Shared {
         req: Request<Incoming>,
         request_id: &str,
     ) -> Result<Response<Body>, DropConnection> {
-        let received_at = Utc::now();
+        let received_at = self.now();
         let faults = {
             let mut store = self.store();
             store.stats.total += 1;
             if matches!(route, Route::Deploy(_)) {
-                Faults::roll(&mut store.rng, &self.config)
+                let mut faults = Faults::roll(&mut store.rng, &self.config);
+                if let Route::Deploy(DeployRoute::Start { task_id }) = &route
+                    && let Some(scripted) = store.scripted_fault(task_id)
+                {
+                    faults = Faults {
+                        drop_before: scripted == ScriptedFault::DropBefore,
+                        drop_after: scripted == ScriptedFault::DropAfter,
+                        ..Faults::default()
+                    };
+                }
+                faults
             } else {
                 Faults::default()
             }
@@ -331,7 +373,11 @@ impl Shared {
             }
             result
         };
-        let resp = result.unwrap_or_else(|e| e.into_response(request_id));
+        let mut resp = result.unwrap_or_else(|e| e.into_response(request_id));
+        // The service's clock, as a real gateway tells it (to the second).
+        if let Ok(date) = HeaderValue::from_str(&http_date(self.now())) {
+            resp.headers_mut().insert(hyper::header::DATE, date);
+        }
         *self
             .store()
             .stats
@@ -376,6 +422,7 @@ impl Shared {
                 task_id,
             } => self.history(project_id, task_id, parts.uri.query(), request_id),
             DeployRoute::State { task_id } => self.state(task_id, parts.uri.query(), request_id),
+            DeployRoute::Params { task_id } => self.params(task_id, parts.uri.query(), request_id),
         }
     }
 
@@ -450,7 +497,7 @@ impl Shared {
             headers: &headers,
             body,
         };
-        let verdict = signer::verify(&received, key.sk.expose(), Utc::now());
+        let verdict = signer::verify(&received, key.sk.expose(), self.now());
         let mut store = self.store();
         let failures = store.ak_failures.entry(key.ak.clone()).or_default();
         let Err(error) = verdict else {
@@ -527,6 +574,8 @@ impl Shared {
             principal.operator(),
             fails,
             parsed.record_id.is_some(),
+            parsed.params.clone(),
+            self.now(),
         );
         let entry = LoggedRequest {
             seq: store.log.len() as u64 + 1,
@@ -575,7 +624,11 @@ impl Shared {
         if self.config.unknown_task_ids.contains(task_id) {
             return Err(ApiErr::unknown_task(task_id));
         }
-        let (now, zone, deploy) = (Instant::now(), service_zone(), self.config.deploy_duration);
+        let (now, zone, deploy) = (
+            Instant::now(),
+            self.config.record_utc_offset,
+            self.config.deploy_duration,
+        );
         let store = self.store();
         let matching: Vec<&Record> = store
             .task_records(task_id)
@@ -594,8 +647,8 @@ impl Shared {
                 json!({
                     "execution_id": r.id,
                     "state": r.phase(now, deploy).as_str(),
-                    "start_time": service_time(r.start_time),
-                    "end_time": r.end_time(now, deploy).map(service_time).unwrap_or_default(),
+                    "start_time": service_time(r.start_time, zone),
+                    "end_time": r.end_time(now, deploy).map(|t| service_time(t, zone)).unwrap_or_default(),
                     "duration": r.duration_text(now, deploy),
                     "operator": r.operator,
                     "nickname": r.operator,
@@ -629,6 +682,7 @@ impl Shared {
             ApiErr::no_record(format!("no execution record found for task {task_id}"))
         })?;
         let (now, deploy) = (Instant::now(), self.config.deploy_duration);
+        let zone = self.config.record_utc_offset;
         let phase = record.phase(now, deploy);
         let answer = json!({
             "status": "success",
@@ -637,14 +691,52 @@ impl Shared {
                 "record_id": record.id,
                 "task_id": task_id,
                 "step": if phase == Phase::Running { "running" } else { "finish" },
-                "start_time": service_time(record.start_time),
-                "end_time": record.end_time(now, deploy).map(service_time).unwrap_or_default(),
+                "start_time": service_time(record.start_time, zone),
+                "end_time": record.end_time(now, deploy).map(|t| service_time(t, zone)).unwrap_or_default(),
                 "executor": record.operator,
                 "task_name": format!("emulated-{task_id}"),
                 "nick_name": record.operator,
                 "step_state": [],
             },
         });
+        Ok(json_response(StatusCode::OK, &answer, request_id))
+    }
+
+    /// `GET /v2/history/tasks/{task_id}/params?record_id=`: the params a record was started
+    /// with, as a top-level array of `{"name", "type", "value"}` (values of `encrypt` params
+    /// are not shown); an unknown record is 400 Deploy.00011303.
+    fn params(
+        &self,
+        task_id: &str,
+        query: Option<&str>,
+        request_id: &str,
+    ) -> Result<Response<Body>, ApiErr> {
+        rules::check_id(task_id).map_err(|e| ApiErr::invalid(format!("task_id: {e}")))?;
+        let q = validate::parse_state_query(query).map_err(ApiErr::invalid)?;
+        if self.config.unknown_task_ids.contains(task_id) {
+            return Err(ApiErr::unknown_task(task_id));
+        }
+        let store = self.store();
+        let record = match &q.record_id {
+            Some(id) => store.records.get(id).filter(|r| r.task_id == task_id),
+            None => store.task_records(task_id).first().copied(),
+        }
+        .ok_or_else(|| {
+            ApiErr::no_record(format!("no execution record found for task {task_id}"))
+        })?;
+        let answer: Vec<Value> = record
+            .params
+            .iter()
+            .map(|p| {
+                let ty = p.param_type.as_deref().unwrap_or("text");
+                let value = if ty == "encrypt" {
+                    "******"
+                } else {
+                    p.value.as_str()
+                };
+                json!({"name": p.key, "type": ty, "value": value})
+            })
+            .collect();
         Ok(json_response(StatusCode::OK, &answer, request_id))
     }
 
@@ -695,7 +787,7 @@ impl Shared {
         }
         let token = format!("MIIemu{}{}", hex32(), hex32());
         let lifetime = self.config.token_lifetime;
-        let issued_at = Utc::now();
+        let issued_at = self.now();
         let expires_at = chrono::Duration::from_std(lifetime)
             .ok()
             .and_then(|d| issued_at.checked_add_signed(d))

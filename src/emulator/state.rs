@@ -14,16 +14,22 @@ use serde::{Deserialize, Serialize};
 use super::config::EmulatorConfig;
 use super::validate::WireParam;
 
-/// The service's local zone (UTC+8), used for `yyyy-MM-dd HH:mm:ss` times and history windows.
+/// The default zone of record times (UTC+8, China Standard Time: a guess, the API doc does not
+/// say; `EmulatorConfig::record_utc_offset` changes it).
 pub fn service_zone() -> FixedOffset {
     FixedOffset::east_opt(8 * 3600).expect("UTC+8 is a valid offset")
 }
 
-/// Formats a time the way CodeArts Deploy does: service-local, `yyyy-MM-dd HH:mm:ss`.
-pub fn service_time(t: DateTime<Utc>) -> String {
-    t.with_timezone(&service_zone())
+/// Formats a time the way CodeArts Deploy does: `yyyy-MM-dd HH:mm:ss` in the service's zone.
+pub fn service_time(t: DateTime<Utc>, zone: FixedOffset) -> String {
+    t.with_timezone(&zone)
         .format("%Y-%m-%d %H:%M:%S")
         .to_string()
+}
+
+/// The `Date` header of an answer (RFC 9110 IMF-fixdate).
+pub fn http_date(t: DateTime<Utc>) -> String {
+    t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
 /// 32 random lowercase hex digits (record ids, request ids).
@@ -183,6 +189,8 @@ pub struct Record {
     pub operator: String,
     /// Whether the start call asked for a rollback (`record_id` given).
     pub rollback: bool,
+    /// The params the start call carried (`ShowExecutionParams` answers them).
+    pub params: Vec<WireParam>,
 }
 
 impl Record {
@@ -346,6 +354,8 @@ pub struct Store {
     pub limiter: Option<TokenBucket>,
     /// The fault RNG.
     pub rng: StdRng,
+    /// Scripted faults of the next start calls, per task id.
+    pub start_script: Vec<(String, super::config::ScriptedFault)>,
 }
 
 impl Store {
@@ -365,7 +375,14 @@ impl Store {
                 Some(seed) => StdRng::seed_from_u64(seed),
                 None => StdRng::from_os_rng(),
             },
+            start_script: config.start_script.clone(),
         }
+    }
+
+    /// The scripted fault of `task_id`'s next start call, if one is left.
+    pub fn scripted_fault(&mut self, task_id: &str) -> Option<super::config::ScriptedFault> {
+        let at = self.start_script.iter().position(|(t, _)| t == task_id)?;
+        Some(self.start_script.remove(at).1)
     }
 
     /// Creates a record for a task and returns a copy of it.
@@ -375,8 +392,9 @@ impl Store {
         operator: String,
         fails: bool,
         rollback: bool,
+        params: Vec<WireParam>,
+        start_time: DateTime<Utc>,
     ) -> Record {
-        let start_time = Utc::now();
         let ids = self.by_task.entry(task_id.to_owned()).or_default();
         let record = Record {
             id: hex32(),
@@ -388,6 +406,7 @@ impl Store {
             fails,
             operator,
             rollback,
+            params,
         };
         ids.push(record.id.clone());
         self.records.insert(record.id.clone(), record.clone());
@@ -472,7 +491,7 @@ mod tests {
     #[test]
     fn record_phases() {
         let mut store = Store::new(&EmulatorConfig::default());
-        let r = store.create_record("t", "op".into(), true, false);
+        let r = store.create_record("t", "op".into(), true, false, vec![], Utc::now());
         let d = Duration::from_secs(2);
         assert_eq!(r.phase(r.started, d), Phase::Running);
         assert_eq!(r.end_time(r.started, d), None);
@@ -484,7 +503,7 @@ mod tests {
             ),
             "01:02:05"
         );
-        let r2 = store.create_record("t", "op".into(), false, false);
+        let r2 = store.create_record("t", "op".into(), false, false, vec![], Utc::now());
         assert_eq!(r2.release_id, 2);
         assert_eq!(r2.phase(r2.started + d, d), Phase::Succeeded);
         let newest: Vec<_> = store
@@ -501,6 +520,14 @@ mod tests {
         let t = DateTime::parse_from_rfc3339("2024-03-15T20:30:00Z")
             .expect("valid")
             .with_timezone(&Utc);
-        assert_eq!(service_time(t), "2024-03-16 04:30:00");
+        assert_eq!(service_time(t, service_zone()), "2024-03-16 04:30:00");
+        let utc = FixedOffset::east_opt(0).expect("UTC");
+        assert_eq!(service_time(t, utc), "2024-03-15 20:30:00");
+        let nepal = FixedOffset::east_opt(5 * 3600 + 45 * 60).expect("UTC+5:45");
+        assert_eq!(service_time(t, nepal), "2024-03-16 02:15:00");
+        assert_eq!(
+            http_date(t.with_timezone(&Utc)),
+            "Fri, 15 Mar 2024 20:30:00 GMT"
+        );
     }
 }

@@ -10,6 +10,7 @@ pub mod follow;
 pub mod limits;
 pub mod reconcile;
 pub mod retry;
+pub mod task_locks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,8 +61,9 @@ pub struct ExecutorSettings {
     pub settle: Duration,
     /// Where run journals go (`STATE/runs/`); `None` runs without one (no crash recovery).
     pub state_dir: Option<PathBuf>,
-    /// The zone of the history's `start_time` values.
-    pub history_offset: chrono::FixedOffset,
+    /// The configured zone of the history's `start_time` values: only a hint, compared with
+    /// the zone learned from the service's answers ([`crate::api::service_clock`]).
+    pub history_offset_hint: Option<chrono::FixedOffset>,
     /// Files and folders a plan's `value_from.file` may not read: deployd's own secrets
     /// (the `auth.*_file` settings and `$CREDENTIALS_DIRECTORY`).
     pub forbidden_files: Vec<PathBuf>,
@@ -75,8 +77,7 @@ impl Default for ExecutorSettings {
             unknown_outcome: UnknownOutcomePolicy::Fail,
             settle: Duration::from_secs(10),
             state_dir: None,
-            history_offset: chrono::FixedOffset::east_opt(reconcile::DEFAULT_SERVICE_OFFSET_SECS)
-                .expect("UTC+8 is a valid offset"),
+            history_offset_hint: None,
             forbidden_files: Vec::new(),
         }
     }
@@ -125,27 +126,46 @@ pub struct Executor {
     limits: Arc<Limits>,
     settings: Arc<ExecutorSettings>,
     known_records: Arc<reconcile::KnownRecords>,
+    task_locks: Arc<task_locks::TaskLocks>,
 }
 
 impl Executor {
     /// An executor sharing `limits` with every other user of the same account.
     pub fn new(client: DeployClient, limits: Arc<Limits>, settings: ExecutorSettings) -> Self {
+        if let Some(state_dir) = &settings.state_dir {
+            client
+                .clock()
+                .attach_store(state_dir, settings.history_offset_hint);
+        }
         Self {
             client,
             limits,
             settings: Arc::new(settings),
             known_records: Arc::new(reconcile::KnownRecords::default()),
+            task_locks: Arc::new(task_locks::TaskLocks::default()),
         }
     }
 
     /// This executor (built from a reloaded config) carrying on `old`'s memory of known
-    /// records, and its limiter too when `same_limits` (one limiter for the account).
+    /// records, its per-task locks, what it learned of the service's clock, and its limiter
+    /// too when `same_limits` (one limiter for the account).
     pub fn succeeding(mut self, old: &Executor, same_limits: bool) -> Self {
         self.known_records = old.known_records.clone();
+        self.task_locks = old.task_locks.clone();
+        let clock = old.client.clock().clone();
+        if let Some(state_dir) = &self.settings.state_dir {
+            clock.attach_store(state_dir, self.settings.history_offset_hint);
+        }
+        self.client = self.client.with_clock(clock);
         if same_limits {
             self.limits = old.limits.clone();
         }
         self
+    }
+
+    /// Remembers a record id as another call's (never adopted by a lookup).
+    pub fn remember_record(&self, id: &str) {
+        self.known_records.remember(id);
     }
 
     /// The shared limits.
@@ -444,9 +464,9 @@ impl TaskCtx {
         }
         .to_sdk_json();
 
-        let mut report = TaskReport::new(&task.task_id, TaskStatus::Failed, params);
+        let mut report = TaskReport::new(&task.task_id, TaskStatus::Failed, params.clone());
         let first = Instant::now();
-        let reconciler = Reconciler::new(&self.exec, &task.task_id);
+        let reconciler = Reconciler::new(&self.exec, &task.task_id, &params);
         // Send times of calls whose outcome stayed unknown and were then re-sent: if records
         // show up for them later, the report lists every record.
         let mut unknown_since: Option<DateTime<Utc>> = None;
@@ -457,6 +477,13 @@ impl TaskCtx {
             if self.shared.auth_refused.load(Ordering::Relaxed) {
                 return auth_stopped(report);
             }
+            // One call of this task in flight in this process, from its intent to its settled
+            // outcome: a history lookup then knows no other call of ours made a record.
+            let task_guard = tokio::select! {
+                biased;
+                _ = self.stop.stop.cancelled() => return self.stopped(report),
+                g = self.exec.task_locks.lock(&task.task_id) => g,
+            };
             let permit = tokio::select! {
                 biased;
                 _ = self.stop.stop.cancelled() => return self.stopped(report),
@@ -483,6 +510,25 @@ impl TaskCtx {
                     ));
                     return report;
                 }
+                // A stop that came while the intent was being made durable: the call does not
+                // go out, and the journal says so (no lookup needed after a crash).
+                if self.stop.stop.is_cancelled() || self.shared.auth_refused.load(Ordering::Relaxed)
+                {
+                    let not_sent = Entry::Outcome {
+                        task_id: task.task_id.clone(),
+                        attempt,
+                        class: CallClass::Retryable,
+                        report: None,
+                        answered_at: None,
+                    };
+                    if let Err(e) = j.append(&not_sent).await {
+                        warn!("{e}");
+                    }
+                    if self.shared.auth_refused.load(Ordering::Relaxed) {
+                        return auth_stopped(report);
+                    }
+                    return self.stopped(report);
+                }
             }
             report.attempts = attempt;
             let outcome = tokio::select! {
@@ -490,6 +536,14 @@ impl TaskCtx {
                 _ = self.stop.abort.cancelled() => None,
                 o = self.exec.client.start_task(&task.task_id, &body) => Some(o),
             };
+            let answered_at = Utc::now();
+            // A refused authentication stops the run's other calls before this call's slot
+            // lets the next one go (with one slot, a second badly signed call would follow).
+            if let Some(o) = &outcome
+                && o.info().http_status == Some(401)
+            {
+                self.shared.auth_refused.store(true, Ordering::Relaxed);
+            }
             drop(permit);
             let Some(outcome) = outcome else {
                 warn!(
@@ -512,6 +566,16 @@ impl TaskCtx {
                 report.job_name = response.job_name.clone();
                 report.app_component_list = response.app_component_list.clone();
                 self.exec.known_records.remember(&response.id);
+                self.exec
+                    .client
+                    .clock()
+                    .witness(&task.task_id, &response.id, sent_at, answered_at);
+                if self.exec.client.clock().zone().is_none() {
+                    // Learn the zone of record times now, while it costs nothing to wait:
+                    // a later lookup then matches tightly.
+                    let (exec, abort) = (self.exec.clone(), self.stop.abort.clone());
+                    tokio::spawn(async move { reconcile::learn_zone(&exec, &abort).await });
+                }
             }
             if let Some(j) = &self.shared.journal {
                 let class = match &outcome {
@@ -525,6 +589,7 @@ impl TaskCtx {
                     attempt,
                     class,
                     report: Some(Box::new(report.clone())),
+                    answered_at: Some(answered_at),
                 };
                 if let Err(e) = j.append(&entry).await {
                     warn!("{e}");
@@ -548,14 +613,12 @@ impl TaskCtx {
                     if let Some(since) = unknown_since {
                         self.list_all_records(&reconciler, since, &mut report).await;
                     }
+                    drop(task_guard);
                     return self.followed(report).await;
                 }
                 StartOutcome::Final(info) => {
                     // Logged from the report: its text is scrubbed of encrypt values.
                     warn!(attempt, status = ?info.http_status, code = ?report.error_code, "refused: {}", report.error_msg.as_deref().unwrap_or(""));
-                    if info.http_status == Some(401) {
-                        self.shared.auth_refused.store(true, Ordering::Relaxed);
-                    }
                     return report;
                 }
                 StartOutcome::Unknown(_) => {
@@ -572,6 +635,7 @@ impl TaskCtx {
                             if let Some(since) = unknown_since {
                                 self.list_all_records(&reconciler, since, &mut report).await;
                             }
+                            drop(task_guard);
                             return self.followed(report).await;
                         }
                         Lookup::Ambiguous(ids) => {
@@ -615,6 +679,9 @@ impl TaskCtx {
                     debug!(attempt, status = ?info.http_status, "retryable: {}", report.error_msg.as_deref().unwrap_or(""));
                 }
             }
+            // Settled (not processed, or looked up and not found): another call of this task
+            // may go while this one waits to retry.
+            drop(task_guard);
             let delay = self
                 .policy
                 .delay(attempt, rand::random::<f64>(), retry_after);

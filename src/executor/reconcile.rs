@@ -1,20 +1,22 @@
 //! Looking up unknown outcomes: after a start call timed out or lost its connection, the task's
-//! history (`ListDeployTaskHistoryByDate`) tells whether a record was created at or after the
-//! send time. Every query goes through the shared limits like any other call.
+//! history (`ListDeployTaskHistoryByDate`) tells whether a record was created after the send.
+//! The match never trusts the host's clock nor a guessed zone: it uses what
+//! [`ServiceClock`] measured (the skew from `Date` headers, the zone learned from our own
+//! records) and, until the zone is known, counts every record any real offset would put
+//! after the send. Several candidates are narrowed by their params (`ShowExecutionParams`)
+//! before the lookup gives up as ambiguous. Every query goes through the shared limits.
 
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::Executor;
+use crate::api::rules::ParamType;
+use crate::api::service_clock::{ServiceClock, date_window, may_follow};
+use crate::results::ReportParam;
 
-/// The default zone of the history's timestamps: China Standard Time, UTC+8 (the API doc
-/// marks it unverified; `history_utc_offset` in the config changes it).
-pub const DEFAULT_SERVICE_OFFSET_SECS: i32 = 8 * 3600;
-/// Clock skew allowed between this host and the service when matching start times.
-pub const SKEW_TOLERANCE: Duration = Duration::from_secs(5);
 /// Records per history page (the API's maximum).
 const PAGE_SIZE: u32 = 100;
 /// Pages read at most per lookup (10,000 records of one task in a day is already absurd).
@@ -72,7 +74,7 @@ impl KnownRecords {
 /// The answer of a history lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    /// A record started at or after the send time, and no other candidate.
+    /// A record created after the send, and no other candidate.
     Found(String),
     /// Several unknown records started after the send time: adopting one could report another
     /// caller's deployment as ours, sending again could deploy twice. The ids.
@@ -89,15 +91,26 @@ pub enum Lookup {
 pub struct Reconciler<'a> {
     exec: &'a Executor,
     task_id: &'a str,
+    /// The params the call sent (encrypt values masked, unresolved values `None`): records
+    /// started with other params are not ours.
+    sent: &'a [ReportParam],
 }
 
 impl<'a> Reconciler<'a> {
-    /// A reconciler for `task_id`.
-    pub fn new(exec: &'a Executor, task_id: &'a str) -> Self {
-        Self { exec, task_id }
+    /// A reconciler for `task_id`, whose calls sent `sent`.
+    pub fn new(exec: &'a Executor, task_id: &'a str, sent: &'a [ReportParam]) -> Self {
+        Self {
+            exec,
+            task_id,
+            sent,
+        }
     }
 
-    /// Looks for a record started at or after `sent_at`, polling until the settle period has
+    fn clock(&self) -> &ServiceClock {
+        self.exec.client.clock()
+    }
+
+    /// Looks for a record created after `sent_at`, polling until the settle period has
     /// passed since the first successful read. A failed read is retried with its own backoff
     /// (the history is the only safe way forward), at most `LOOKUP_FAILURES` times in a row.
     pub async fn lookup(&self, sent_at: DateTime<Utc>, stop: &CancellationToken) -> Lookup {
@@ -108,15 +121,21 @@ impl<'a> Reconciler<'a> {
         let poll = (settle / 4).clamp(Duration::from_millis(100), POLL);
         let mut settled_at: Option<tokio::time::Instant> = None;
         let mut failures = 0u32;
+        self.learn_zone(stop).await;
         loop {
             let pause = match self.records_since(sent_at, stop).await {
                 Ok(records) => {
                     failures = 0;
                     // Records another call of this process created are not ours.
-                    let mut candidates: Vec<String> = records
+                    let candidates: Vec<String> = records
                         .into_iter()
                         .filter(|id| !self.exec.known_records.contains(id))
                         .collect();
+                    let mut candidates = if candidates.len() > 1 {
+                        self.same_params(candidates, stop).await
+                    } else {
+                        candidates
+                    };
                     match candidates.len() {
                         0 => {}
                         1 => {
@@ -153,8 +172,44 @@ impl<'a> Reconciler<'a> {
         }
     }
 
-    /// Ids of the task's records started at or after `since` (minus the skew tolerance),
-    /// oldest first.
+    /// When the zone of record times is not known yet, one status query of a record this
+    /// process created recently teaches it (a failure only leaves the window wide).
+    async fn learn_zone(&self, stop: &CancellationToken) {
+        if self.clock().zone().is_none() {
+            learn_zone(self.exec, stop).await;
+        }
+    }
+
+    /// Of several candidates, those whose params do not contradict what was sent (a record
+    /// whose params cannot be read stays a candidate).
+    async fn same_params(&self, candidates: Vec<String>, stop: &CancellationToken) -> Vec<String> {
+        let mut kept = Vec::with_capacity(candidates.len());
+        for id in candidates {
+            let query = async {
+                let _permit = self.exec.limits.acquire(None).await;
+                self.exec.client.record_params(self.task_id, &id).await
+            };
+            let answer = tokio::select! {
+                biased;
+                _ = stop.cancelled() => None,
+                answer = query => Some(answer),
+            };
+            match answer {
+                Some(Ok(params)) if !params_match(self.sent, &params) => {
+                    info!(record_id = %id, "a record started since the call has other params: not ours");
+                }
+                Some(Err(e)) => {
+                    debug!(record_id = %id, "cannot read the record's params: {e}");
+                    kept.push(id);
+                }
+                _ => kept.push(id),
+            }
+        }
+        kept
+    }
+
+    /// Ids of the task's records that may have been created after `since` (our clock),
+    /// oldest first. Records this process created teach the zone on the way.
     pub async fn records_since(
         &self,
         since: DateTime<Utc>,
@@ -163,18 +218,11 @@ impl<'a> Reconciler<'a> {
         let Some(project_id) = self.exec.settings.project_id.as_deref() else {
             return Err("no project id".into());
         };
-        let offset = self.exec.settings.history_offset;
-        let floor = since - TimeDelta::from_std(SKEW_TOLERANCE).unwrap_or_default();
-        // A day of margin on both sides: a wrong guess of the service's zone must not hide a
-        // record near midnight (the start time check below is exact).
-        let start_date = floor.with_timezone(&offset).date_naive() - TimeDelta::days(1);
-        let end_date = Utc::now()
-            .with_timezone(&offset)
-            .date_naive()
-            .max(start_date)
-            + TimeDelta::days(1);
-        let mut found: Vec<(NaiveDateTime, String)> = Vec::new();
+        let mut seen_records: Vec<(NaiveDateTime, String)> = Vec::new();
         for page in 1..=MAX_PAGES {
+            // The window is computed per page: the first answer may have measured the skew.
+            let (start_date, end_date) =
+                date_window(since, Utc::now(), self.clock().skew(), self.clock().zone());
             let query = async {
                 let _permit = self.exec.limits.acquire(None).await;
                 self.exec
@@ -197,40 +245,91 @@ impl<'a> Reconciler<'a> {
             let answer = answer.map_err(|e| e.to_string())?;
             let seen = (page - 1) as u64 * PAGE_SIZE as u64 + answer.result.len() as u64;
             for record in answer.result {
-                let Some(started) = record.start_time.as_deref().and_then(parse_service_time)
-                else {
-                    debug!(record = %record.execution_id, "history record without a readable start_time");
-                    continue;
-                };
-                let started_utc = started
-                    .and_local_timezone(offset)
-                    .single()
-                    .map(|t| t.with_timezone(&Utc));
-                if started_utc.is_some_and(|t| t >= floor.with_nanosecond_floor())
-                    && !record.execution_id.is_empty()
-                {
-                    found.push((started, record.execution_id));
+                match record.start_time.as_deref().and_then(parse_service_time) {
+                    Some(started) if !record.execution_id.is_empty() => {
+                        seen_records.push((started, record.execution_id));
+                    }
+                    _ => {
+                        debug!(record = %record.execution_id, "history record without a readable start_time or id")
+                    }
                 }
             }
             if seen >= answer.total_num || answer.total_num == 0 {
                 break;
             }
         }
+        // Our own records among them tell the zone before any is judged.
+        if self.clock().zone().is_none() {
+            for (started, id) in &seen_records {
+                if self.clock().learn_from(id, *started).is_some() {
+                    break;
+                }
+            }
+        }
+        let (skew, zone) = (self.clock().skew(), self.clock().zone());
+        let mut found: Vec<(NaiveDateTime, String)> = seen_records
+            .into_iter()
+            .filter(|(started, _)| may_follow(*started, since, Utc::now(), skew, zone))
+            .collect();
         found.sort();
         Ok(found.into_iter().map(|(_, id)| id).collect())
     }
 }
 
-/// Truncation of a time to whole seconds (the history's resolution).
-trait FloorSecond {
-    fn with_nanosecond_floor(self) -> Self;
+/// One status query of the newest record this process created, to learn the zone of record
+/// times (at most once a minute, one at a time; nothing happens when the zone is known).
+pub async fn learn_zone(exec: &Executor, stop: &CancellationToken) {
+    let clock = exec.client.clock();
+    let Some(witness) = clock.recent_witness() else {
+        debug!("the zone of the service's record times is unknown: every offset is possible");
+        return;
+    };
+    let Some(_learning) = clock.begin_learning().await else {
+        return;
+    };
+    let query = async {
+        let _permit = exec.limits.acquire(None).await;
+        exec.client
+            .record_status(&witness.task_id, &witness.record_id)
+            .await
+    };
+    let answer = tokio::select! {
+        biased;
+        _ = stop.cancelled() => return,
+        answer = query => answer,
+    };
+    match answer {
+        Ok(status) => {
+            if let Some(start) = status.start_time.as_deref().and_then(parse_service_time) {
+                clock.learn_from(&witness.record_id, start);
+            }
+        }
+        Err(e) => debug!(
+            "cannot learn the service's zone from record {}: {e}",
+            witness.record_id
+        ),
+    }
 }
 
-impl FloorSecond for DateTime<Utc> {
-    fn with_nanosecond_floor(self) -> Self {
-        use chrono::Timelike;
-        self.with_nanosecond(0).unwrap_or(self)
-    }
+/// Whether a record's params may be the ones sent: every key sent is there, with the same
+/// type (when the service says) and the same value (unless `encrypt`, or not known here).
+/// Keys the record has and the call did not send (the task's defaults) prove nothing.
+pub fn params_match(sent: &[ReportParam], record: &[crate::api::types::RecordParam]) -> bool {
+    sent.iter().all(|p| {
+        let Some(r) = record.iter().find(|r| r.name == p.key) else {
+            return false;
+        };
+        if let Some(ty) = &r.ty
+            && !ty.eq_ignore_ascii_case(p.ty.as_str())
+        {
+            return false;
+        }
+        match (&p.value, &r.value) {
+            _ if p.ty == ParamType::Encrypt => true,
+            (Some(sent), Some(theirs)) => sent == theirs,
+            _ => true,
+        }
+    })
 }
 
 /// Parses `yyyy-MM-dd HH:mm:ss` (the service's format).
@@ -247,5 +346,53 @@ mod tests {
         let t = parse_service_time("2026-11-28 09:30:05").expect("parses");
         assert_eq!(t.to_string(), "2026-11-28 09:30:05");
         assert!(parse_service_time("2026-11-28T09:30:05Z").is_none());
+    }
+
+    #[test]
+    fn records_with_other_params_are_not_ours() {
+        use crate::api::types::RecordParam;
+        let sent = vec![
+            ReportParam {
+                key: "version".into(),
+                ty: ParamType::Text,
+                value: Some("1.2.3".into()),
+            },
+            ReportParam {
+                key: "pw".into(),
+                ty: ParamType::Encrypt,
+                value: Some("***".into()),
+            },
+        ];
+        let rec = |version: &str, ty: Option<&str>| {
+            vec![
+                RecordParam {
+                    name: "version".into(),
+                    ty: ty.map(str::to_string),
+                    value: Some(version.into()),
+                },
+                RecordParam {
+                    name: "pw".into(),
+                    ty: Some("encrypt".into()),
+                    value: Some("******".into()),
+                },
+                RecordParam {
+                    name: "task_default".into(),
+                    ty: None,
+                    value: Some("x".into()),
+                },
+            ]
+        };
+        assert!(params_match(&sent, &rec("1.2.3", Some("text"))));
+        assert!(params_match(&sent, &rec("1.2.3", None)));
+        assert!(!params_match(&sent, &rec("1.2.4", Some("text"))));
+        assert!(!params_match(&sent, &rec("1.2.3", Some("enum"))));
+        assert!(!params_match(&sent, &rec("1.2.3", Some("text"))[1..]));
+        // A value not known here (unresolved in a crash journal) proves nothing.
+        let unknown = vec![ReportParam {
+            key: "version".into(),
+            ty: ParamType::Text,
+            value: None,
+        }];
+        assert!(params_match(&unknown, &rec("9", Some("text"))));
     }
 }
