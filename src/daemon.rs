@@ -40,6 +40,63 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 const STARTUP_SETTLE: Duration = Duration::from_secs(5);
 /// A fire found later than this (suspend, clock jump) is not run; the next one is armed.
 const MISSED_FIRE: Duration = Duration::from_secs(60);
+/// Attempts to begin a run (journal, run-once memory) before it gets a `failed` result.
+const BEGIN_ATTEMPTS: u32 = 5;
+/// The first pause before trying to begin a run again (doubling: 1, 2, 4, 8 s).
+const BEGIN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A run that is due but not started yet: waiting for a run slot, or to be tried again.
+struct Pending {
+    plan: Arc<Plan>,
+    trigger: Trigger,
+    scheduled_for: Option<DateTime<Utc>>,
+    /// Failed attempts to begin it so far.
+    attempt: u32,
+}
+
+/// `max_runs` when the config does not set it: what the open-files limit allows (each run
+/// holds its journal open, and a writer thread), keeping half the limit (at most 128) for
+/// everything else, within 2..=256.
+pub fn default_max_runs() -> usize {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let reserve = (soft / 2).min(128);
+    usize::try_from(soft.saturating_sub(reserve) / 8)
+        .unwrap_or(256)
+        .clamp(2, 256)
+}
+
+/// The `failed` result of a run that could not begin: every task uncalled, with the cause.
+fn not_begun(pending: &Pending, cause: &str) -> crate::results::RunReport {
+    use crate::results::{RunReport, TaskReport, TaskStatus};
+    let now = Utc::now();
+    let tasks: Vec<TaskReport> = pending
+        .plan
+        .tasks
+        .iter()
+        .map(|t| {
+            let mut r = TaskReport::new(&t.task_id, TaskStatus::Failed, Vec::new());
+            r.error_code = Some("run_not_begun".into());
+            r.error_msg = Some(format!("not called: the run could not begin ({cause})"));
+            r
+        })
+        .collect();
+    let summary = RunReport::summarize(&tasks);
+    RunReport {
+        plan: pending.plan.name.clone(),
+        plan_file: pending.plan.file_name.clone(),
+        plan_sha256: pending.plan.sha256.clone(),
+        run_id: RunId::new(now),
+        trigger: pending.trigger,
+        scheduled_for: pending.scheduled_for,
+        started_at: now,
+        finished_at: now,
+        status: RunReport::status_for(&summary, false),
+        summary,
+        tasks,
+    }
+}
 
 /// What the daemon needs, built and validated by the caller.
 pub struct DaemonParts {
@@ -97,6 +154,12 @@ struct Controller {
     /// Invalid-file reports currently written, file name -> text.
     invalid_written: BTreeMap<String, String>,
     status: String,
+    /// Runs alive at once, all plans together.
+    max_runs: usize,
+    /// Runs due while `max_runs` were going, in the order they became due.
+    admission: std::collections::VecDeque<Pending>,
+    /// Runs that could not begin, and when to try again.
+    retries: Vec<(Instant, Pending)>,
 }
 
 /// Runs the daemon until `control.shutdown` is cancelled. Returns after every run in progress
@@ -109,6 +172,8 @@ pub async fn run(
     use anyhow::Context;
     let DaemonParts { settings, executor } = parts;
     let store = StateStore::open(&settings.state_dir).context("cannot open the state folder")?;
+    // Held until this function returns: a second daemon on the folder refuses to start.
+    let _state_lock = store.lock_for_daemon()?;
     std::fs::create_dir_all(&settings.results_dir).with_context(|| {
         format!(
             "cannot create the results folder {}",
@@ -137,7 +202,15 @@ pub async fn run(
         stop: StopTokens::default(),
         invalid_written: BTreeMap::new(),
         status: String::new(),
+        max_runs: 0,
+        admission: std::collections::VecDeque::new(),
+        retries: Vec::new(),
     };
+    c.max_runs = c.settings.max_runs.unwrap_or_else(default_max_runs);
+    info!(
+        max_runs = c.max_runs,
+        "runs alive at once, all plans together"
+    );
     // Before anything fires: runs a crash left unfinished get their result files.
     crate::recovery::recover(
         &c.settings.state_dir,
@@ -188,6 +261,9 @@ pub async fn run(
         if let Some(at) = scan_at {
             wake = wake.min(at);
         }
+        if let Some(at) = c.retries.iter().map(|(at, _)| *at).min() {
+            wake = wake.min(at);
+        }
         wake = wake.min(periodic);
         if let Some(at) = next_watchdog {
             wake = wake.min(at);
@@ -224,7 +300,7 @@ pub async fn run(
                         Err(e) => error!("the new configuration is invalid; keeping the old one: {e:#}"),
                     }
                 }
-                c.scanner.forget_hints();
+                // Events were not lost: what they say of files still being written stands.
                 scan_at = Some(Instant::now());
                 full_scan = true;
             },
@@ -255,6 +331,8 @@ pub async fn run(
             c.rescan(&plans_dir, &mut scan_at, std::mem::take(&mut full_scan));
         }
         c.fire_due();
+        c.retry_due();
+        c.admit_waiting();
         if let (Some(at), Some((every, ping))) = (next_watchdog, control.watchdog.as_mut())
             && Instant::now() >= at
         {
@@ -346,6 +424,14 @@ impl Controller {
         };
         if let Some(at) = scan.recheck_at {
             *scan_at = Some(scan_at.map_or(at, |s| s.min(at)));
+        }
+        if full {
+            for path in &scan.being_written {
+                info!(
+                    "plan file {} is still open for writing: it is read once it is closed",
+                    path.display()
+                );
+            }
         }
         let diff = self.catalog.apply(scan.seen);
         self.apply_diff(diff);
@@ -442,7 +528,17 @@ impl Controller {
                 self.request(plan, Trigger::Arrival, None);
             }
             Err(e) => {
-                error!(plan = %plan.name, "cannot read the run-once memory ({e}); not running the plan to avoid a double deploy")
+                // Tried again (the plan takes its slot meanwhile): never run without knowing.
+                self.slots.entry(plan.name.clone()).or_default().running += 1;
+                self.begin_failed(
+                    Pending {
+                        plan,
+                        trigger: Trigger::Arrival,
+                        scheduled_for: None,
+                        attempt: 0,
+                    },
+                    format!("the run-once memory cannot be read ({e})"),
+                );
             }
         }
     }
@@ -507,17 +603,103 @@ impl Controller {
         self.start(plan, trigger, scheduled_for);
     }
 
+    /// A run is due: it takes one of its plan's slots now, and starts when one of the
+    /// daemon's `max_runs` run slots is free (in the order runs became due).
     fn start(&mut self, plan: Arc<Plan>, trigger: Trigger, scheduled_for: Option<DateTime<Utc>>) {
-        let started_at = Utc::now();
-        let run_id = RunId::new(started_at);
-        if trigger == Trigger::Arrival
-            && let Err(e) = self.store.record_once(&plan.name, &plan.sha256, &run_id)
-        {
-            error!(plan = %plan.name, "cannot record the run in the state folder ({e}); not running it, to avoid a double deploy after a restart");
+        self.slots.entry(plan.name.clone()).or_default().running += 1;
+        self.admit(Pending {
+            plan,
+            trigger,
+            scheduled_for,
+            attempt: 0,
+        });
+    }
+
+    /// Starts a run whose plan slot is taken, or queues it for a run slot.
+    fn admit(&mut self, pending: Pending) {
+        if self.runs.len() >= self.max_runs || !self.admission.is_empty() {
+            info!(
+                plan = %pending.plan.name,
+                waiting = self.admission.len() + 1,
+                max_runs = self.max_runs,
+                "{} runs are going (max_runs): this one waits its turn",
+                self.runs.len()
+            );
+            self.admission.push_back(pending);
             return;
         }
-        self.slots.entry(plan.name.clone()).or_default().running += 1;
-        let plan_dir = self.settings.plans_dir.clone();
+        self.launch(pending);
+    }
+
+    /// Starts runs waiting for a run slot while slots are free.
+    fn admit_waiting(&mut self) {
+        while self.runs.len() < self.max_runs && !self.stop.stop.is_cancelled() {
+            let Some(pending) = self.admission.pop_front() else {
+                break;
+            };
+            // The plan may have been removed or disabled while the run waited.
+            match self.catalog.get(&pending.plan.name) {
+                Some(current) if current.enabled => self.launch(pending),
+                _ => {
+                    info!(plan = %pending.plan.name, "the waiting run is dropped: the plan was removed or disabled");
+                    self.slot_freed(&pending.plan.name);
+                }
+            }
+        }
+    }
+
+    /// Opens the run's journal, then (run-once plans) records the content as run, then
+    /// spawns the run: a run that could not begin is not remembered as run, and is tried again.
+    fn launch(&mut self, pending: Pending) {
+        let Pending {
+            plan,
+            trigger,
+            scheduled_for,
+            attempt,
+        } = pending;
+        let started_at = Utc::now();
+        let req = RunRequest {
+            plan: plan.clone(),
+            plan_dir: self.settings.plans_dir.clone(),
+            trigger,
+            scheduled_for,
+            run_id: RunId::new(started_at),
+            started_at,
+        };
+        let journal = match self.executor.open_journal(&req) {
+            Ok(j) => j,
+            Err(e) => {
+                return self.begin_failed(
+                    Pending {
+                        plan,
+                        trigger,
+                        scheduled_for,
+                        attempt,
+                    },
+                    format!("the run journal cannot be created ({e})"),
+                );
+            }
+        };
+        if trigger == Trigger::Arrival
+            && let Err(e) = self
+                .store
+                .record_once(&plan.name, &plan.sha256, &req.run_id)
+        {
+            if let Some(j) = journal
+                && let Err(e) = j.finish()
+            {
+                warn!("{e}");
+            }
+            return self.begin_failed(
+                Pending {
+                    plan,
+                    trigger,
+                    scheduled_for,
+                    attempt,
+                },
+                format!("the run cannot be recorded in the state folder ({e})"),
+            );
+        }
         let results_dir = self.settings.results_dir.clone();
         let keep = self.settings.keep_results;
         let executor = self.executor.clone();
@@ -525,8 +707,9 @@ impl Controller {
         let name = plan.name.clone();
         let run_name = name.clone();
         let handle = self.runs.spawn(async move {
-            let req = RunRequest { plan, plan_dir, trigger, scheduled_for, run_id, started_at };
-            let finished = executor.run(req, stop, Arc::new(NoObserver)).await;
+            let finished = executor
+                .run_with_journal(req, Ok(journal), stop, Arc::new(NoObserver))
+                .await;
             let report = finished.report.clone();
             let status = format!("{:?}", report.status).to_lowercase();
             crate::metrics::global().run_finished(&report.plan, &status, report.finished_at);
@@ -540,6 +723,77 @@ impl Controller {
             (name, report.status)
         });
         self.run_names.insert(handle.id(), run_name);
+    }
+
+    /// A run could not begin (its journal or the run-once memory could not be written, or
+    /// the memory could not be read): it is tried again with a backoff, and after the last
+    /// attempt it gets a `failed` result naming the cause. Nothing was called.
+    fn begin_failed(&mut self, pending: Pending, cause: String) {
+        let name = pending.plan.name.clone();
+        if pending.attempt + 1 >= BEGIN_ATTEMPTS {
+            error!(
+                plan = %name,
+                "the run could not begin after {BEGIN_ATTEMPTS} attempts: {cause}; no call was made, and a failed result says so"
+            );
+            let report = not_begun(&pending, &cause);
+            match crate::results::write_report(&self.settings.results_dir, &report) {
+                Ok(path) => info!(plan = %name, "result written to {}", path.display()),
+                Err(e) => error!(plan = %name, "{e}"),
+            }
+            self.slot_freed(&name);
+            return;
+        }
+        let delay = BEGIN_BACKOFF * 2u32.pow(pending.attempt.min(6));
+        warn!(
+            plan = %name,
+            attempt = pending.attempt + 1,
+            "the run could not begin: {cause}; trying again in {delay:?}"
+        );
+        self.retries.push((
+            Instant::now() + delay,
+            Pending {
+                attempt: pending.attempt + 1,
+                ..pending
+            },
+        ));
+    }
+
+    /// Runs whose beginning failed, tried again when due (on the plan's current state).
+    fn retry_due(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retries)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.retries = later;
+        for (_, pending) in due {
+            let name = pending.plan.name.clone();
+            match self.catalog.get(&name) {
+                Some(current) if current.enabled => {}
+                _ => {
+                    info!(plan = %name, "the run that could not begin is dropped: the plan was removed or disabled");
+                    self.slot_freed(&name);
+                    continue;
+                }
+            }
+            if pending.trigger == Trigger::Arrival {
+                match self.store.ran_once(&name, &pending.plan.sha256) {
+                    Ok(None) => {}
+                    Ok(Some(run_id)) => {
+                        info!(plan = %name, "this content already ran (run {run_id}); not running it again");
+                        self.slot_freed(&name);
+                        continue;
+                    }
+                    Err(e) => {
+                        self.begin_failed(
+                            pending,
+                            format!("the run-once memory cannot be read ({e})"),
+                        );
+                        continue;
+                    }
+                }
+            }
+            self.admit(pending);
+        }
     }
 
     fn run_ended(
@@ -556,7 +810,13 @@ impl Controller {
         if let Err(e) = done {
             error!(plan = %name, "a run ended abnormally: {e}");
         }
-        let queued = self.slots.get_mut(&name).and_then(|s| {
+        self.slot_freed(&name);
+        self.admit_waiting();
+    }
+
+    /// One of a plan's runs ended (or will not begin): a run waiting for it starts.
+    fn slot_freed(&mut self, name: &str) {
+        let queued = self.slots.get_mut(name).and_then(|s| {
             s.running = s.running.saturating_sub(1);
             s.queued.take()
         });
@@ -591,6 +851,16 @@ impl Controller {
                 "plans_dir changes take effect after a restart; still watching {}",
                 self.settings.plans_dir.display()
             );
+        }
+        if parts.settings.state_dir != self.settings.state_dir {
+            // The run-once memory, the journals and this daemon's lock live there: moving them
+            // under a running daemon would run plans again after a restart.
+            error!(
+                "the new configuration moves state_dir to {} (it holds the run-once memory, the run journals and this daemon's lock): refused, keeping the old configuration with {}. To move it, stop deployd, move the folder's contents, then start it",
+                parts.settings.state_dir.display(),
+                self.settings.state_dir.display()
+            );
+            return;
         }
         let plans_dir = self.settings.plans_dir.clone();
         let same_limits = (
@@ -654,7 +924,8 @@ impl Controller {
     fn report_status(&mut self, on_status: &mut Box<dyn FnMut(&str) + Send>) {
         let plans = self.catalog.active().count();
         let invalid = self.catalog.invalid_files().len();
-        let running: usize = self.slots.values().map(|s| s.running).sum();
+        let running = self.runs.len();
+        let waiting = self.admission.len() + self.retries.len();
         let next = self
             .armed
             .values()
@@ -662,8 +933,13 @@ impl Controller {
             .min()
             .map(|(t, name)| format!("; next: {name} at {}", crate::results::ts(&t)))
             .unwrap_or_default();
+        let waiting = if waiting > 0 {
+            format!(", {waiting} waiting")
+        } else {
+            String::new()
+        };
         let status = format!(
-            "{plans} plans ({} scheduled), {invalid} invalid, {running} running{next}",
+            "{plans} plans ({} scheduled), {invalid} invalid, {running} running{waiting}{next}",
             self.armed.len()
         );
         let metrics = crate::metrics::global();
@@ -686,6 +962,17 @@ impl Controller {
             "shutting down: no new calls; runs in progress get {grace:?} to finish their calls"
         );
         self.stop.stop.cancel();
+        for pending in self.admission.drain(..).chain(
+            std::mem::take(&mut self.retries)
+                .into_iter()
+                .map(|(_, p)| p),
+        ) {
+            warn!(
+                plan = %pending.plan.name,
+                scheduled_for = pending.scheduled_for.map(|t| crate::results::ts(&t)),
+                "not started: shutting down while the run waited its turn"
+            );
+        }
         let deadline = Instant::now() + grace;
         while !self.runs.is_empty() {
             tokio::select! {

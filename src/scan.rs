@@ -69,6 +69,10 @@ pub struct Scan {
     pub seen: BTreeMap<PathBuf, Seen>,
     /// When to look again because some file was not settled.
     pub recheck_at: Option<Instant>,
+    /// Files left unread because they are still open for writing: an event said so, or (no
+    /// event vouching for the file: written before the daemon started, or while events were
+    /// lost) `/proc` shows a writer.
+    pub being_written: Vec<PathBuf>,
 }
 
 impl FolderScanner {
@@ -115,11 +119,16 @@ impl FolderScanner {
             |at: Instant| recheck_at = Some(recheck_at.map_or(at, |r: Instant| r.min(at)));
         self.open_writes
             .retain(|_, at| now.duration_since(*at) < PENDING_WRITE_MAX);
+        // Files open for writing by any process we can see, read from /proc once per scan
+        // and only when some file has no event vouching for it.
+        let mut writers: Option<HashSet<(u64, u64)>> = None;
+        let mut being_written = Vec::new();
         for path in files {
             if let Some(at) = self.open_writes.get(&path) {
                 // Still open for writing: look again once it is closed, or after a while.
                 later(*at + QUIET.max(now.duration_since(*at)));
-                seen.insert(path, Seen::Unsettled);
+                seen.insert(path.clone(), Seen::Unsettled);
+                being_written.push(path);
                 continue;
             }
             if !self.complete.contains(&path) {
@@ -134,13 +143,25 @@ impl FolderScanner {
                     seen.insert(path, Seen::Unsettled);
                     continue;
                 }
+                // Quiet, but maybe still open: a writer that paused is not done.
+                let writers = writers.get_or_insert_with(open_for_writing);
+                if file_key(&path).is_some_and(|k| writers.contains(&k)) {
+                    later(now + QUIET);
+                    seen.insert(path.clone(), Seen::Unsettled);
+                    being_written.push(path);
+                    continue;
+                }
             }
             let outcome = self.read(&path, full);
             seen.insert(path, Seen::Read(outcome));
         }
         self.cache.retain(|p, _| seen.contains_key(p));
         self.complete.retain(|p| seen.contains_key(p));
-        Ok(Scan { seen, recheck_at })
+        Ok(Scan {
+            seen,
+            recheck_at,
+            being_written,
+        })
     }
 
     fn read(&mut self, path: &Path, full: bool) -> Result<Valid, PlanIssues> {
@@ -185,6 +206,50 @@ impl FolderScanner {
     }
 }
 
+/// Device and inode of a file.
+fn file_key(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Device and inode of every regular file some process has open for writing, as far as
+/// `/proc` lets this process see (its own user's processes, or all of them as root).
+pub fn open_for_writing() -> HashSet<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for proc_entry in procs.flatten() {
+        let name = proc_entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(meta) = std::fs::metadata(fd.path()) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let info = proc_entry.path().join("fdinfo").join(fd.file_name());
+            let writable = std::fs::read_to_string(info).ok().and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("flags:"))
+                    .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            });
+            // O_ACCMODE: 0 is read-only, 1 write-only, 2 read-write.
+            if writable.is_some_and(|flags| flags & 0o3 != 0) {
+                out.insert((meta.dev(), meta.ino()));
+            }
+        }
+    }
+    out
+}
+
 /// Whether a hint's path concerns a plan file in `dir`.
 pub fn concerns_plans(dir: &Path, path: &Path) -> bool {
     path.parent() == Some(dir)
@@ -192,6 +257,30 @@ pub fn concerns_plans(dir: &Path, path: &Path) -> bool {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(is_plan_file_name)
+}
+
+#[cfg(test)]
+mod open_writer_tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_file_still_open_for_writing_is_not_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.yaml");
+        let mut file = std::fs::File::create(&path).expect("create");
+        std::io::Write::write_all(&mut file, b"tasks:\n  - d2dc947ec2424d8789bb3984bb3adf45\n")
+            .expect("write");
+        // Older than the quiet time, as after a writer's pause.
+        let old = std::time::SystemTime::now() - Duration::from_secs(5);
+        file.set_modified(old).expect("mtime");
+        let mut scanner = FolderScanner::new();
+        let scan = scanner.scan(dir.path(), true).expect("scan");
+        assert!(matches!(scan.seen.get(&path), Some(Seen::Unsettled)));
+        assert_eq!(scan.being_written, vec![path.clone()]);
+        drop(file);
+        let scan = scanner.scan(dir.path(), true).expect("scan");
+        assert!(matches!(scan.seen.get(&path), Some(Seen::Read(Ok(_)))));
+    }
 }
 
 #[cfg(test)]

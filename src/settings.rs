@@ -39,6 +39,9 @@ pub struct RawConfig {
     pub burst: Option<u32>,
     /// Calls in flight, all plans together.
     pub concurrency: Option<usize>,
+    /// Runs alive at once, all plans together (the rest wait their turn, in order); default
+    /// from the open-files limit.
+    pub max_runs: Option<usize>,
     /// How long calls in flight may finish after SIGTERM.
     pub shutdown_grace: Option<String>,
     /// Periodic rescan of the plans folder.
@@ -195,7 +198,12 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Which result files to keep per plan (everything when `keep_results` is absent).
     pub keep_results: RetentionPolicy,
+    /// Runs alive at once; `None`: sized from the open-files limit at start-up.
+    pub max_runs: Option<usize>,
 }
+
+/// The largest `max_runs` accepted.
+pub const MAX_RUNS_LIMIT: usize = 10_000;
 
 /// A bad configuration (exit status 78).
 #[derive(Debug, thiserror::Error)]
@@ -309,6 +317,15 @@ impl Settings {
         let concurrency = o.concurrency.or(raw.concurrency).unwrap_or(8);
         if let Err(e) = crate::executor::limits::Limits::new(rate, burst, concurrency) {
             err("rate/burst/concurrency", e.to_string());
+        }
+        let max_runs = raw.max_runs;
+        if let Some(n) = max_runs
+            && !(1..=MAX_RUNS_LIMIT).contains(&n)
+        {
+            err(
+                "max_runs",
+                format!("{n} is outside 1..={MAX_RUNS_LIMIT} (runs alive at once)"),
+            );
         }
 
         let shutdown_grace = duration(
@@ -439,6 +456,7 @@ impl Settings {
             client,
             auth,
             keep_results,
+            max_runs,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The state folder: the memory of run-once plans, (plan name, content hash) -> run id,
 //! written durably before a run's first call so that a restart or a crash never runs the same
-//! content twice. The only module that writes under `STATE/once/`.
+//! content twice, and the daemon's lock on the folder (`STATE/lock`, one daemon per state
+//! folder). The only module that writes under `STATE/once/`.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +22,27 @@ pub enum StateError {
     /// A durable write failed.
     #[error(transparent)]
     Write(#[from] crate::results::WriteError),
+    /// Another daemon holds the state folder.
+    #[error(
+        "the state folder {path} belongs to another running deployd ({holder}); one state folder serves one daemon: stop the other one, or give this one its own --state-dir"
+    )]
+    Locked {
+        /// The state folder.
+        path: PathBuf,
+        /// Who holds it, as its lock file says.
+        holder: String,
+    },
 }
+
+/// The daemon's hold on its state folder, for as long as it lives (released on drop, or by
+/// the kernel when the process dies).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+/// The lock file in the state folder; it holds the holder's pid.
+pub const LOCK_FILE: &str = "lock";
 
 /// The state folder.
 #[derive(Debug, Clone)]
@@ -46,6 +67,41 @@ impl StateStore {
         Ok(Self {
             root: root.to_path_buf(),
         })
+    }
+
+    /// Takes the daemon's lock on the folder (`flock` on `STATE/lock`, which then holds this
+    /// process's pid), or says which process holds it.
+    pub fn lock_for_daemon(&self) -> Result<StateLock, StateError> {
+        use std::io::{Read, Seek, Write};
+        let path = self.root.join(LOCK_FILE);
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        if file.try_lock().is_err() {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let holder = match text.trim() {
+                "" => "a process that has not written its pid yet".to_string(),
+                pid => format!("pid {pid}"),
+            };
+            return Err(StateError::Locked {
+                path: self.root.clone(),
+                holder,
+            });
+        }
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        file.write_all(format!("{}\n", std::process::id()).as_bytes())
+            .map_err(io)?;
+        Ok(StateLock { _file: file })
     }
 
     /// The folder.
@@ -83,6 +139,24 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_daemon_per_state_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::open(dir.path()).expect("open");
+        let held = store.lock_for_daemon().expect("first");
+        let err = StateStore::open(dir.path())
+            .expect("open")
+            .lock_for_daemon()
+            .expect_err("second");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        drop(held);
+        assert!(store.lock_for_daemon().is_ok());
+    }
 
     #[test]
     fn once_memory_survives_reopening() {

@@ -50,6 +50,7 @@ pub async fn run(args: RunArgs) -> Exit {
         return Exit::Config;
     }
 
+    raise_open_files_limit();
     let shutdown = CancellationToken::new();
     if let Some(addr) = metrics_listen {
         match crate::metrics::serve(addr, shutdown.clone()).await {
@@ -132,6 +133,15 @@ async fn forward_signals(shutdown: CancellationToken, reload: mpsc::Sender<()>) 
                 let _ = reload.try_send(());
             }
         }
+    }
+}
+
+/// Raises the soft open-files limit to the hard one (systemd's default soft limit, 1024, is
+/// low for a daemon that keeps a journal open per run); `max_runs` is sized from the result.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => info!(open_files = limit, "open-files limit"),
+        Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
     }
 }
 

@@ -187,6 +187,20 @@ impl Executor {
         stop: StopTokens,
         observer: Arc<dyn RunObserver>,
     ) -> FinishedRun {
+        let journal = self.open_journal(&req);
+        self.run_with_journal(req, journal, stop, observer).await
+    }
+
+    /// [`Executor::run`] with the run's journal already opened by the caller (the daemon
+    /// opens it before it records a run-once plan as run: a run that could not begin is not
+    /// a run that ran). With a journal error, every task fails `journal_failed`, uncalled.
+    pub async fn run_with_journal(
+        &self,
+        req: RunRequest,
+        journal: Result<Option<RunJournal>, crate::journal::JournalError>,
+        stop: StopTokens,
+        observer: Arc<dyn RunObserver>,
+    ) -> FinishedRun {
         let plan = req.plan.clone();
         let span = info_span!("run", plan = %plan.name, run_id = %req.run_id);
         async move {
@@ -197,7 +211,7 @@ impl Executor {
                     self.settings.retry
                 }
             };
-            let (journal, journal_error) = match self.open_journal(&req) {
+            let (journal, journal_error) = match journal {
                 Ok(j) => (j, None),
                 Err(e) => {
                     error!("{e}; no call is made without it (crash safety)");
@@ -292,7 +306,8 @@ impl Executor {
         .await
     }
 
-    fn open_journal(
+    /// Creates the journal of a run (`None` without a state folder), its header durable.
+    pub fn open_journal(
         &self,
         req: &RunRequest,
     ) -> Result<Option<RunJournal>, crate::journal::JournalError> {
@@ -570,7 +585,9 @@ impl TaskCtx {
                     .client
                     .clock()
                     .witness(&task.task_id, &response.id, sent_at, answered_at);
-                if self.exec.client.clock().zone().is_none() {
+                if self.exec.client.clock().zone().is_none()
+                    && self.exec.settings.project_id.is_some()
+                {
                     // Learn the zone of record times now, while it costs nothing to wait:
                     // a later lookup then matches tightly.
                     let (exec, abort) = (self.exec.clone(), self.stop.abort.clone());

@@ -4,6 +4,7 @@
 mod auth;
 mod clock;
 mod daemon;
+mod delivery;
 mod exec;
 mod faults;
 mod helpers;

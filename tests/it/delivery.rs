@@ -1,0 +1,333 @@
+//! "Never twice, never lost" under attack: two plans starting one task with lost answers, two
+//! daemons on one state folder, a state folder moved by a reload, many plans under a low
+//! open-files limit, a plan still being written when a full rescan comes.
+
+use std::io::Write;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use deployd::emulator::{EmulatorConfig, ScriptedFault};
+
+use crate::helpers::*;
+
+fn kill(child: &Child, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {signal}");
+}
+
+/// Reads a child's stderr into a shared string, in the background.
+fn capture_stderr(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::Read;
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut t) = sink.lock() {
+                t.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    });
+    text
+}
+
+fn logged(text: &std::sync::Arc<std::sync::Mutex<String>>, what: &str) -> bool {
+    text.lock().map(|t| t.contains(what)).unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_plans_starting_one_task_never_take_each_others_record() {
+    // Plan A's call is lost before the service sees it, plan B's after it created a record:
+    // in flight together, A's lookup would find B's record. One call per task id at a time.
+    let emulator = start_emulator(EmulatorConfig {
+        latency: Duration::from_millis(200),
+        start_script: vec![
+            (T1.to_string(), ScriptedFault::DropBefore),
+            (T1.to_string(), ScriptedFault::DropAfter),
+        ],
+        ..emulator_config()
+    })
+    .await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = root.path().join("plans");
+    std::fs::create_dir_all(&plans).expect("mkdir");
+    write(&root.path().join("config.yaml"), "settle: 1s\n");
+    let mut child = daemon_command(root.path(), &emulator, "100", "8")
+        .arg("--config")
+        .arg(root.path().join("config.yaml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    for who in ["a", "b"] {
+        write(
+            &plans.join(format!(".{who}.tmp")),
+            &format!("name: {who}\nparams:\n  - {{key: who, value: {who}}}\ntasks:\n  - {T1}\n"),
+        );
+    }
+    for who in ["a", "b"] {
+        std::fs::rename(
+            plans.join(format!(".{who}.tmp")),
+            plans.join(format!("{who}.yaml")),
+        )
+        .expect("rename");
+    }
+    let results_dir = root.path().join("results");
+    wait_for(30, "both results", || {
+        results(&results_dir, "a").len() == 1 && results(&results_dir, "b").len() == 1
+    })
+    .await;
+    kill(&child, "-TERM");
+    let _ = child.wait();
+    let log = emulator.log();
+    for who in ["a", "b"] {
+        let r = &results(&results_dir, who)[0];
+        let line = task(r, T1);
+        assert_eq!(line["status"], "started", "plan {who}: {line}");
+        let id = line["record_id"].as_str().expect("record id");
+        let created = log
+            .iter()
+            .find(|l| l.record_id == id)
+            .unwrap_or_else(|| panic!("plan {who} reports {id}, which no call created"));
+        assert_eq!(
+            created.params[0].value, who,
+            "plan {who} reports the record plan {} created",
+            created.params[0].value
+        );
+    }
+    assert_eq!(log.len(), 2, "two records, one per plan: {log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_on_the_same_state_folder_refuses_to_start() {
+    let emulator = start_emulator(emulator_config()).await;
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(root.path().join("plans")).expect("mkdir");
+    let mut first = daemon_command(root.path(), &emulator, "10", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let first_log = capture_stderr(&mut first);
+    wait_for(20, "the first daemon ready", || {
+        logged(&first_log, "daemon ready")
+    })
+    .await;
+    let second = output(daemon_command(root.path(), &emulator, "10", "2")).await;
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", first.id())),
+        "names the holder: {stderr}"
+    );
+    // A run-once plan dropped now runs once, in the first daemon.
+    write(
+        &root.path().join("plans/once.yaml"),
+        &format!("tasks:\n  - {T1}\n"),
+    );
+    let results_dir = root.path().join("results");
+    wait_for(20, "the run", || results(&results_dir, "once").len() == 1).await;
+    kill(&first, "-TERM");
+    let _ = first.wait();
+    assert_eq!(emulator.log().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_cannot_move_the_state_folder() {
+    let emulator = start_emulator(emulator_config()).await;
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(root.path().join("plans")).expect("mkdir");
+    let config = root.path().join("config.yaml");
+    write(&config, "settle: 1s\n");
+    let mut cmd = deployd();
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--plans-dir")
+        .arg(root.path().join("plans"))
+        .arg("--results-dir")
+        .arg(root.path().join("results"))
+        .args([
+            "--endpoint",
+            &emulator.base_url(),
+            "--project-id",
+            &emulator.config().project_id,
+        ])
+        .env("DEPLOYD_TOKEN", TOKEN);
+    write(
+        &config,
+        &format!(
+            "settle: 1s\nstate_dir: {}\n",
+            root.path().join("state").display()
+        ),
+    );
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let log = capture_stderr(&mut child);
+    wait_for(20, "ready", || logged(&log, "daemon ready")).await;
+    write(
+        &config,
+        &format!(
+            "settle: 1s\nstate_dir: {}\n",
+            root.path().join("moved").display()
+        ),
+    );
+    kill(&child, "-HUP");
+    wait_for(20, "the refusal", || {
+        logged(&log, "refused, keeping the old configuration")
+    })
+    .await;
+    write(
+        &root.path().join("plans/once.yaml"),
+        &format!("tasks:\n  - {T1}\n"),
+    );
+    wait_for(20, "the run", || {
+        results(&root.path().join("results"), "once").len() == 1
+    })
+    .await;
+    kill(&child, "-TERM");
+    let _ = child.wait();
+    assert!(
+        root.path().join("state/once/once").is_dir(),
+        "memory in the old folder"
+    );
+    assert!(
+        !root.path().join("moved").exists(),
+        "nothing in the new one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hundreds_of_plans_under_a_low_open_files_limit_all_run_once() {
+    let emulator = start_emulator(EmulatorConfig {
+        latency: Duration::from_millis(20),
+        ..emulator_config()
+    })
+    .await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = root.path().join("plans");
+    let staging = root.path().join("staging");
+    std::fs::create_dir_all(&plans).expect("mkdir");
+    std::fs::create_dir_all(&staging).expect("mkdir");
+    const PLANS: usize = 300;
+    let ids: Vec<String> = (0..PLANS)
+        .map(|i| format!("{:032x}", 0xfd000 + i))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        write(
+            &staging.join(format!("p{i:03}.yaml")),
+            &format!("tasks:\n  - {id}\n"),
+        );
+    }
+    // Both limits at 96: the daemon cannot raise them, and must fit.
+    let daemon = daemon_command(root.path(), &emulator, "1000", "16");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 96 && exec \"$0\" \"$@\"")
+        .arg(daemon.get_program())
+        .args(daemon.get_args())
+        .envs(daemon.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .env_remove("DEPLOYD_TOKEN_FILE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let log = capture_stderr(&mut child);
+    wait_for(20, "ready", || logged(&log, "daemon ready")).await;
+    for i in 0..PLANS {
+        std::fs::rename(
+            staging.join(format!("p{i:03}.yaml")),
+            plans.join(format!("p{i:03}.yaml")),
+        )
+        .expect("mv");
+    }
+    let results_dir = root.path().join("results");
+    let done = || {
+        (0..PLANS)
+            .filter(|i| !results(&results_dir, &format!("p{i:03}")).is_empty())
+            .count()
+    };
+    wait_for(120, "every plan's result", || done() == PLANS).await;
+    kill(&child, "-TERM");
+    let _ = child.wait();
+    let text = log.lock().map(|t| t.clone()).unwrap_or_default();
+    let by_task = records_by_task(&emulator.log());
+    for (i, id) in ids.iter().enumerate() {
+        let r = results(&results_dir, &format!("p{i:03}"));
+        assert_eq!(r.len(), 1, "plan {i}: one result");
+        assert_eq!(r[0]["status"], "succeeded", "plan {i}: {}", r[0]);
+        assert_eq!(by_task.get(id).map(Vec::len), Some(1), "plan {i}: one call");
+    }
+    assert!(!text.contains("Too many open files"), "{text}");
+    assert!(
+        !root
+            .path()
+            .join("state/runs")
+            .read_dir()
+            .expect("runs")
+            .any(|_| true),
+        "every journal finished"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_still_open_for_writing_is_not_read_by_a_reload_rescan() {
+    let emulator = start_emulator(emulator_config()).await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = root.path().join("plans");
+    std::fs::create_dir_all(&plans).expect("mkdir");
+    let mut child = daemon_command(root.path(), &emulator, "100", "4")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let log = capture_stderr(&mut child);
+    wait_for(20, "ready", || logged(&log, "daemon ready")).await;
+    // Half a plan (one task of two), written, and the file left open; then SIGHUP once it
+    // has been quiet longer than the settle time.
+    let path = plans.join("half.yaml");
+    let mut file = std::fs::File::create(&path).expect("create");
+    file.write_all(format!("tasks:\n  - {T1}\n").as_bytes())
+        .expect("write");
+    file.flush().expect("flush");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    kill(&child, "-HUP");
+    // The reload's full scan sees the file and leaves it alone (it says so), then the rest
+    // is written.
+    wait_for(20, "the reload's scan", || {
+        logged(&log, "half.yaml is still open for writing")
+    })
+    .await;
+    file.write_all(format!("  - {T2}\n").as_bytes())
+        .expect("write");
+    drop(file);
+    let results_dir = root.path().join("results");
+    wait_for(20, "the run", || results(&results_dir, "half").len() == 1).await;
+    // A second run would come within the debounce of the close.
+    write(&plans.join("sentinel.yaml"), &format!("tasks:\n  - {T3}\n"));
+    wait_for(20, "sentinel", || {
+        results(&results_dir, "sentinel").len() == 1
+    })
+    .await;
+    kill(&child, "-TERM");
+    let _ = child.wait();
+    let r = results(&results_dir, "half");
+    assert_eq!(r.len(), 1, "one run: {r:?}");
+    assert_eq!(r[0]["summary"]["total"], 2, "the whole plan ran: {}", r[0]);
+    let by_task = records_by_task(&emulator.log());
+    assert_eq!(
+        by_task.get(T1).map(Vec::len),
+        Some(1),
+        "task 1 started once"
+    );
+}
