@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -164,15 +164,7 @@ impl<'a> Reconciler<'a> {
             return Err("no project id".into());
         };
         let offset = self.exec.settings.history_offset;
-        let floor = since - TimeDelta::from_std(SKEW_TOLERANCE).unwrap_or_default();
-        // A day of margin on both sides: a wrong guess of the service's zone must not hide a
-        // record near midnight (the start time check below is exact).
-        let start_date = floor.with_timezone(&offset).date_naive() - TimeDelta::days(1);
-        let end_date = Utc::now()
-            .with_timezone(&offset)
-            .date_naive()
-            .max(start_date)
-            + TimeDelta::days(1);
+        let (floor, start_date, end_date) = history_window(since, Utc::now(), offset);
         let mut found: Vec<(NaiveDateTime, String)> = Vec::new();
         for page in 1..=MAX_PAGES {
             let query = async {
@@ -221,6 +213,30 @@ impl<'a> Reconciler<'a> {
     }
 }
 
+/// The earliest start time that can be the call's record (`since` minus the clock skew
+/// allowed), and the service-local days to query: a day of margin on both sides, so that a
+/// wrong guess of the service's zone does not hide a record near midnight (the start time check
+/// is exact). `since` may come from a journal on disk: arithmetic saturates at chrono's limits
+/// instead of panicking.
+fn history_window(
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+    offset: chrono::FixedOffset,
+) -> (DateTime<Utc>, NaiveDate, NaiveDate) {
+    let skew = TimeDelta::from_std(SKEW_TOLERANCE).unwrap_or_default();
+    let floor = since.checked_sub_signed(skew).unwrap_or(since);
+    let day = TimeDelta::days(1);
+    let local_day = |t: DateTime<Utc>| {
+        let utc = t.naive_utc();
+        utc.checked_add_offset(offset).unwrap_or(utc).date()
+    };
+    let start = local_day(floor);
+    let start = start.checked_sub_signed(day).unwrap_or(start);
+    let end = local_day(now).max(start);
+    let end = end.checked_add_signed(day).unwrap_or(end);
+    (floor, start, end)
+}
+
 /// Truncation of a time to whole seconds (the history's resolution).
 trait FloorSecond {
     fn with_nanosecond_floor(self) -> Self;
@@ -241,6 +257,40 @@ pub fn parse_service_time(s: &str) -> Option<NaiveDateTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 10: a send time at chrono's limits (a damaged journal) does not panic.
+    #[test]
+    fn the_history_window_saturates_at_the_calendar_limits() {
+        let offset = chrono::FixedOffset::east_opt(8 * 3600).expect("offset");
+        let t = |s: &str| s.parse::<DateTime<Utc>>().expect("time");
+        let (floor, start, end) =
+            history_window(t("2026-11-28T01:30:02Z"), t("2026-11-28T01:31:00Z"), offset);
+        assert_eq!(floor, t("2026-11-28T01:29:57Z"));
+        assert_eq!(
+            (start.to_string(), end.to_string()),
+            ("2026-11-27".into(), "2026-11-29".into())
+        );
+        for (since, now) in [
+            (DateTime::<Utc>::MIN_UTC, Utc::now()),
+            (DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MAX_UTC),
+            (DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MIN_UTC),
+        ] {
+            let (floor, start, end) = history_window(since, now, offset);
+            assert!(floor <= since && start <= end);
+        }
+        // Start times from the API at the limits map to no instant rather than panicking.
+        for text in ["+262143-12-31 23:59:59", "-262143-01-01 00:00:00"] {
+            if let Some(started) = parse_service_time(text) {
+                for secs in [-12 * 3600, 14 * 3600] {
+                    let offset = chrono::FixedOffset::east_opt(secs).expect("offset");
+                    let _ = started
+                        .and_local_timezone(offset)
+                        .single()
+                        .map(|t| t.to_utc());
+                }
+            }
+        }
+    }
 
     #[test]
     fn service_times() {

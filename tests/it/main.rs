@@ -5,5 +5,6 @@ mod auth;
 mod daemon;
 mod exec;
 mod faults;
+mod hardening;
 mod helpers;
 mod ops;

@@ -1,0 +1,158 @@
+//! Issue 10 (hardening), through the real binary: settings out of range are configuration
+//! errors (exit 78, or "keeping the old one" on SIGHUP), never panics; plan files whose name is
+//! not UTF-8 are reported; cron expressions `deployd next` used to get wrong.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::helpers::*;
+
+/// Exit status, stdout and stderr of a finished command.
+fn run(mut cmd: Command) -> (Option<i32>, String, String) {
+    let out = cmd.output().expect("the binary runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `deployd COMMAND --plans-dir root/plans --results-dir .. --state-dir .. ARGS...`
+/// (`args[0]` is the command).
+fn with_folders(root: &Path, args: &[&str]) -> Command {
+    let mut cmd = deployd();
+    cmd.arg(args[0])
+        .arg("--plans-dir")
+        .arg(root.join("plans"))
+        .arg("--results-dir")
+        .arg(root.join("results"))
+        .arg("--state-dir")
+        .arg(root.join("state"))
+        .args(&args[1..]);
+    cmd
+}
+
+/// `--rate 1e-20` (flag or config file) panicked with exit 101; now exit 78 naming the setting.
+#[test]
+fn out_of_range_settings_exit_78_naming_the_setting() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    write(&root.join("plans/p.yaml"), &format!("tasks: [{T1}]\n"));
+
+    let (code, _, stderr) = run(with_folders(
+        root,
+        &["run", "--emulator", "--rate", "1e-20"],
+    ));
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("--rate: must be a number of calls per second from 0.001 to 10000"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let config = root.join("config.yaml");
+    write(&config, "concurrency: 4\nrate: 1e-20\nsettle: 11m\n");
+    for command in ["run", "exec"] {
+        let mut cmd = with_folders(root, &[command, "--emulator", "--config"]);
+        cmd.arg(&config);
+        if command == "exec" {
+            cmd.arg(root.join("plans/p.yaml"));
+        }
+        let (code, _, stderr) = run(cmd);
+        assert_eq!(code, Some(78), "{command}: {stderr}");
+        for needle in [
+            ":2:1: rate: must be",
+            ":3:1: settle: must be from 0s to 10m, got 11m",
+        ] {
+            assert!(
+                stderr.contains(&format!("{}{needle}", config.display())),
+                "{command}: {needle} missing in {stderr}"
+            );
+        }
+        assert!(!stderr.contains("panicked"), "{command}: {stderr}");
+    }
+
+    let (code, _, stderr) = run(with_folders(
+        root,
+        &[
+            "exec",
+            "--emulator",
+            "--burst",
+            "0",
+            "--concurrency",
+            "99999",
+            "x.yaml",
+        ],
+    ));
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("--burst: must be from 1 to 10000, got 0"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--concurrency: must be from 1 to 10000, got 99999"),
+        "{stderr}"
+    );
+}
+
+/// SIGHUP with `rate: 1e-20` in the config killed the daemon; now it logs why and keeps the
+/// old configuration, still running plans, and exits 0 on SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_with_an_out_of_range_rate_keeps_the_daemon_running() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = root.path().join("plans");
+    std::fs::create_dir_all(&plans).expect("mkdir");
+    let results_dir = root.path().join("results");
+    let emulator = start_emulator(emulator_config()).await;
+    let config = root.path().join("config.yaml");
+    write(&config, "rescan_interval: 60s\n");
+    // Without `--rate`: a flag would win over the file's value.
+    let mut child = with_folders(root.path(), &["run", "--config"])
+        .arg(&config)
+        .args([
+            "--endpoint",
+            &emulator.base_url(),
+            "--project-id",
+            &emulator.config().project_id,
+        ])
+        .env("DEPLOYD_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id().to_string();
+    // The daemon is up once it ran a first plan.
+    write(&plans.join("first.yaml"), &format!("tasks: [{T1}]\n"));
+    wait_for(15, "the first plan's run", || {
+        results(&results_dir, "first").len() == 1
+    })
+    .await;
+
+    write(&config, "rescan_interval: 60s\nrate: 1e-20\n");
+    let kill = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success()
+    };
+    assert!(kill("-HUP"));
+    write(&plans.join("after-hup.yaml"), &format!("tasks: [{T2}]\n"));
+    wait_for(15, "a run after the bad reload", || {
+        results(&results_dir, "after-hup").len() == 1
+    })
+    .await;
+    assert!(child.try_wait().expect("wait").is_none(), "still running");
+    assert!(kill("-TERM"));
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait"))
+        .await
+        .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("the new configuration is invalid; keeping the old one"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(":2:1: rate: must be"), "{stderr}");
+    assert!(!stderr.contains("panic"), "{stderr}");
+}
