@@ -156,3 +156,92 @@ async fn a_reload_with_an_out_of_range_rate_keeps_the_daemon_running() {
     assert!(stderr.contains(":2:1: rate: must be"), "{stderr}");
     assert!(!stderr.contains("panic"), "{stderr}");
 }
+
+/// A plan file named `caf\xe9.yaml` (not UTF-8).
+fn non_utf8_plan(plans: &Path) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    plans.join(std::ffi::OsStr::from_bytes(b"caf\xe9.yaml"))
+}
+
+/// `deployd check` skipped a plan file whose name is not UTF-8; now it is an error line (the
+/// name shown lossily) and exit 1.
+#[test]
+fn check_reports_a_plan_file_name_that_is_not_utf8() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = root.path().join("plans");
+    write(&plans.join("ok.yaml"), &format!("tasks: [{T1}]\n"));
+    std::fs::write(
+        non_utf8_plan(&plans),
+        format!("name: cafe\ntasks: [{T2}]\n"),
+    )
+    .expect("write");
+    let mut cmd = deployd();
+    cmd.arg("check").arg(&plans);
+    let (code, stdout, stderr) = run(cmd);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("caf\u{FFFD}.yaml"))
+        .unwrap_or_else(|| panic!("no line for the file in {stdout}"));
+    assert!(
+        line.contains(":1:1: ") && line.contains("not valid UTF-8"),
+        "{line}"
+    );
+    assert!(stderr.contains("1 valid plan, 1 error"), "{stderr}");
+}
+
+/// The daemon skipped it too; now it logs it as invalid and writes
+/// `RESULTS/_invalid/caf\u{FFFD}.yaml.txt`, removed once the file is renamed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_reports_a_plan_file_name_that_is_not_utf8() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = root.path().join("plans");
+    std::fs::create_dir_all(&plans).expect("mkdir");
+    let results_dir = root.path().join("results");
+    let emulator = start_emulator(emulator_config()).await;
+    let mut child = daemon_command(root.path(), &emulator, "50", "8")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id().to_string();
+    write(&plans.join("first.yaml"), &format!("tasks: [{T1}]\n"));
+    wait_for(15, "the first plan's run", || {
+        results(&results_dir, "first").len() == 1
+    })
+    .await;
+
+    let bad = non_utf8_plan(&plans);
+    let staging = root.path().join("staging.yaml");
+    std::fs::write(&staging, format!("name: cafe\ntasks: [{T2}]\n")).expect("write");
+    std::fs::rename(&staging, &bad).expect("mv");
+    let report = results_dir.join("_invalid").join("caf\u{FFFD}.yaml.txt");
+    wait_for(15, "the invalid report", || report.exists()).await;
+    let text = std::fs::read_to_string(&report).expect("read");
+    assert!(text.contains("not valid UTF-8"), "{text}");
+    // Renamed to a proper name: it runs, and the report goes.
+    std::fs::rename(&bad, plans.join("cafe.yaml")).expect("mv");
+    wait_for(15, "the report removed", || !report.exists()).await;
+    wait_for(15, "the renamed plan's run", || {
+        results(&results_dir, "cafe").len() == 1
+    })
+    .await;
+    assert_eq!(emulator.log().len(), 2, "the misnamed file made no call");
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait"))
+        .await
+        .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("caf\u{FFFD}.yaml is invalid and will not run"),
+        "{stderr}"
+    );
+}
