@@ -199,7 +199,7 @@ async fn the_daemon_reports_a_plan_file_name_that_is_not_utf8() {
     std::fs::create_dir_all(&plans).expect("mkdir");
     let results_dir = root.path().join("results");
     let emulator = start_emulator(emulator_config()).await;
-    let mut child = daemon_command(root.path(), &emulator, "50", "8")
+    let child = daemon_command(root.path(), &emulator, "50", "8")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
