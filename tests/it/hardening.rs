@@ -245,3 +245,73 @@ async fn the_daemon_reports_a_plan_file_name_that_is_not_utf8() {
         "{stderr}"
     );
 }
+
+/// The fire times `deployd next` prints for `plan` (the UTC column), in order.
+fn next_fires(stdout: &str, plan: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
+    stdout
+        .lines()
+        .skip_while(|l| !l.starts_with(&format!("{plan}: ")))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            l.split_whitespace()
+                .last()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("no UTC time in {l:?}"))
+        })
+        .collect()
+}
+
+/// `deployd next` on the cron cases of issue 10: `7L` (was refused), `1/2` in the
+/// day-of-week field (fired on Sundays too) and February 29 on a Monday (was "never": its next
+/// fire is in 2044, beyond the old five-year search).
+#[test]
+fn next_shows_last_sundays_weekday_steps_and_rare_dates() {
+    use chrono::{Datelike, Weekday};
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = root.path().join("plans");
+    for (name, expr) in [
+        ("last-sunday", "0 0 * * 7L"),
+        ("mon-wed-fri", "0 0 * * 1/2"),
+        ("leap-monday", "0 0 29 2 +1"),
+    ] {
+        write(
+            &plans.join(format!("{name}.yaml")),
+            &format!("schedule: \"{expr}\"\ntasks: [{T1}]\n"),
+        );
+    }
+    let mut cmd = deployd();
+    cmd.arg("next").arg(&plans).args(["--count", "6"]);
+    let (code, stdout, stderr) = run(cmd);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+
+    let last_sundays = next_fires(&stdout, "last-sunday");
+    assert_eq!(last_sundays.len(), 6, "{stdout}");
+    for t in &last_sundays {
+        assert_eq!(t.weekday(), Weekday::Sun, "{t}");
+        assert_ne!(
+            (t.date_naive() + chrono::Days::new(7)).month(),
+            t.month(),
+            "{t}"
+        );
+    }
+    let steps = next_fires(&stdout, "mon-wed-fri");
+    assert_eq!(steps.len(), 6, "{stdout}");
+    for t in &steps {
+        assert!(
+            matches!(t.weekday(), Weekday::Mon | Weekday::Wed | Weekday::Fri),
+            "{t} in {stdout}"
+        );
+    }
+    let rare = next_fires(&stdout, "leap-monday");
+    assert_eq!(rare.len(), 6, "{stdout}");
+    for t in &rare {
+        assert_eq!(
+            (t.month(), t.day(), t.weekday()),
+            (2, 29, Weekday::Mon),
+            "{t}"
+        );
+    }
+    // The first after any date before 2044 is 2044-02-29.
+    assert_eq!(rare[0].year(), 2044, "{stdout}");
+}
