@@ -490,6 +490,14 @@ impl TaskCtx {
                 _ = self.stop.abort.cancelled() => None,
                 o = self.exec.client.start_task(&task.task_id, &body) => Some(o),
             };
+            // A refused authentication is marked before the slot is freed: the next task
+            // waiting for the slot must see it, or it sends a second refused call (an AK is
+            // locked after a few).
+            if let Some(StartOutcome::Final(info)) = &outcome
+                && info.http_status == Some(401)
+            {
+                self.shared.auth_refused.store(true, Ordering::Relaxed);
+            }
             drop(permit);
             let Some(outcome) = outcome else {
                 warn!(
