@@ -890,7 +890,8 @@ impl Controller {
             .invalid_files()
             .into_iter()
             .filter_map(|(file, issues)| {
-                let name = file.file_name()?.to_str()?.to_string();
+                // Lossy: a file name that is not UTF-8 gets its report too.
+                let name = file.file_name()?.to_string_lossy().into_owned();
                 Some((format!("{name}.txt"), format!("{issues}\n")))
             })
             .collect();

@@ -8,6 +8,7 @@ use deployd::commands::{self, Exit};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    deployd::telemetry::install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -252,11 +252,12 @@ pub fn open_for_writing() -> HashSet<(u64, u64)> {
 
 /// Whether a hint's path concerns a plan file in `dir`.
 pub fn concerns_plans(dir: &Path, path: &Path) -> bool {
+    // Judged by the lossy name, as `plan_files_in` does: a name that is not UTF-8 is a plan
+    // file the loader reports, so its events count too.
     path.parent() == Some(dir)
         && path
             .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(is_plan_file_name)
+            .is_some_and(|n| is_plan_file_name(&n.to_string_lossy()))
 }
 
 #[cfg(test)]
@@ -293,6 +294,28 @@ mod tests {
 
     fn read_ok(scan: &Scan, path: &Path) -> bool {
         matches!(scan.seen.get(path), Some(Seen::Read(Ok(_))))
+    }
+
+    /// Issue 10: events on a plan file whose name is not UTF-8 count (its report comes at
+    /// once, not at the next periodic rescan).
+    #[test]
+    fn names_that_are_not_utf8_concern_the_plans_folder() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = Path::new("/plans");
+        assert!(concerns_plans(
+            dir,
+            &dir.join(OsStr::from_bytes(b"caf\xe9.yaml"))
+        ));
+        assert!(!concerns_plans(
+            dir,
+            &dir.join(OsStr::from_bytes(b".caf\xe9.yaml"))
+        ));
+        assert!(!concerns_plans(
+            dir,
+            &dir.join(OsStr::from_bytes(b"caf\xe9.txt"))
+        ));
+        assert!(concerns_plans(dir, &dir.join("cafe.yaml")));
     }
 
     #[tokio::test]

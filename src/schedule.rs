@@ -15,6 +15,19 @@
 //! croner parses the expression and matches single fields; its own search is not used because it
 //! fires twice in a repeated hour for interval schedules (`0 * * * *`) and, for `*/30 * * * *`,
 //! even returns times out of order (checked with croner 3.0.1 on 2026-10-25, Europe/Berlin).
+//!
+//! Day fields, as croner 3.0.1 reads them (with two fixes of ours, see [`normalize_day_of_week`]):
+//! - day-of-month and day-of-week combine with OR when both are restricted, as in Vixie cron
+//!   and Kubernetes CronJob; a field is unrestricted only when it is exactly `*` (or `?`), so
+//!   `*/2` counts as restricted. A `+` in front of the day-of-week field asks for AND instead
+//!   (`0 0 29 2 +1`: February 29 when it is a Monday).
+//! - day-of-week runs 0-7, both 0 and 7 being Sunday; `7L` is the last Sunday like `0L`, and a
+//!   step from a start (`1/2`) stays within Monday-Saturday (Monday, Wednesday, Friday), as in
+//!   Kubernetes and croniter, instead of reaching 7 (Sunday).
+//!
+//! The search is bounded by the Gregorian cycle: the calendar repeats every 400 years (146,097
+//! days, a whole number of weeks), so an expression that matches a date at all matches one in
+//! any 400 years, and one that matches none in a cycle is refused when parsed.
 
 use std::fmt;
 
@@ -26,8 +39,10 @@ use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
-/// How far ahead [`Schedule::next_after`] looks before giving up.
-pub const SEARCH_HORIZON_MONTHS: u32 = 5 * 12;
+/// How far ahead [`Schedule::next_after`] looks: one Gregorian cycle of 400 years (after which
+/// weekdays and leap years repeat), plus a year of margin, so an expression that matches some
+/// date always gets its next fire time.
+pub const SEARCH_HORIZON_MONTHS: u32 = 401 * 12;
 
 /// Field names for 5-field expressions; 6-field ones have `second` in front.
 const FIELD_NAMES: [&str; 6] = [
@@ -86,7 +101,7 @@ impl Schedule {
                  such as @daily"
             )));
         }
-        let cron = parser().parse(fields).map_err(|e| {
+        let cron = parse_fields(fields).map_err(|e| {
             let field = offending_field(fields, count);
             ScheduleError(match field {
                 Some((name, value)) => {
@@ -114,8 +129,9 @@ impl Schedule {
         self.tz
     }
 
-    /// The first fire time strictly after `after`, or `None` if there is none within
-    /// [`SEARCH_HORIZON_MONTHS`] (e.g. a Feb-29-on-a-Monday schedule).
+    /// The first fire time strictly after `after`. `None` only at the end of chrono's calendar:
+    /// the search spans [`SEARCH_HORIZON_MONTHS`], a whole Gregorian cycle, so a rare date
+    /// (`0 0 29 2 +1`, February 29 on a Monday: 2044 after 2016) is found.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         // Fire times are whole seconds, so the sub-second part of `after` can be dropped: every
         // candidate after the truncated local time is also after the exact one.
@@ -159,6 +175,12 @@ impl Schedule {
         let mut day = cursor.date();
         let mut after = Some(cursor.time());
         while day <= horizon {
+            // A month that does not match is skipped whole: rare dates are years apart.
+            if !self.cron.pattern.month_match(day.month()).unwrap_or(false) {
+                day = day.with_day(1)?.checked_add_months(Months::new(1))?;
+                after = None;
+                continue;
+            }
             if self.date_matches(day)
                 && let Some(time) = self.first_time_in_day(after)
             {
@@ -232,6 +254,52 @@ pub fn parse_timezone(name: &str) -> Result<Tz, ScheduleError> {
         .map_err(|_| ScheduleError(format!("unknown IANA time zone {name:?}")))
 }
 
+/// Parses 5 or 6 fields with croner, after [`normalize_day_of_week`].
+fn parse_fields(fields: &str) -> Result<Cron, croner::errors::CronError> {
+    parser().parse(&normalize_day_of_week(fields))
+}
+
+/// Rewrites the day-of-week field (the last one) where croner 3.0.1 reads it differently from
+/// Kubernetes and croniter:
+/// - `7L` (last Sunday): croner maps 7 to 0 (Sunday) for plain and `#` values but not for `L`,
+///   so `7L` never matched; it becomes `0L`.
+/// - `N/S` (from N, every S days): croner runs the step up to 7, so `1/2` also hit 7, a second
+///   Sunday; it becomes `N-6/S` (Monday, Wednesday, Friday). `*/S` and explicit ranges (`1-7/2`
+///   names Sunday on purpose) are left alone.
+///
+/// Other fields and malformed items pass through for croner to judge.
+fn normalize_day_of_week(fields: &str) -> String {
+    let mut parts: Vec<String> = fields.split_whitespace().map(str::to_string).collect();
+    let Some(last) = parts.last_mut() else {
+        return fields.to_string();
+    };
+    let (plus, dow) = match last.strip_prefix('+') {
+        Some(rest) => ("+", rest),
+        None => ("", last.as_str()),
+    };
+    let items: Vec<String> = dow
+        .split(',')
+        .map(|item| {
+            if item.eq_ignore_ascii_case("7L") {
+                return "0L".to_string();
+            }
+            match item.split_once('/') {
+                Some((start, step))
+                    if !start.is_empty()
+                        && start != "*"
+                        && start != "7"
+                        && start.chars().all(|c| c.is_ascii_alphanumeric()) =>
+                {
+                    format!("{start}-6/{step}")
+                }
+                _ => item.to_string(),
+            }
+        })
+        .collect();
+    *last = format!("{plus}{}", items.join(","));
+    parts.join(" ")
+}
+
 fn parser() -> CronParser {
     CronParser::builder()
         .seconds(Seconds::Optional)
@@ -267,8 +335,7 @@ fn offending_field(fields: &str, count: usize) -> Option<(&'static str, &str)> {
         let probe: Vec<&str> = (0..count)
             .map(|j| if i == j { values[j] } else { "*" })
             .collect();
-        parser()
-            .parse(&probe.join(" "))
+        parse_fields(&probe.join(" "))
             .is_err()
             .then(|| (names[i], values[i]))
     })
@@ -482,18 +549,153 @@ mod tests {
     }
 
     #[test]
-    fn feb_29_is_found_years_ahead_and_the_search_is_bounded() {
+    fn feb_29_is_found_years_ahead() {
         assert_eq!(
             fires("0 0 29 2 *", Tz::UTC, "2026-01-01T00:00:00Z", 2),
             ["2028-02-29T00:00:00Z", "2032-02-29T00:00:00Z"]
         );
-        // Feb 29 that is also a Monday ('+' = both day fields must match): next in 2044,
-        // beyond the five-year horizon.
-        let rare = Schedule::parse("0 0 29 2 +1", Tz::UTC).expect("valid");
-        assert_eq!(rare.next_after(utc("2026-01-01T00:00:00Z")), None);
+    }
+
+    /// Issue 10: February 29 that is also a Monday (`+`: both day fields must match) was armed
+    /// as "never" by a five-year search; the search now spans a Gregorian cycle.
+    #[test]
+    fn rare_dates_decades_ahead_are_found() {
         assert_eq!(
-            rare.next_after(utc("2040-01-01T00:00:00Z")),
-            Some(utc("2044-02-29T00:00:00Z"))
+            fires("0 0 29 2 +1", Tz::UTC, "2026-01-01T00:00:00Z", 3),
+            [
+                "2044-02-29T00:00:00Z",
+                "2072-02-29T00:00:00Z",
+                // 2100 is not a leap year: 40 years apart.
+                "2112-02-29T00:00:00Z"
+            ]
+        );
+        // Friday the 13th of December, in a zone.
+        assert_eq!(
+            fires("0 9 13 12 +FRI", Europe::Berlin, "2030-12-14T00:00:00Z", 1),
+            ["2041-12-13T08:00:00Z"]
+        );
+    }
+
+    /// The horizon covers a whole 400-year cycle: any expression a date matches gets a next
+    /// fire time from any start.
+    #[test]
+    fn the_search_spans_a_gregorian_cycle() {
+        const { assert!(SEARCH_HORIZON_MONTHS >= 400 * 12) };
+        for expr in ["0 0 29 2 +1", "0 0 29 2 +0", "0 0 31 12 +6", "0 0 1 1 +1"] {
+            let s = Schedule::parse(expr, Tz::UTC).expect(expr);
+            for start in [
+                "1999-06-01T00:00:00Z",
+                "2026-01-01T00:00:00Z",
+                "2300-03-01T00:00:00Z",
+            ] {
+                let next = s.next_after(utc(start));
+                assert!(next.is_some(), "{expr} from {start}");
+            }
+        }
+    }
+
+    /// Issue 10: `7L` (the last Sunday) was refused as "never fires" though `0L` worked.
+    #[test]
+    fn seven_l_is_the_last_sunday_like_zero_l() {
+        let want = ["2026-03-29T00:00:00Z", "2026-04-26T00:00:00Z"];
+        for expr in ["0 0 * * 7L", "0 0 * * 0L", "0 0 * * 7l"] {
+            assert_eq!(
+                fires(expr, Tz::UTC, "2026-03-01T00:00:00Z", 2),
+                want,
+                "{expr}"
+            );
+        }
+        // In a list too; and 7 alone is Sunday.
+        assert_eq!(
+            fires("0 0 * * 5L,7L", Tz::UTC, "2026-03-01T00:00:00Z", 2),
+            ["2026-03-27T00:00:00Z", "2026-03-29T00:00:00Z"]
+        );
+        assert_eq!(
+            fires("0 0 * * 7", Tz::UTC, "2026-03-14T00:00:00Z", 1),
+            ["2026-03-15T00:00:00Z"]
+        );
+    }
+
+    /// Issue 10: in the day-of-week field, `1/2` reached 7 (Sunday); it means Monday,
+    /// Wednesday, Friday, as in Kubernetes and croniter.
+    #[test]
+    fn day_of_week_steps_stay_within_the_week() {
+        // 2026-03-14 is a Saturday.
+        let mon_wed_fri = [
+            "2026-03-16T00:00:00Z",
+            "2026-03-18T00:00:00Z",
+            "2026-03-20T00:00:00Z",
+            "2026-03-23T00:00:00Z",
+        ];
+        for expr in [
+            "0 0 * * 1/2",
+            "0 0 * * MON/2",
+            "0 0 * * 1-5/2",
+            "0 0 * * 1,3,5",
+        ] {
+            assert_eq!(
+                fires(expr, Tz::UTC, "2026-03-14T00:00:00Z", 4),
+                mon_wed_fri,
+                "{expr}"
+            );
+        }
+        // From Sunday, every other day: Sunday, Tuesday, Thursday, Saturday.
+        assert_eq!(
+            fires("0 0 * * 0/2", Tz::UTC, "2026-03-14T00:00:00Z", 4),
+            [
+                "2026-03-15T00:00:00Z",
+                "2026-03-17T00:00:00Z",
+                "2026-03-19T00:00:00Z",
+                "2026-03-21T00:00:00Z"
+            ]
+        );
+        // An explicit range up to 7 names Sunday on purpose.
+        assert_eq!(
+            fires("0 0 * * 5-7/2", Tz::UTC, "2026-03-14T00:00:00Z", 2),
+            ["2026-03-15T00:00:00Z", "2026-03-20T00:00:00Z"]
+        );
+        assert_eq!(normalize_day_of_week("0 0 * * 1/2"), "0 0 * * 1-6/2");
+        assert_eq!(
+            normalize_day_of_week("0 0 0 * * +1/2,7L"),
+            "0 0 0 * * +1-6/2,0L"
+        );
+        assert_eq!(normalize_day_of_week("*/5 * 1/2 * */2"), "*/5 * 1/2 * */2");
+    }
+
+    /// Day-of-month and day-of-week combine with OR when both are restricted (Vixie cron,
+    /// Kubernetes CronJob), and `*/N` counts as restricted; `+` asks for AND.
+    #[test]
+    fn restricted_day_fields_combine_with_or() {
+        // The 13th, and every Friday (March 2026: Fridays 6, 13, 20, 27).
+        assert_eq!(
+            fires("0 0 13 * 5", Tz::UTC, "2026-03-01T00:00:00Z", 6),
+            [
+                "2026-03-06T00:00:00Z",
+                "2026-03-13T00:00:00Z",
+                "2026-03-20T00:00:00Z",
+                "2026-03-27T00:00:00Z",
+                "2026-04-03T00:00:00Z",
+                "2026-04-10T00:00:00Z"
+            ]
+        );
+        // `*/10` is restricted: days 1, 11, 21, 31 or Mondays (2, 9, 16, 23, 30).
+        let days: Vec<String> = fires("0 0 */10 * 1", Tz::UTC, "2026-02-28T12:00:00Z", 9)
+            .iter()
+            .map(|t| t[8..10].to_string())
+            .collect();
+        assert_eq!(days, ["01", "02", "09", "11", "16", "21", "23", "30", "31"]);
+        // `*` and `?` are not: only the other field counts.
+        for expr in ["0 0 * * 1", "0 0 ? * 1"] {
+            assert_eq!(
+                fires(expr, Tz::UTC, "2026-03-01T00:00:00Z", 2),
+                ["2026-03-02T00:00:00Z", "2026-03-09T00:00:00Z"],
+                "{expr}"
+            );
+        }
+        // `+`: the 13th when it is a Friday.
+        assert_eq!(
+            fires("0 0 13 * +5", Tz::UTC, "2026-03-01T00:00:00Z", 2),
+            ["2026-03-13T00:00:00Z", "2026-11-13T00:00:00Z"]
         );
     }
 
@@ -576,6 +778,11 @@ mod tests {
         assert!(e.contains("unknown cron macro \"@reboot\""), "{e}");
         let e = err("0 0 30 2 *");
         assert!(e.contains("never fires"), "{e}");
+        // The rewritten day-of-week field is named as written.
+        let e = err("0 0 * * 1/0");
+        assert!(e.contains("day-of-week field \"1/0\""), "{e}");
+        let e = err("0 0 * * 8L");
+        assert!(e.contains("day-of-week field \"8L\""), "{e}");
     }
 
     /// Why the search is our own: on a zoned time, croner 3.0.1's iterator yields both passes of

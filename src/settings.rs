@@ -10,7 +10,8 @@ use serde::Deserialize;
 use crate::api::client::{ClientOptions, Endpoint};
 use crate::auth::iam::{IamConfig, ProjectScope, default_endpoint};
 use crate::duration::parse_duration;
-use crate::executor::retry::RetryPolicy;
+use crate::executor::limits::Limits;
+use crate::executor::retry::{MAX_RETRY_DURATION, RetryPolicy};
 use crate::executor::{ExecutorSettings, UnknownOutcomePolicy};
 use crate::retention::RetentionPolicy;
 
@@ -253,19 +254,6 @@ impl Settings {
         let mut errors = Vec::new();
         let origin = config.map_or_else(|| "settings".to_string(), |p| p.display().to_string());
         let mut err = |field: &str, msg: String| errors.push(format!("{origin}: {field}: {msg}"));
-        let duration = |field: &str,
-                        value: Option<String>,
-                        default: Duration,
-                        err: &mut dyn FnMut(&str, String)| {
-            match value.as_deref().map(parse_duration) {
-                None => default,
-                Some(Ok(d)) => d,
-                Some(Err(e)) => {
-                    err(field, e);
-                    default
-                }
-            }
-        };
 
         // systemd's StateDirectory= sets $STATE_DIRECTORY: a sensible default under the unit.
         let state_root = env("STATE_DIRECTORY").map(PathBuf::from);
@@ -312,11 +300,27 @@ impl Settings {
             err("project_id", e);
         }
 
+        // A value from a flag is named as the flag, so the message does not point at a line
+        // of the config file that did not count.
         let rate = o.rate.or(raw.rate).unwrap_or(5.0);
         let burst = o.burst.or(raw.burst).unwrap_or(1);
         let concurrency = o.concurrency.or(raw.concurrency).unwrap_or(8);
-        if let Err(e) = crate::executor::limits::Limits::new(rate, burst, concurrency) {
-            err("rate/burst/concurrency", e.to_string());
+        for (flag, from_flag, value) in [
+            ("--rate", o.rate.is_some(), Limits::new(rate, 1, 1).err()),
+            (
+                "--burst",
+                o.burst.is_some(),
+                Limits::new(1.0, burst, 1).err(),
+            ),
+            (
+                "--concurrency",
+                o.concurrency.is_some(),
+                Limits::new(1.0, 1, concurrency).err(),
+            ),
+        ] {
+            if let Some(e) = value {
+                err(if from_flag { flag } else { e.setting() }, e.to_string());
+            }
         }
         let max_runs = raw.max_runs;
         if let Some(n) = max_runs
@@ -328,35 +332,26 @@ impl Settings {
             );
         }
 
+        let mut duration = |field: &str, value: Option<String>, default: Duration| {
+            duration_setting(field, value, default, &mut err)
+        };
         let shutdown_grace = duration(
             "shutdown_grace",
             raw.shutdown_grace,
             Duration::from_secs(30),
-            &mut err,
         );
         let rescan_interval = duration(
             "rescan_interval",
             raw.rescan_interval,
             Duration::from_secs(60),
-            &mut err,
         );
-        if rescan_interval < Duration::from_secs(1) {
-            err("rescan_interval", "must be at least 1s".into());
-        }
-        let settle = duration("settle", raw.settle, Duration::from_secs(10), &mut err);
+        let settle = duration("settle", raw.settle, Duration::from_secs(10));
 
         let defaults = RetryPolicy::default();
         let r = raw.retry.unwrap_or_default();
-        let retry = RetryPolicy::try_new(
-            r.max_attempts.unwrap_or(defaults.max_attempts()),
-            duration("retry.base", r.base, defaults.base(), &mut err),
-            duration("retry.cap", r.cap, defaults.cap(), &mut err),
-            duration("retry.deadline", r.deadline, defaults.deadline(), &mut err),
-        )
-        .unwrap_or_else(|e| {
-            err("retry", e.to_string());
-            defaults
-        });
+        let base = duration("retry.base", r.base, defaults.base());
+        let cap = duration("retry.cap", r.cap, defaults.cap());
+        let deadline = duration("retry.deadline", r.deadline, defaults.deadline());
 
         let t = raw.timeouts.unwrap_or_default();
         let client_defaults = ClientOptions::default();
@@ -365,24 +360,24 @@ impl Settings {
                 "timeouts.connect",
                 t.connect,
                 client_defaults.connect_timeout,
-                &mut err,
             ),
             request_timeout: duration(
                 "timeouts.request",
                 t.request,
                 client_defaults.request_timeout,
-                &mut err,
             ),
             pool_idle_timeout: client_defaults.pool_idle_timeout,
         };
-        for (field, d) in [
-            ("timeouts.connect", client.connect_timeout),
-            ("timeouts.request", client.request_timeout),
-        ] {
-            if d < Duration::from_millis(100) {
-                err(field, "must be at least 100ms".into());
-            }
-        }
+        let retry = RetryPolicy::try_new(
+            r.max_attempts.unwrap_or(defaults.max_attempts()),
+            base,
+            cap,
+            deadline,
+        )
+        .unwrap_or_else(|e| {
+            err(e.setting(), e.to_string());
+            defaults
+        });
 
         let raw_auth = raw.auth.unwrap_or_default();
         let iam = raw_auth.iam.map(|iam| {
@@ -424,7 +419,9 @@ impl Settings {
                 None => {
                     err(
                         "history_utc_offset",
-                        format!("{text:?} is not an offset like +08:00 or -05:30"),
+                        format!(
+                            "{text:?} is not a UTC offset from -12:00 to +14:00 like +08:00 or -05:30"
+                        ),
                     );
                     None
                 }
@@ -459,6 +456,90 @@ impl Settings {
             max_runs,
         })
     }
+}
+
+/// The range of every duration setting of the config file (the README's table lists them).
+/// `retry.*` are also checked against each other by [`RetryPolicy::try_new`].
+pub const DURATION_RANGES: [(&str, Duration, Duration); 8] = [
+    ("shutdown_grace", Duration::ZERO, Duration::from_secs(3600)),
+    (
+        "rescan_interval",
+        Duration::from_secs(1),
+        Duration::from_secs(86_400),
+    ),
+    ("settle", Duration::ZERO, Duration::from_secs(600)),
+    ("retry.base", Duration::from_millis(1), MAX_RETRY_DURATION),
+    ("retry.cap", Duration::from_millis(1), MAX_RETRY_DURATION),
+    (
+        "retry.deadline",
+        Duration::from_millis(1),
+        MAX_RETRY_DURATION,
+    ),
+    (
+        "timeouts.connect",
+        Duration::from_millis(100),
+        Duration::from_secs(300),
+    ),
+    (
+        "timeouts.request",
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    ),
+];
+
+/// A duration setting: its default when absent; its default and an error (naming `field`)
+/// when it does not parse or lies outside its range in [`DURATION_RANGES`].
+fn duration_setting(
+    field: &str,
+    value: Option<String>,
+    default: Duration,
+    err: &mut dyn FnMut(&str, String),
+) -> Duration {
+    let (min, max) = DURATION_RANGES
+        .iter()
+        .find(|(name, ..)| *name == field)
+        .map_or((Duration::ZERO, Duration::MAX), |(_, min, max)| {
+            (*min, *max)
+        });
+    match value.as_deref().map(parse_duration) {
+        None => default,
+        Some(Ok(d)) if (min..=max).contains(&d) => d,
+        Some(Ok(d)) => {
+            err(
+                field,
+                format!(
+                    "must be from {} to {}, got {}",
+                    human(min),
+                    human(max),
+                    human(d)
+                ),
+            );
+            default
+        }
+        Some(Err(e)) => {
+            err(field, e);
+            default
+        }
+    }
+}
+
+/// A duration in the config file's own units (`0s`, `100ms`, `5m`, `24h`).
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
 }
 
 /// Validates `auth.iam`. The project defaults to the project id (`project_id`,
@@ -568,7 +649,7 @@ fn secret_paths(auth: &AuthSettings, env: &dyn Fn(&str) -> Option<String>) -> Ve
     out
 }
 
-/// `+08:00`, `-05:30`, `Z`.
+/// `+08:00`, `-05:30`, `Z`: a real-world offset, from -12:00 to +14:00.
 fn parse_offset(text: &str) -> Option<chrono::FixedOffset> {
     let t = text.trim();
     if t == "Z" || t == "+00:00" {
@@ -577,6 +658,7 @@ fn parse_offset(text: &str) -> Option<chrono::FixedOffset> {
     chrono::DateTime::parse_from_rfc3339(&format!("2000-01-01T00:00:00{t}"))
         .ok()
         .map(|d| *d.offset())
+        .filter(|o| (-12 * 3600..=14 * 3600).contains(&o.local_minus_utc()))
 }
 
 /// The 1-based line and column of a field (`rate`, `retry.base`, `a/b` for either) in a
@@ -689,6 +771,108 @@ mod tests {
         }
     }
 
+    fn config_errors(yaml: &str, o: &Overrides) -> String {
+        let raw: RawConfig = serde_saphyr::from_str(yaml).expect("yaml");
+        Settings::from_raw(raw, o, &no_env, None)
+            .expect_err(yaml)
+            .to_string()
+    }
+
+    /// Issue 10: every numeric setting has a range, and a value outside it is an error naming
+    /// the setting (`rate: 1e-20` used to panic).
+    #[test]
+    fn every_numeric_setting_is_range_checked() {
+        let none = Overrides::default();
+        for (yaml, needle) in [
+            (
+                "rate: 1e-20\n",
+                "rate: must be a number of calls per second from 0.001",
+            ),
+            ("rate: 10001\n", "rate: must be"),
+            ("rate: .nan\n", "rate: must be"),
+            ("rate: .inf\n", "rate: must be"),
+            ("burst: 0\n", "burst: must be from 1 to 10000, got 0"),
+            ("burst: 4294967295\n", "burst: must be from 1 to 10000"),
+            (
+                "concurrency: 0\n",
+                "concurrency: must be from 1 to 10000, got 0",
+            ),
+            ("concurrency: 10001\n", "concurrency: must be"),
+            (
+                "shutdown_grace: 2h\n",
+                "shutdown_grace: must be from 0s to 1h, got 2h",
+            ),
+            (
+                "rescan_interval: 500ms\n",
+                "rescan_interval: must be from 1s to 1d",
+            ),
+            (
+                "rescan_interval: 2d\n",
+                "rescan_interval: must be from 1s to 1d",
+            ),
+            ("settle: 11m\n", "settle: must be from 0s to 10m"),
+            ("retry: {base: 0ms}\n", "retry.base: must be from 1ms to 1d"),
+            ("retry: {cap: 25h}\n", "retry.cap: must be from 1ms to 1d"),
+            ("retry: {deadline: 99999999d}\n", "retry.deadline: must be"),
+            (
+                "retry: {max_attempts: 21}\n",
+                "retry.max_attempts: max_attempts must be",
+            ),
+            ("retry: {base: 2s, cap: 1s}\n", "retry.cap: cap (1s)"),
+            (
+                "timeouts: {connect: 99ms}\n",
+                "timeouts.connect: must be from 100ms to 5m",
+            ),
+            (
+                "timeouts: {request: 2h}\n",
+                "timeouts.request: must be from 100ms to 1h",
+            ),
+            (
+                "history_utc_offset: '+15:00'\n",
+                "history_utc_offset: \"+15:00\"",
+            ),
+            (
+                "keep_results: {count: 0}\n",
+                "keep_results: count must be at least 1",
+            ),
+        ] {
+            let e = config_errors(yaml, &none);
+            assert!(e.contains(needle), "{yaml}: {e}");
+        }
+        // The corners of every range are accepted.
+        for yaml in [
+            "rate: 0.001\nburst: 10000\nconcurrency: 10000\n",
+            "rate: 10000\nburst: 1\nconcurrency: 1\n",
+            "shutdown_grace: 0s\nrescan_interval: 1s\nsettle: 0s\n",
+            "shutdown_grace: 1h\nrescan_interval: 1d\nsettle: 10m\n",
+            "retry: {base: 1ms, cap: 1ms, deadline: 1ms}\ntimeouts: {connect: 100ms, request: 100ms}\n",
+            "retry: {base: 24h, cap: 24h, deadline: 24h}\ntimeouts: {connect: 5m, request: 1h}\n",
+            "history_utc_offset: '-12:00'\n",
+        ] {
+            let raw: RawConfig = serde_saphyr::from_str(yaml).expect("yaml");
+            Settings::from_raw(raw, &none, &no_env, None).expect(yaml);
+        }
+    }
+
+    /// A value given by a flag is reported as the flag, not as the config file's field.
+    #[test]
+    fn flag_values_out_of_range_name_the_flag() {
+        let o = Overrides {
+            rate: Some(1e-20),
+            burst: Some(0),
+            concurrency: Some(usize::MAX),
+            ..Default::default()
+        };
+        let e = config_errors("rate: 5\n", &o);
+        for needle in [
+            "--rate: must be",
+            "--burst: must be",
+            "--concurrency: must be",
+        ] {
+            assert!(e.contains(needle), "{needle} missing in {e}");
+        }
+    }
+
     fn iam_of(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<IamConfig, String> {
         let raw: RawConfig = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
         Settings::from_raw(raw, &Overrides::default(), env, None)
@@ -798,6 +982,17 @@ mod locate_tests {
             text.contains(&format!("{}:3:3: retry.base: ", path.display())),
             "{text}"
         );
+        // Out-of-range values are located too.
+        std::fs::write(&path, "burst: 2\nrate: 1e-20\nretry:\n  cap: 25h\n").expect("write");
+        let text = super::Settings::load(Some(&path), &super::Overrides::default(), &|_| None)
+            .expect_err("bad")
+            .to_string();
+        for needle in ["2:1: rate: must be", "4:3: retry.cap: must be"] {
+            assert!(
+                text.contains(&format!("{}:{needle}", path.display())),
+                "{text}"
+            );
+        }
     }
 
     #[test]
@@ -830,5 +1025,11 @@ mod offset_tests {
         assert_eq!(parse_offset("Z").map(|o| o.local_minus_utc()), Some(0));
         assert_eq!(parse_offset("8"), None);
         assert_eq!(parse_offset("+25:00"), None);
+        assert_eq!(
+            parse_offset("+14:00").map(|o| o.local_minus_utc()),
+            Some(14 * 3600)
+        );
+        assert_eq!(parse_offset("+14:30"), None);
+        assert_eq!(parse_offset("-12:01"), None);
     }
 }

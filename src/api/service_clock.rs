@@ -39,6 +39,21 @@ const WITNESS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// The file in the state folder that keeps the learned zone.
 pub const ZONE_FILE: &str = "service-zone.json";
 
+/// `t + d`, saturating at chrono's limits (times may come from a damaged journal or a hostile
+/// answer: arithmetic never panics).
+fn add(t: DateTime<Utc>, d: TimeDelta) -> DateTime<Utc> {
+    t.checked_add_signed(d).unwrap_or(if d < TimeDelta::zero() {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    })
+}
+
+/// `a - b`, saturating.
+fn diff(a: DateTime<Utc>, b: DateTime<Utc>) -> TimeDelta {
+    a.naive_utc().signed_duration_since(b.naive_utc())
+}
+
 /// Bounds on the service's clock minus ours: `lo <= service - local <= hi`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Skew {
@@ -74,7 +89,10 @@ pub fn skew_bounds(
     received: DateTime<Utc>,
     date: DateTime<Utc>,
 ) -> (TimeDelta, TimeDelta) {
-    (date - received, date + TimeDelta::seconds(1) - sent)
+    (
+        diff(date, received),
+        diff(add(date, TimeDelta::seconds(1)), sent),
+    )
 }
 
 /// Parses an HTTP `Date` header (IMF-fixdate, and RFC 850 / asctime as RFC 9110 allows).
@@ -107,8 +125,8 @@ pub fn zone_from_record(
 ) -> Option<FixedOffset> {
     let start = start.and_utc();
     // offset in (start - created_hi, start + 1 s - created_lo]
-    let lo = (start - created_hi).num_milliseconds();
-    let hi = (start + TimeDelta::seconds(1) - created_lo).num_milliseconds() - 1;
+    let lo = diff(start, created_hi).num_milliseconds();
+    let hi = diff(add(start, TimeDelta::seconds(1)), created_lo).num_milliseconds() - 1;
     let round = |ms: i64| (ms as f64 / 1000.0 / QUARTER_HOUR as f64).round() as i64 * QUARTER_HOUR;
     let (a, b) = (round(lo), round(hi));
     if a != b || hi < lo {
@@ -134,10 +152,10 @@ pub fn may_follow(
     skew: Skew,
     zone: Option<FixedOffset>,
 ) -> bool {
-    let (earliest, latest) = (sent + skew.lo, now.max(sent) + skew.hi);
+    let (earliest, latest) = (add(sent, skew.lo), add(now.max(sent), skew.hi));
     let under = |offset_secs: i64| {
-        let created_from = start.and_utc() - TimeDelta::seconds(offset_secs);
-        created_from + TimeDelta::seconds(1) > earliest && created_from <= latest
+        let created_from = add(start.and_utc(), TimeDelta::seconds(-offset_secs));
+        add(created_from, TimeDelta::seconds(1)) > earliest && created_from <= latest
     };
     match zone {
         Some(z) => under(i64::from(z.local_minus_utc())),
@@ -158,8 +176,11 @@ pub fn date_window(
     let (west, east) = zone.map_or((MIN_OFFSET_SECS, MAX_OFFSET_SECS), |z| {
         (z.local_minus_utc(), z.local_minus_utc())
     });
-    let from = sent + skew.lo + TimeDelta::seconds(i64::from(west));
-    let to = now.max(sent) + skew.hi + TimeDelta::seconds(i64::from(east));
+    let from = add(add(sent, skew.lo), TimeDelta::seconds(i64::from(west)));
+    let to = add(
+        add(now.max(sent), skew.hi),
+        TimeDelta::seconds(i64::from(east)),
+    );
     (from.date_naive(), to.date_naive().max(from.date_naive()))
 }
 
@@ -330,8 +351,8 @@ impl ServiceClock {
         let w = Witness {
             task_id: task_id.to_string(),
             record_id: record_id.to_string(),
-            created_lo: sent + skew.lo,
-            created_hi: answered + skew.hi,
+            created_lo: add(sent, skew.lo),
+            created_hi: add(answered, skew.hi),
         };
         let mut inner = self.lock();
         inner.witnesses.push_back((Instant::now(), w));
@@ -777,6 +798,26 @@ mod tests {
         let again = ServiceClock::new();
         again.attach_store(dir.path(), None);
         assert_eq!(again.zone().map(|z| z.local_minus_utc()), Some(-5 * 3600));
+    }
+
+    /// A send time at chrono's limits (a damaged journal) or a record time at the parser's
+    /// limits (a hostile answer) does not panic.
+    #[test]
+    fn arithmetic_saturates_at_the_calendar_limits() {
+        let skew = Skew::unmeasured();
+        for (sent, now) in [
+            (DateTime::<Utc>::MIN_UTC, Utc::now()),
+            (DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MAX_UTC),
+            (DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MIN_UTC),
+        ] {
+            let (from, to) = date_window(sent, now, skew, None);
+            assert!(from <= to);
+            for start in [NaiveDateTime::MIN, NaiveDateTime::MAX] {
+                let _ = may_follow(start, sent, now, skew, None);
+                let _ = zone_from_record(sent, now, start);
+            }
+            let _ = skew_bounds(sent, now, now);
+        }
     }
 
     #[test]

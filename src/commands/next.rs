@@ -36,7 +36,7 @@ pub fn next(args: &NextArgs) -> Exit {
                 );
                 let fires = schedule.upcoming(now, usize::from(args.count));
                 if fires.is_empty() {
-                    println!("  no fire time in the next years");
+                    println!("  no further fire time");
                 }
                 for t in fires {
                     let local = t.with_timezone(&schedule.timezone());

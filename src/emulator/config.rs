@@ -254,15 +254,18 @@ pub struct EmulatorArgs {
     /// [default: emulator-domain:emulator-user:emulator-password].
     #[arg(long = "user", value_name = "DOMAIN:USER:PASSWORD", value_parser = parse_user)]
     pub users: Vec<IamUser>,
-    /// Lifetime of issued IAM tokens, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 86_400)]
+    /// Lifetime of issued IAM tokens, in seconds (1 to 31536000, a year).
+    #[arg(long, value_name = "SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub token_lifetime_secs: u64,
     /// An AK/SK pair whose signatures are accepted (repeatable); a test credential, visible to
     /// `ps` [default: EMULATORACCESSKEY0001:emulator-secret-key].
     #[arg(long = "access-key", value_name = "AK:SK", value_parser = parse_access_key)]
     pub access_keys: Vec<AccessKey>,
-    /// How long an AK is locked after more than 5 failed signatures in a row, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    /// How long an AK is locked after more than 5 failed signatures in a row, in seconds (at
+    /// most 31536000, a year).
+    #[arg(long, value_name = "SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(..=31_536_000))]
     pub ak_lock_secs: u64,
     /// Accept requests without any token or signature.
     #[arg(long)]
@@ -270,11 +273,13 @@ pub struct EmulatorArgs {
     /// Project id served by the history endpoint.
     #[arg(long, value_name = "ID", default_value = DEFAULT_PROJECT_ID, value_parser = parse_id)]
     pub project_id: String,
-    /// Fixed delay before every answer, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 0)]
+    /// Fixed delay before every answer, in milliseconds (at most 3600000, an hour).
+    #[arg(long, value_name = "MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(..=3_600_000))]
     pub latency_ms: u64,
-    /// Extra random delay of up to this many milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 0)]
+    /// Extra random delay of up to this many milliseconds (at most 3600000).
+    #[arg(long, value_name = "MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(..=3_600_000))]
     pub jitter_ms: u64,
     /// Requests per second accepted over all deploy endpoints; excess gets 429 APIGW.0308.
     #[arg(long, value_name = "PER_SEC", value_parser = parse_positive)]
@@ -291,8 +296,9 @@ pub struct EmulatorArgs {
     /// Fraction of deploy requests held open for --hang-secs, then answered 504.
     #[arg(long, value_name = "FRACTION", default_value_t = 0.0, value_parser = parse_fraction)]
     pub hang_rate: f64,
-    /// How long a hung request is held, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    /// How long a hung request is held, in seconds (at most 86400).
+    #[arg(long, value_name = "SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(..=86_400))]
     pub hang_secs: u64,
     /// A task id answered 404 Deploy.00011020 (repeatable).
     #[arg(long = "unknown-task", value_name = "TASK_ID", value_parser = parse_id)]
@@ -303,8 +309,9 @@ pub struct EmulatorArgs {
     /// A task id whose start calls are refused with 400 Deploy.00011002 (repeatable).
     #[arg(long = "reject-task", value_name = "TASK_ID", value_parser = parse_id)]
     pub rejected_tasks: Vec<String>,
-    /// How long a deployment stays running, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 2_000)]
+    /// How long a deployment stays running, in milliseconds (at most 86400000, a day).
+    #[arg(long, value_name = "MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(..=86_400_000))]
     pub deploy_ms: u64,
     /// Seed of the fault RNG, for reproducible runs.
     #[arg(long, value_name = "N")]
@@ -461,6 +468,38 @@ mod tests {
     #[test]
     fn verify_cli() {
         Cli::command().debug_assert();
+    }
+
+    /// Issue 10: `--ak-lock-secs 18446744073709551615` made `Instant + lock` overflow (a
+    /// panic) at the sixth bad signature; every duration flag is bounded now.
+    #[test]
+    fn duration_flags_are_bounded() {
+        for (flag, bad) in [
+            ("--token-lifetime-secs", "0"),
+            ("--token-lifetime-secs", "31536001"),
+            ("--ak-lock-secs", "18446744073709551615"),
+            ("--latency-ms", "3600001"),
+            ("--jitter-ms", "3600001"),
+            ("--hang-secs", "86401"),
+            ("--deploy-ms", "86400001"),
+            ("--rate-limit", "inf"),
+            ("--error-rate", "1.5"),
+        ] {
+            assert!(
+                Cli::try_parse_from(["emulator", flag, bad]).is_err(),
+                "{flag} {bad}"
+            );
+        }
+        assert!(
+            Cli::try_parse_from([
+                "emulator",
+                "--ak-lock-secs",
+                "31536000",
+                "--hang-secs",
+                "86400"
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

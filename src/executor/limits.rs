@@ -15,18 +15,40 @@ use tokio::time::Instant;
 use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Smallest `rate` accepted: one call every 1,000 s. Below this the GCRA period (and the
+/// slow lane's interval, 20 times longer) would leave what `Duration` and `governor` can hold.
+pub const MIN_RATE: f64 = 0.001;
+/// Largest `rate` accepted, in calls per second.
+pub const MAX_RATE: f64 = 10_000.0;
+/// Largest `burst` accepted (governor's burst capacity is `period * burst` nanoseconds in a
+/// `u64`, which this keeps far from overflowing at the slowest rate).
+pub const MAX_BURST: u32 = 10_000;
+/// Largest `concurrency` accepted, global or per plan.
+pub const MAX_CONCURRENCY: usize = 10_000;
+
 /// Why limits were refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LimitsError {
-    /// Rate must be a positive, finite number of calls per second.
-    #[error("rate must be a positive number of calls per second (at most 10000), got {0}")]
+    /// Rate must be a finite number of calls per second in [`MIN_RATE`]..=[`MAX_RATE`].
+    #[error("must be a number of calls per second from {MIN_RATE} to {MAX_RATE}, got {0}")]
     Rate(f64),
-    /// Burst must be at least 1.
-    #[error("burst must be at least 1, got {0}")]
+    /// Burst must be in 1..=[`MAX_BURST`].
+    #[error("must be from 1 to {MAX_BURST}, got {0}")]
     Burst(u32),
-    /// Concurrency must be at least 1.
-    #[error("concurrency must be between 1 and 10000, got {0}")]
+    /// Concurrency must be in 1..=[`MAX_CONCURRENCY`].
+    #[error("must be from 1 to {MAX_CONCURRENCY}, got {0}")]
     Concurrency(usize),
+}
+
+impl LimitsError {
+    /// The setting refused: `rate`, `burst` or `concurrency`.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Self::Rate(_) => "rate",
+            Self::Burst(_) => "burst",
+            Self::Concurrency(_) => "concurrency",
+        }
+    }
 }
 
 /// Shared rate and concurrency limits.
@@ -98,11 +120,14 @@ impl Limits {
     /// `rate` calls per second (fractions allowed), `burst` calls at once after an idle
     /// period, `concurrency` calls in flight.
     pub fn new(rate: f64, burst: u32, concurrency: usize) -> Result<Self, LimitsError> {
-        if !(rate.is_finite() && rate > 0.0 && rate <= 10_000.0) {
+        // Written so that NaN fails too.
+        if !(MIN_RATE..=MAX_RATE).contains(&rate) {
             return Err(LimitsError::Rate(rate));
         }
-        let burst_nz = NonZeroU32::new(burst).ok_or(LimitsError::Burst(burst))?;
-        if !(1..=10_000).contains(&concurrency) {
+        let burst_nz = NonZeroU32::new(burst)
+            .filter(|b| b.get() <= MAX_BURST)
+            .ok_or(LimitsError::Burst(burst))?;
+        if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
             return Err(LimitsError::Concurrency(concurrency));
         }
         let period = Duration::from_secs_f64(1.0 / rate);
@@ -230,6 +255,50 @@ mod tests {
         assert!(Limits::new(5.0, 0, 1).is_err());
         assert!(Limits::new(5.0, 1, 0).is_err());
         assert!(Limits::new(0.5, 1, 1).is_ok());
+    }
+
+    /// Issue 10: `--rate 1e-20` panicked converting 1e20 s to a `Duration`.
+    #[test]
+    fn extreme_values_are_refused_not_panicked_on() {
+        for rate in [
+            1e-20,
+            0.000_999,
+            f64::MIN_POSITIVE,
+            10_000.1,
+            f64::INFINITY,
+            -0.0,
+        ] {
+            assert_eq!(
+                Limits::new(rate, 1, 1).map(|_| ()),
+                Err(LimitsError::Rate(rate)),
+                "{rate}"
+            );
+        }
+        assert_eq!(
+            Limits::new(1.0, 10_001, 1).map(|_| ()),
+            Err(LimitsError::Burst(10_001))
+        );
+        assert_eq!(
+            Limits::new(1.0, u32::MAX, 1).map(|_| ()),
+            Err(LimitsError::Burst(u32::MAX))
+        );
+        assert_eq!(
+            Limits::new(1.0, 1, usize::MAX).map(|_| ()),
+            Err(LimitsError::Concurrency(usize::MAX))
+        );
+        // The corners of the ranges work, the slow lane included.
+        for (rate, burst) in [(MIN_RATE, MAX_BURST), (MAX_RATE, MAX_BURST), (MIN_RATE, 1)] {
+            let limits = Limits::new(rate, burst, MAX_CONCURRENCY).expect("in range");
+            for _ in 0..10 {
+                limits.throttled(Some(Duration::MAX));
+            }
+            let mut lane = limits.slow.lock().expect("lock");
+            let now = Instant::now();
+            let first = lane.reserve(now, rate).expect("paused by the 429");
+            let second = lane.reserve(now, rate).expect("spaced at the slow pace");
+            assert!(second > first);
+        }
+        assert_eq!(LimitsError::Rate(0.0).setting(), "rate");
     }
 
     #[test]

@@ -8,9 +8,20 @@ use crate::plan::RetryOverrides;
 /// Largest `max_attempts` accepted: beyond this a retry loop is an outage amplifier.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 20;
 
+/// Longest `base`, `cap` or `deadline` accepted (the plan format's limit for durations too).
+pub const MAX_RETRY_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 /// Why a retry policy was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RetryPolicyError {
+    /// `base`, `cap` or `deadline` longer than [`MAX_RETRY_DURATION`].
+    #[error("{field} ({value:?}) must be at most 24h")]
+    TooLong {
+        /// `base`, `cap` or `deadline`.
+        field: &'static str,
+        /// The value given.
+        value: Duration,
+    },
     /// `max_attempts` out of range.
     #[error("max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {0}")]
     Attempts(u32),
@@ -57,6 +68,18 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicyError {
+    /// The setting at fault, as written under `retry:` (`retry.base`, ...).
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Self::TooLong { field: "base", .. } | Self::ZeroBase => "retry.base",
+            Self::TooLong { field: "cap", .. } | Self::CapBelowBase { .. } => "retry.cap",
+            Self::TooLong { .. } | Self::DeadlineTooShort { .. } => "retry.deadline",
+            Self::Attempts(_) => "retry.max_attempts",
+        }
+    }
+}
+
 impl RetryPolicy {
     /// Checks and builds a policy.
     pub fn try_new(
@@ -70,6 +93,11 @@ impl RetryPolicy {
         }
         if base < Duration::from_millis(1) {
             return Err(RetryPolicyError::ZeroBase);
+        }
+        for (field, value) in [("base", base), ("cap", cap), ("deadline", deadline)] {
+            if value > MAX_RETRY_DURATION {
+                return Err(RetryPolicyError::TooLong { field, value });
+            }
         }
         if cap < base {
             return Err(RetryPolicyError::CapBelowBase { base, cap });
@@ -171,6 +199,38 @@ mod tests {
             RetryPolicy::try_new(3, ms(10), ms(50), ms(5)),
             Err(RetryPolicyError::DeadlineTooShort { .. })
         ));
+    }
+
+    /// Issue 10: every duration has an upper bound, and each refusal names its setting.
+    #[test]
+    fn durations_are_bounded_and_refusals_name_the_setting() {
+        let day = MAX_RETRY_DURATION;
+        assert!(RetryPolicy::try_new(20, day, day, day).is_ok());
+        let long = day + ms(1);
+        for (policy, setting) in [
+            (RetryPolicy::try_new(3, long, long, long), "retry.base"),
+            (RetryPolicy::try_new(3, ms(1), long, long), "retry.cap"),
+            (
+                RetryPolicy::try_new(3, ms(1), ms(1), Duration::MAX),
+                "retry.deadline",
+            ),
+            (RetryPolicy::try_new(3, ms(0), ms(1), ms(1)), "retry.base"),
+            (RetryPolicy::try_new(3, ms(5), ms(1), ms(9)), "retry.cap"),
+            (
+                RetryPolicy::try_new(3, ms(5), ms(9), ms(1)),
+                "retry.deadline",
+            ),
+            (
+                RetryPolicy::try_new(0, ms(5), ms(9), ms(9)),
+                "retry.max_attempts",
+            ),
+        ] {
+            assert_eq!(policy.expect_err(setting).setting(), setting);
+        }
+        // The largest policy's math saturates instead of overflowing.
+        let p = RetryPolicy::try_new(20, day, day, day).expect("valid");
+        assert_eq!(p.delay(20, 1.0, Some(Duration::MAX)), day);
+        assert!(!p.allows_another(1, Duration::MAX, Duration::MAX));
     }
 
     #[test]

@@ -45,8 +45,32 @@ pub struct Loaded {
 /// Parses and validates the bytes of a plan file. Pure.
 ///
 /// `path` is what messages show; the default plan name is its file stem, `plan.file_name` its
-/// file name and `plan.sha256` the hex SHA-256 of `bytes`.
+/// file name and `plan.sha256` the hex SHA-256 of `bytes`. A file name that is not UTF-8 makes
+/// the plan invalid (its name could not be shown, nor its results folder named, faithfully),
+/// reported with the content's own problems.
 pub fn parse_plan(path: &Path, bytes: &[u8]) -> Result<Loaded, PlanIssues> {
+    let name_issue = path.file_name().filter(|n| n.to_str().is_none()).map(|_| {
+        PlanIssue::new(
+            path,
+            1,
+            1,
+            "",
+            "the file name is not valid UTF-8 (shown with \u{FFFD} for the bad bytes); \
+                 rename the file",
+        )
+    });
+    let Some(name_issue) = name_issue else {
+        return parse_plan_bytes(path, bytes);
+    };
+    let mut issues = vec![name_issue];
+    if let Err(PlanIssues(found)) = parse_plan_bytes(path, bytes) {
+        issues.extend(found);
+    }
+    Err(PlanIssues(issues))
+}
+
+/// [`parse_plan`] without the file name check.
+fn parse_plan_bytes(path: &Path, bytes: &[u8]) -> Result<Loaded, PlanIssues> {
     let whole_file = |line: usize, column: usize, message: String| {
         PlanIssues(vec![PlanIssue::new(path, line, column, "", message)])
     };
@@ -153,10 +177,10 @@ pub fn plan_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut names = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
-        if !is_plan_file_name(&name) {
+        // A name that is not UTF-8 is judged by its lossy form (`caf\u{FFFD}.yaml`) and listed,
+        // so that the loader reports it instead of it being ignored silently.
+        let name = entry.file_name();
+        if !is_plan_file_name(&name.to_string_lossy()) {
             continue;
         }
         let path = entry.path();

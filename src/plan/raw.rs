@@ -121,9 +121,9 @@ pub struct RawPlan {
     #[schemars(schema_with = "trigger_source_schema")]
     pub trigger_source: Option<Spanned<String>>,
 
-    /// This plan's start calls in flight at once, within the daemon's global limit.
+    /// This plan's start calls in flight at once, within the daemon's global limit: 1-10000.
     #[serde(default)]
-    #[schemars(with = "Option<u64>", range(min = 1))]
+    #[schemars(with = "Option<u64>", range(min = 1, max = 10000))]
     pub concurrency: Option<Spanned<u64>>,
 
     /// Parameters given to every task; a task's own param with the same key wins.

@@ -225,9 +225,17 @@ pub fn validate(raw: RawPlan, src: &PlanSource<'_>) -> Result<Validated, PlanIss
     });
 
     let concurrency = raw.concurrency.as_ref().and_then(|c| {
-        let n = usize::try_from(c.value).ok().and_then(NonZeroUsize::new);
+        let max = crate::executor::limits::MAX_CONCURRENCY;
+        let n = usize::try_from(c.value)
+            .ok()
+            .filter(|n| *n <= max)
+            .and_then(NonZeroUsize::new);
         if n.is_none() {
-            r.error(&c.referenced, "concurrency", "must be a positive integer");
+            r.error(
+                &c.referenced,
+                "concurrency",
+                format!("must be from 1 to {max}, got {}", c.value),
+            );
         }
         n
     });

@@ -7,5 +7,6 @@ mod daemon;
 mod delivery;
 mod exec;
 mod faults;
+mod hardening;
 mod helpers;
 mod ops;

@@ -411,3 +411,35 @@ fn two_plans_with_one_name_in_a_folder_are_both_errors() {
     let report = check_paths(&[dir.path().join("web.yml"), other.path().join("web.yaml")]);
     assert_eq!(report.plans.len(), 2, "{:#?}", report.issues);
 }
+
+/// Issue 10: a plan file whose name is not UTF-8 is listed and reported as invalid, with its
+/// name shown lossily, instead of being skipped silently.
+#[cfg(unix)]
+#[test]
+fn a_file_name_that_is_not_utf8_is_listed_and_reported() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join(OsStr::from_bytes(b"caf\xe9.yaml"));
+    let plan = format!("name: cafe\ntasks: [{ID_A}]\n");
+    fs::write(&bad, &plan).expect("write");
+    fs::write(dir.path().join(OsStr::from_bytes(b"caf\xe9.swp")), "x").expect("write");
+    fs::write(dir.path().join("ok.yaml"), format!("tasks: [{ID_A}]\n")).expect("write");
+    let found = plan_files_in(dir.path()).expect("list");
+    assert_eq!(found, [bad.clone(), dir.path().join("ok.yaml")]);
+
+    // Valid content with an explicit name: the file name alone makes it invalid.
+    let PlanIssues(issues) = load_plan_file(&bad).expect_err("invalid");
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+    let line = issues[0].to_string();
+    assert!(line.contains("caf\u{FFFD}.yaml:1:1: "), "{line}");
+    assert!(line.contains("not valid UTF-8"), "{line}");
+    // The content's own problems are reported with it.
+    let PlanIssues(issues) = parse_plan(&bad, b"tasks: [x]\n").expect_err("invalid");
+    assert!(issues.len() >= 2, "{issues:#?}");
+
+    let report = check_paths(&[dir.path().to_path_buf()]);
+    assert_eq!(report.plans.len(), 1);
+    assert_eq!(report.issues.len(), 1);
+    assert_eq!(report.issues[0].file, bad);
+}

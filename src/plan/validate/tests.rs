@@ -468,6 +468,16 @@ fn overlap_enabled_and_concurrency() {
     error_at(&format!("concurrency: 0\ntasks: [{ID_A}]"), "concurrency");
     let plan = ok(&format!("concurrency: 1\ntasks: [{ID_A}]")).plan;
     assert_eq!(plan.concurrency, NonZeroUsize::new(1));
+    // Issue 10: the same range as the daemon's `concurrency`.
+    let plan = ok(&format!("concurrency: 10000\ntasks: [{ID_A}]")).plan;
+    assert_eq!(plan.concurrency, NonZeroUsize::new(10_000));
+    for big in ["10001", "18446744073709551615"] {
+        let e = error_at(
+            &format!("concurrency: {big}\ntasks: [{ID_A}]"),
+            "concurrency",
+        );
+        assert!(e.message.contains("must be from 1 to 10000"), "{e:?}");
+    }
 }
 
 #[test]
