@@ -489,8 +489,16 @@ impl Controller {
                     self.armed.remove(&plan.name);
                 }
                 (Some(schedule), true) => {
-                    let last_fired = self.armed.get(&plan.name).and_then(|a| a.last_fired);
-                    let from = last_fired.map_or(Utc::now(), |l| l.max(Utc::now()));
+                    let previous = self.armed.get(&plan.name);
+                    let last_fired = previous.and_then(|a| a.last_fired);
+                    let now = Utc::now();
+                    // A fire already due and not yet taken (the edit came just before it, and
+                    // the rescan ran first) stays due: an edit never loses a fire silently.
+                    let from = match previous.and_then(|a| a.next) {
+                        Some(due) if due <= now => due - chrono::TimeDelta::milliseconds(1),
+                        _ => now,
+                    };
+                    let from = last_fired.map_or(from, |l| l.max(from));
                     let next = schedule.next_after(from);
                     info!(
                         plan = %plan.name,

@@ -331,3 +331,63 @@ async fn a_plan_still_open_for_writing_is_not_read_by_a_reload_rescan() {
         "task 1 started once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schedule_edited_just_before_its_fire_loses_no_fire() {
+    use chrono::{DurationRound, TimeDelta, Utc};
+    let emulator = start_emulator(emulator_config()).await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = root.path().join("plans");
+    std::fs::create_dir_all(&plans).expect("mkdir");
+    let version = |n: i64| {
+        format!("# version {n}\nschedule: \"*/2 * * * * *\"\noverlap: allow\ntasks:\n  - {T1}\n")
+    };
+    write(&plans.join("tick.yaml"), &version(0));
+    let mut child = daemon_command(root.path(), &emulator, "100", "4")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let log = capture_stderr(&mut child);
+    wait_for(20, "ready", || logged(&log, "daemon ready")).await;
+    // Every other second, a new version is renamed in about 100 ms (the rescan's debounce)
+    // before the fire, a little earlier or later each time: the rescan then comes just before,
+    // at or just after the fire time.
+    let mut fires = Vec::new();
+    for (n, early_ms) in (1..).zip([104i64, 102, 101, 100, 99, 98, 97, 96, 95, 100]) {
+        let now = Utc::now();
+        let second = now.duration_trunc(TimeDelta::seconds(1)).expect("trunc");
+        let mut fire = second + TimeDelta::seconds(1);
+        while fire.timestamp() % 2 != 0 || fire - now < TimeDelta::milliseconds(400) {
+            fire += TimeDelta::seconds(1);
+        }
+        let edit_at = fire - TimeDelta::milliseconds(early_ms);
+        tokio::time::sleep((edit_at - Utc::now()).to_std().unwrap_or_default()).await;
+        let tmp = plans.join(".tick.tmp");
+        write(&tmp, &version(n));
+        std::fs::rename(&tmp, plans.join("tick.yaml")).expect("mv");
+        fires.push(fire);
+    }
+    let last = *fires.last().expect("fires");
+    let results_dir = root.path().join("results");
+    let scheduled = || -> Vec<String> {
+        results(&results_dir, "tick")
+            .iter()
+            .filter_map(|r| r["scheduled_for"].as_str().map(str::to_string))
+            .collect()
+    };
+    let want: Vec<String> = fires.iter().map(deployd::results::ts).collect();
+    let accounted = |t: &String| scheduled().contains(t) || logged(&log, &format!("fire at {t}"));
+    wait_for(20, "every edited-around fire run or logged", || {
+        Utc::now() > last + TimeDelta::seconds(1) && want.iter().all(accounted)
+    })
+    .await;
+    kill(&child, "-TERM");
+    let _ = child.wait();
+    let ran = scheduled();
+    let missing: Vec<&String> = want.iter().filter(|t| !ran.contains(t)).collect();
+    assert!(
+        missing.is_empty(),
+        "fires not run: {missing:?} (ran {ran:?})"
+    );
+}
