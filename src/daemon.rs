@@ -272,6 +272,10 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = control.shutdown.cancelled() => break,
+            // Finished runs are reaped before anything else can starve them (a flood of SIGHUPs or folder events).
+            Some(done) = c.runs.join_next_with_id(), if !c.runs.is_empty() => {
+                c.run_ended(done);
+            }
             hint = recv_hint(&mut hints) => match hint {
                 Some(Hint::Path(path, kind)) => {
                     if concerns_plans(&plans_dir, &path) {
@@ -293,6 +297,8 @@ pub async fn run(
                 }
             },
             Some(()) = control.reload.recv() => {
+                // Requests that piled up meanwhile are served by this one reload.
+                while control.reload.try_recv().is_ok() {}
                 info!("SIGHUP: reloading the configuration and rescanning plans");
                 if let Some(reload) = reloader.as_mut() {
                     match reload() {
@@ -304,9 +310,6 @@ pub async fn run(
                 scan_at = Some(Instant::now());
                 full_scan = true;
             },
-            Some(done) = c.runs.join_next_with_id(), if !c.runs.is_empty() => {
-                c.run_ended(done);
-            }
             _ = tokio::time::sleep_until(wake) => {}
         }
 

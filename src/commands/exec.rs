@@ -102,13 +102,14 @@ pub async fn exec(args: ExecArgs) -> Exit {
 /// SIGINT/SIGTERM: stop starting calls; after the grace period (or a second signal), abandon
 /// calls in flight.
 async fn watch_signals(stop: StopTokens, grace: std::time::Duration) {
-    let first = crate::signals::terminate().await;
+    let mut signals = crate::signals::Signals::new();
+    let first = signals.terminate().await;
     eprintln!(
         "deployd: {first}: no new calls start; calls in flight may finish for {grace:?} (again to abandon them)"
     );
     stop.stop.cancel();
     tokio::select! {
-        _ = crate::signals::terminate() => {}
+        _ = signals.terminate() => {}
         _ = tokio::time::sleep(grace) => {}
     }
     stop.abort.cancel();

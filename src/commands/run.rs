@@ -20,6 +20,8 @@ pub async fn run(args: RunArgs) -> Exit {
         common,
         metrics_listen,
     } = args;
+    // Registered first: a signal that comes during start-up is kept for the loop below.
+    let signal_handlers = crate::signals::Signals::new();
     let mut settings = match load_settings(&common) {
         Ok(s) => s,
         Err(e) => {
@@ -61,8 +63,12 @@ pub async fn run(args: RunArgs) -> Exit {
             }
         }
     }
-    let (reload_tx, reload_rx) = mpsc::channel(4);
-    let signals = tokio::spawn(forward_signals(shutdown.clone(), reload_tx));
+    let (reload_tx, reload_rx) = mpsc::channel(1);
+    let signals = tokio::spawn(forward_signals(
+        signal_handlers,
+        shutdown.clone(),
+        reload_tx,
+    ));
 
     // SIGHUP rebuilds settings and the executor from the same config file and flags. With
     // --emulator the embedded emulator stays the target.
@@ -119,17 +125,22 @@ pub async fn run(args: RunArgs) -> Exit {
     }
 }
 
-/// SIGTERM/SIGINT cancel `shutdown`; SIGHUP sends a reload request.
-async fn forward_signals(shutdown: CancellationToken, reload: mpsc::Sender<()>) {
+/// SIGTERM/SIGINT cancel `shutdown` (and win over a SIGHUP that came with them); SIGHUP
+/// sends a reload request (one pending request stands for any number of SIGHUPs).
+async fn forward_signals(
+    mut signals: crate::signals::Signals,
+    shutdown: CancellationToken,
+    reload: mpsc::Sender<()>,
+) {
     loop {
-        tokio::select! {
-            name = crate::signals::terminate() => {
+        match signals.next().await {
+            crate::signals::Arrived::Terminate(name) => {
                 info!("{name} received: shutting down");
                 notify(&[sd_notify::NotifyState::Stopping]);
                 shutdown.cancel();
                 return;
             }
-            _ = crate::signals::reload() => {
+            crate::signals::Arrived::Reload => {
                 let _ = reload.try_send(());
             }
         }

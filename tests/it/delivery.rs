@@ -3,45 +3,12 @@
 //! open-files limit, a plan still being written when a full rescan comes.
 
 use std::io::Write;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use deployd::emulator::{EmulatorConfig, ScriptedFault};
 
 use crate::helpers::*;
-
-fn kill(child: &Child, signal: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok, "kill {signal}");
-}
-
-/// Reads a child's stderr into a shared string, in the background.
-fn capture_stderr(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
-    use std::io::Read;
-    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let mut stderr = child.stderr.take().expect("stderr piped");
-    let sink = text.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stderr.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            if let Ok(mut t) = sink.lock() {
-                t.push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        }
-    });
-    text
-}
-
-fn logged(text: &std::sync::Arc<std::sync::Mutex<String>>, what: &str) -> bool {
-    text.lock().map(|t| t.contains(what)).unwrap_or(false)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_plans_starting_one_task_never_take_each_others_record() {

@@ -158,3 +158,38 @@ pub fn exec_command(dir: &Path, plan: &str, emulator: &Emulator, project: bool) 
     }
     cmd
 }
+
+/// Sends `signal` (`-TERM`, `-HUP`) to a child.
+pub fn kill(child: &std::process::Child, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {signal}");
+}
+
+/// Reads a child's stderr into a shared string, in the background.
+pub fn capture_stderr(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::Read;
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut t) = sink.lock() {
+                t.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    });
+    text
+}
+
+/// Whether the captured text holds `what`.
+pub fn logged(text: &std::sync::Arc<std::sync::Mutex<String>>, what: &str) -> bool {
+    text.lock().map(|t| t.contains(what)).unwrap_or(false)
+}

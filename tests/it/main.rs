@@ -10,3 +10,4 @@ mod faults;
 mod hardening;
 mod helpers;
 mod ops;
+mod signals;
