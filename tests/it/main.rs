@@ -11,3 +11,4 @@ mod hardening;
 mod helpers;
 mod ops;
 mod signals;
+mod zones;
