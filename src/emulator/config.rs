@@ -324,7 +324,8 @@ pub struct EmulatorArgs {
         long,
         value_name = "SECS",
         default_value_t = 0,
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i64).range(-31_536_000..=31_536_000)
     )]
     pub clock_offset_secs: i64,
 }
