@@ -286,13 +286,16 @@ fn fold_dots(path: &Path) -> PathBuf {
 }
 
 fn refused_message(path: &Path, resolved: Option<&Path>, root: &str) -> String {
-    let via = match resolved {
-        Some(r) if r != path => format!(" (it resolves to {})", r.display()),
-        _ => String::new(),
+    let what = match resolved {
+        Some(r) if r != path => format!(
+            "{} resolves to {}, under {root}",
+            path.display(),
+            r.display()
+        ),
+        _ => format!("{} is under {root}", path.display()),
     };
     format!(
-        "{} is under {root}{via}: value_from.file reads regular files only, never under /proc, /sys or /dev (they expose the daemon's own environment and devices)",
-        path.display()
+        "{what}: value_from.file reads regular files only, never under /proc, /sys or /dev (they expose the daemon's own environment and devices)"
     )
 }
 

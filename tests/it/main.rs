@@ -7,3 +7,4 @@ mod exec;
 mod faults;
 mod helpers;
 mod ops;
+mod values;
