@@ -77,6 +77,8 @@ async fn exec_once(
     let text = plan(tasks, params, value_len);
     std::fs::write(&plan_path, &text)?;
     let time_out = root.path().join("time.txt");
+    // To a file: a pipe nobody reads while the run goes would fill and stall the child.
+    let stderr_path = root.path().join("stderr.txt");
     let mut cmd = Command::new("/usr/bin/time");
     cmd.arg("-f")
         .arg("%M")
@@ -99,7 +101,7 @@ async fn exec_once(
         .env_remove("JOURNAL_STREAM")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(std::fs::File::create(&stderr_path)?);
     let calls_before = emulator.log().len();
     let runs = root.path().join("state/runs");
     let t = Instant::now();
@@ -113,11 +115,7 @@ async fn exec_once(
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     let elapsed = t.elapsed().as_secs_f64();
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        e.read_to_string(&mut stderr)?;
-    }
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     let calls = emulator.log().len() - calls_before;
     let rss_kib: Option<u64> = std::fs::read_to_string(&time_out)?
         .lines()
