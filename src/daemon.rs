@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 use crate::executor::{Executor, NoObserver, RunRequest, StopTokens};
 use crate::plan::catalog::{Catalog, Diff};
 use crate::plan::{Overlap, Plan};
-use crate::results::{RunId, RunStatus, Trigger, write_atomic};
+use crate::results::{RunId, Trigger, write_atomic};
 use crate::scan::{FolderScanner, concerns_plans};
 use crate::settings::Settings;
 use crate::state::StateStore;
@@ -44,6 +44,14 @@ const MISSED_FIRE: Duration = Duration::from_secs(60);
 const BEGIN_ATTEMPTS: u32 = 5;
 /// The first pause before trying to begin a run again (doubling: 1, 2, 4, 8 s).
 const BEGIN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How a run's task ended.
+enum RunEnd {
+    /// It ran (and wrote its result, or logged why it could not).
+    Ran,
+    /// It could not begin (values, journal or run-once memory), and called nothing: why.
+    NotBegun(Pending, String),
+}
 
 /// A run that is due but not started yet: waiting for a run slot, or to be tried again.
 struct Pending {
@@ -147,7 +155,7 @@ struct Controller {
     scanner: FolderScanner,
     armed: BTreeMap<String, Armed>,
     slots: HashMap<String, RunSlots>,
-    runs: JoinSet<(String, RunStatus)>,
+    runs: JoinSet<RunEnd>,
     /// Plan name of each run task, so that even a run that panicked frees its plan's slot.
     run_names: HashMap<tokio::task::Id, String>,
     stop: StopTokens,
@@ -659,67 +667,47 @@ impl Controller {
         }
     }
 
-    /// Opens the run's journal, then (run-once plans) records the content as run, then
-    /// spawns the run: a run that could not begin is not remembered as run, and is tried again.
+    /// Spawns the run. In its task, the run reads its values, opens its journal, then (run-once
+    /// plans) records the content as run, and only then calls: a run that could not begin is
+    /// not remembered as run, and comes back to the controller to be tried again.
     fn launch(&mut self, pending: Pending) {
-        let Pending {
-            plan,
-            trigger,
-            scheduled_for,
-            attempt,
-        } = pending;
         let started_at = Utc::now();
         let req = RunRequest {
-            plan: plan.clone(),
+            plan: pending.plan.clone(),
             plan_dir: self.settings.plans_dir.clone(),
-            trigger,
-            scheduled_for,
+            trigger: pending.trigger,
+            scheduled_for: pending.scheduled_for,
             run_id: RunId::new(started_at),
             started_at,
         };
-        let journal = match self.executor.open_journal(&req) {
-            Ok(j) => j,
-            Err(e) => {
-                return self.begin_failed(
-                    Pending {
-                        plan,
-                        trigger,
-                        scheduled_for,
-                        attempt,
-                    },
-                    format!("the run journal cannot be created ({e})"),
-                );
-            }
-        };
-        if trigger == Trigger::Arrival
-            && let Err(e) = self
-                .store
-                .record_once(&plan.name, &plan.sha256, &req.run_id)
-        {
-            if let Some(j) = journal
-                && let Err(e) = j.finish()
-            {
-                warn!("{e}");
-            }
-            return self.begin_failed(
-                Pending {
-                    plan,
-                    trigger,
-                    scheduled_for,
-                    attempt,
-                },
-                format!("the run cannot be recorded in the state folder ({e})"),
-            );
-        }
         let results_dir = self.settings.results_dir.clone();
         let keep = self.settings.keep_results;
         let executor = self.executor.clone();
+        let store = self.store.clone();
         let stop = self.stop.clone();
-        let name = plan.name.clone();
-        let run_name = name.clone();
+        let name = pending.plan.name.clone();
         let handle = self.runs.spawn(async move {
+            let values = executor.snapshot(&req).await;
+            let journal = match executor.open_journal(&req, &values) {
+                Ok(j) => j,
+                Err(e) => {
+                    let cause = format!("the run journal cannot be created ({e})");
+                    return RunEnd::NotBegun(pending, cause);
+                }
+            };
+            if req.trigger == Trigger::Arrival
+                && let Err(e) = store.record_once(&req.plan.name, &req.plan.sha256, &req.run_id)
+            {
+                if let Some(j) = journal
+                    && let Err(e) = j.finish()
+                {
+                    warn!("{e}");
+                }
+                let cause = format!("the run cannot be recorded in the state folder ({e})");
+                return RunEnd::NotBegun(pending, cause);
+            }
             let finished = executor
-                .run_with_journal(req, Ok(journal), stop, Arc::new(NoObserver))
+                .run_with_journal(req, values, Ok(journal), stop, Arc::new(NoObserver))
                 .await;
             let report = finished.report.clone();
             let status = format!("{:?}", report.status).to_lowercase();
@@ -731,9 +719,9 @@ impl Controller {
                 }
                 Err(e) => error!(plan = %report.plan, run_id = %report.run_id, "{e}"),
             }
-            (name, report.status)
+            RunEnd::Ran
         });
-        self.run_names.insert(handle.id(), run_name);
+        self.run_names.insert(handle.id(), name);
     }
 
     /// A run could not begin (its journal or the run-once memory could not be written, or
@@ -807,10 +795,7 @@ impl Controller {
         }
     }
 
-    fn run_ended(
-        &mut self,
-        done: Result<(tokio::task::Id, (String, RunStatus)), tokio::task::JoinError>,
-    ) {
+    fn run_ended(&mut self, done: Result<(tokio::task::Id, RunEnd), tokio::task::JoinError>) {
         let id = match &done {
             Ok((id, _)) => *id,
             Err(e) => e.id(),
@@ -818,10 +803,21 @@ impl Controller {
         let Some(name) = self.run_names.remove(&id) else {
             return;
         };
-        if let Err(e) = done {
-            error!(plan = %name, "a run ended abnormally: {e}");
+        match done {
+            Ok((_, RunEnd::NotBegun(pending, cause))) if !self.stop.stop.is_cancelled() => {
+                // Keeps its plan slot while it waits to be tried again.
+                self.begin_failed(pending, cause);
+            }
+            Ok((_, RunEnd::NotBegun(pending, cause))) => {
+                warn!(plan = %pending.plan.name, "not started: shutting down, and the run could not begin ({cause})");
+                self.slot_freed(&name);
+            }
+            Ok((_, RunEnd::Ran)) => self.slot_freed(&name),
+            Err(e) => {
+                error!(plan = %name, "a run ended abnormally: {e}");
+                self.slot_freed(&name);
+            }
         }
-        self.slot_freed(&name);
         self.admit_waiting();
     }
 

@@ -4,6 +4,11 @@
 //! `STATE/runs/`, locked (`flock`) while its run is alive, removed once the result file is
 //! written. Writes from concurrent tasks are batched: one `fdatasync` covers every line queued
 //! meanwhile (group commit), and each writer waits for the sync that covers its line.
+//!
+//! A value is written once where once will do: the header stores each distinct param once
+//! (`params`) and each task's list as indices into it (`task_params`), and the task lines of
+//! later entries leave `params` out (empty); [`unfinished`] puts them back from the header.
+//! Journals written before (every skeleton and entry with its params) are read as they are.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -15,7 +20,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::results::{RunId, TaskReport, Trigger};
+use crate::results::{ReportParam, RunId, TaskReport, Trigger};
 
 /// What is known about a run when it starts: enough to write its result without the plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,8 +39,70 @@ pub struct RunHeader {
     pub scheduled_for: Option<DateTime<Utc>>,
     /// Start.
     pub started_at: DateTime<Utc>,
-    /// One skeleton per task, in plan order (ids and params, secrets masked).
+    /// One skeleton per task, in plan order (ids and params, secrets masked). Once
+    /// [`RunHeader::share_params`] has run, their params are empty and live in `params`.
     pub tasks: Vec<TaskReport>,
+    /// Every distinct param of the run, once (absent in journals of older versions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<ReportParam>,
+    /// Per task (plan order), its params as indices into `params`; empty when the skeletons
+    /// hold their params themselves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_params: Vec<Vec<u32>>,
+}
+
+impl RunHeader {
+    /// Moves the skeletons' params into the shared table: each distinct param is stored
+    /// once, each task keeps indices. A plan's params repeated for every task then cost the
+    /// journal one copy, not one per task.
+    pub fn share_params(&mut self) {
+        let mut index: std::collections::HashMap<ReportParam, u32> =
+            std::collections::HashMap::new();
+        let mut refs = Vec::with_capacity(self.tasks.len());
+        for task in &mut self.tasks {
+            let list = std::mem::take(&mut task.params)
+                .into_iter()
+                .map(|p| {
+                    let next = u32::try_from(index.len()).unwrap_or(u32::MAX);
+                    *index.entry(p).or_insert(next)
+                })
+                .collect();
+            refs.push(list);
+        }
+        let mut table: Vec<(ReportParam, u32)> = index.into_iter().collect();
+        table.sort_unstable_by_key(|(_, i)| *i);
+        self.params = table.into_iter().map(|(p, _)| p).collect();
+        self.task_params = refs;
+    }
+
+    /// Puts each skeleton's params back from the shared table (a header of an older version,
+    /// without one, is left as it is).
+    pub fn expand_params(&mut self) -> Result<(), String> {
+        if self.task_params.is_empty() {
+            return Ok(());
+        }
+        if self.task_params.len() != self.tasks.len() {
+            return Err(format!(
+                "the header lists params for {} tasks, but {} tasks",
+                self.task_params.len(),
+                self.tasks.len()
+            ));
+        }
+        for (task, refs) in self.tasks.iter_mut().zip(&self.task_params) {
+            task.params = refs
+                .iter()
+                .map(|&i| {
+                    self.params
+                        .get(i as usize)
+                        .cloned()
+                        .ok_or_else(|| format!("the header refers to a param #{i} it lacks"))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        self.params = Vec::new();
+        self.task_params = Vec::new();
+        Ok(())
+    }
 }
 
 /// How one start call ended, as far as the journal needs to know.
@@ -76,16 +143,109 @@ pub enum Entry {
         /// What the answer means.
         class: CallClass,
         /// The task's line as it stands after this answer (status, record id, HTTP status,
-        /// error), so that recovery can report a started task as started.
-        #[serde(default)]
+        /// error), so that recovery can report a started task as started. Written without
+        /// its params (they are in the header).
+        #[serde(default, serialize_with = "lean_opt")]
         report: Option<Box<TaskReport>>,
         /// When the answer came (our clock): with the intent's `sent_at`, it bounds when the
         /// service created a record, which teaches the zone of its record times.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         answered_at: Option<DateTime<Utc>>,
     },
-    /// A task reached its final state in this run.
-    Task(Box<TaskReport>),
+    /// A task reached its final state in this run (written without its params).
+    Task(#[serde(serialize_with = "lean_box")] Box<TaskReport>),
+}
+
+/// A task's line without its params (the header has them): `params` is written empty.
+fn lean<S: serde::Serializer>(report: &TaskReport, s: S) -> Result<S::Ok, S::Error> {
+    // Destructured in full so that a field added to `TaskReport` must be added here too.
+    let TaskReport {
+        task_id,
+        status,
+        record_id,
+        job_name,
+        attempts,
+        http_status,
+        request_id,
+        error_code,
+        error_msg,
+        params: _,
+        app_component_list,
+        reconciled,
+        records,
+        unknown_outcomes,
+        follow,
+    } = report;
+    #[derive(Serialize)]
+    struct Lean<'a> {
+        task_id: &'a str,
+        status: &'a crate::results::TaskStatus,
+        record_id: &'a Option<String>,
+        job_name: &'a Option<String>,
+        attempts: &'a u32,
+        http_status: &'a Option<u16>,
+        request_id: &'a Option<String>,
+        error_code: &'a Option<String>,
+        error_msg: &'a Option<String>,
+        params: [(); 0],
+        app_component_list: &'a [serde_json::Value],
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        reconciled: bool,
+        #[serde(skip_serializing_if = "no_records")]
+        records: &'a [crate::results::RecordRef],
+        #[serde(skip_serializing_if = "is_zero")]
+        unknown_outcomes: u32,
+        #[serde(flatten)]
+        follow: &'a Option<crate::results::FollowOutcome>,
+    }
+    Lean {
+        task_id,
+        status,
+        record_id,
+        job_name,
+        attempts,
+        http_status,
+        request_id,
+        error_code,
+        error_msg,
+        params: [],
+        app_component_list,
+        reconciled: *reconciled,
+        records,
+        unknown_outcomes: *unknown_outcomes,
+        follow,
+    }
+    .serialize(s)
+}
+
+fn no_records(r: &&[crate::results::RecordRef]) -> bool {
+    r.is_empty()
+}
+
+#[allow(clippy::borrowed_box)] // the field's type, as serde hands it over
+fn lean_box<S: serde::Serializer>(report: &Box<TaskReport>, s: S) -> Result<S::Ok, S::Error> {
+    lean(report, s)
+}
+
+fn lean_opt<S: serde::Serializer>(
+    report: &Option<Box<TaskReport>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match report {
+        Some(r) => s.serialize_some(&LeanRef(r)),
+        None => s.serialize_none(),
+    }
+}
+
+struct LeanRef<'a>(&'a TaskReport);
+impl Serialize for LeanRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        lean(self.0, s)
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Why the journal could not be written.
@@ -367,7 +527,27 @@ fn read_one(path: &Path) -> Result<Option<Unfinished>, String> {
             }
         }
     }
-    let header = header.ok_or("no readable header line")?;
+    let mut header = header.ok_or("no readable header line")?;
+    header.expand_params()?;
+    // Task lines written without their params get them back from the header.
+    let skeletons: std::collections::HashMap<&str, &TaskReport> = header
+        .tasks
+        .iter()
+        .map(|t| (t.task_id.as_str(), t))
+        .collect();
+    for (id, trail) in &mut trails {
+        for report in [trail.done.as_mut(), trail.last_answer.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if report.params.is_empty()
+                && let Some(skeleton) = skeletons.get(id.as_str())
+            {
+                report.params = skeleton.params.clone();
+            }
+        }
+    }
+    drop(skeletons);
     Ok(Some(Unfinished {
         path: path.to_path_buf(),
         header,
@@ -393,7 +573,92 @@ mod tests {
                 TaskReport::new("a", TaskStatus::Skipped, vec![]),
                 TaskReport::new("b", TaskStatus::Skipped, vec![]),
             ],
+            params: Vec::new(),
+            task_params: Vec::new(),
         }
+    }
+
+    fn param(key: &str, value: &str) -> ReportParam {
+        ReportParam {
+            key: key.into(),
+            ty: crate::api::rules::ParamType::Text,
+            value: Some(value.into()),
+        }
+    }
+
+    /// 100 tasks sharing 5 big plan params, each with one own param.
+    fn shared_header(run: &str) -> RunHeader {
+        let big = "x".repeat(8000);
+        let mut h = header(run);
+        h.tasks = (0..100)
+            .map(|i| {
+                let mut params: Vec<ReportParam> =
+                    (0..5).map(|k| param(&format!("p{k}"), &big)).collect();
+                params.push(param("version", &format!("1.0.{i}")));
+                TaskReport::new(format!("t{i}"), TaskStatus::Skipped, params)
+            })
+            .collect();
+        h
+    }
+
+    #[tokio::test]
+    async fn params_are_written_once_and_read_back_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let full = shared_header("r4");
+        let mut compact = full.clone();
+        compact.share_params();
+        assert_eq!(compact.params.len(), 5 + 100, "each distinct param once");
+        assert!(compact.tasks.iter().all(|t| t.params.is_empty()));
+        let j = RunJournal::create(dir.path(), &compact).expect("create");
+        let mut done = full.tasks[3].clone();
+        done.status = TaskStatus::Started;
+        done.record_id = Some("rec".into());
+        j.append(&Entry::Intent {
+            task_id: "t3".into(),
+            attempt: 1,
+            sent_at: Utc::now(),
+        })
+        .await
+        .expect("intent");
+        j.append(&Entry::Outcome {
+            task_id: "t3".into(),
+            attempt: 1,
+            class: CallClass::Started,
+            report: Some(Box::new(done.clone())),
+            answered_at: None,
+        })
+        .await
+        .expect("outcome");
+        j.append(&Entry::Task(Box::new(done.clone())))
+            .await
+            .expect("task");
+        let size = std::fs::metadata(j.path()).expect("size").len();
+        // 5 x 8 KB once, not 100 x 5 x 8 KB in the header and again in each task line.
+        assert!(size < 100_000, "journal of {size} bytes");
+        drop(j);
+        let (found, problems) = unfinished(dir.path());
+        assert!(problems.is_empty(), "{problems:?}");
+        let u = &found[0];
+        assert_eq!(u.header.tasks, full.tasks, "skeletons whole again");
+        assert_eq!(u.trails["t3"].done.as_ref(), Some(&done));
+        assert_eq!(u.trails["t3"].last_answer.as_ref(), Some(&done));
+    }
+
+    #[test]
+    fn a_journal_of_the_older_format_is_still_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(runs_dir(dir.path())).expect("mkdir");
+        // Written by the version before shared params: params in every skeleton and line.
+        let old = r#"{"type":"run","run_id":"r5","plan":"web","plan_file":"web.yaml","plan_sha256":"ab","trigger":"arrival","scheduled_for":null,"started_at":"2026-01-01T00:00:00Z","tasks":[{"task_id":"a","status":"skipped","record_id":null,"job_name":null,"attempts":0,"http_status":null,"request_id":null,"error_code":null,"error_msg":null,"params":[{"key":"v","type":"text","value":"1"}],"app_component_list":[]}]}
+{"type":"task","task_id":"a","status":"started","record_id":"rec","job_name":null,"attempts":1,"http_status":200,"request_id":null,"error_code":null,"error_msg":null,"params":[{"key":"v","type":"text","value":"1"}],"app_component_list":[]}
+"#;
+        std::fs::write(runs_dir(dir.path()).join("r5.jsonl"), old).expect("write");
+        let (found, problems) = unfinished(dir.path());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(found[0].header.tasks[0].params, vec![param("v", "1")]);
+        let done = found[0].trails["a"].done.as_ref().expect("done");
+        assert_eq!(done.record_id.as_deref(), Some("rec"));
+        assert_eq!(done.params, vec![param("v", "1")]);
     }
 
     #[tokio::test]

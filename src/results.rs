@@ -126,7 +126,7 @@ pub struct Summary {
 }
 
 /// A param as recorded: `encrypt` values are `"***"`; a value that could not be resolved is null.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ReportParam {
     /// Key.
     pub key: String,

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::plan::catalog::{Seen, Valid};
-use crate::plan::load::{is_plan_file_name, parse_plan, plan_files_in, read_limited};
+use crate::plan::load::{is_plan_file_name, parse_plan_file, plan_files_in, read_limited};
 use crate::plan::{PlanIssue, PlanIssues};
 use crate::watcher::HintKind;
 
@@ -193,7 +193,7 @@ impl FolderScanner {
             cached.identity = identity;
             return cached.outcome.clone();
         }
-        let outcome = parse_plan(path, &bytes).map(Valid::from);
+        let outcome = parse_plan_file(path, &bytes).map(Valid::from);
         self.cache.insert(
             path.to_path_buf(),
             Cached {

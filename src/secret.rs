@@ -2,15 +2,19 @@
 //! `encrypt` params travel in this type so that a stray `{:?}` or `{}` cannot leak them.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A secret string. `Debug` and `Display` print `***`; only [`Secret::expose`] gives the value.
+///
+/// Shared, not copied, when cloned: a plan-level param merged into 1,000 tasks, or a value
+/// read once for a whole run, is one allocation.
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct Secret(String);
+pub struct Secret(Arc<str>);
 
 impl Secret {
     /// Wraps a value.
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self(Arc::from(value.into()))
     }
 
     /// The value itself, for the one place that must send it.

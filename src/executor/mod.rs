@@ -11,6 +11,7 @@ pub mod limits;
 pub mod reconcile;
 pub mod retry;
 pub mod task_locks;
+pub mod values;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::api::client::DeployClient;
-use crate::api::rules::{self, ParamType};
+use crate::api::rules::ParamType;
 use crate::api::types::{CallInfo, StartOutcome};
 use crate::api::wire::{StartBody, WireParam};
 use crate::journal::{CallClass, Entry, RunHeader, RunJournal};
@@ -187,16 +188,32 @@ impl Executor {
         stop: StopTokens,
         observer: Arc<dyn RunObserver>,
     ) -> FinishedRun {
-        let journal = self.open_journal(&req);
-        self.run_with_journal(req, journal, stop, observer).await
+        let values = self.snapshot(&req).await;
+        let journal = self.open_journal(&req, &values);
+        self.run_with_journal(req, values, journal, stop, observer).await
     }
 
-    /// [`Executor::run`] with the run's journal already opened by the caller (the daemon
-    /// opens it before it records a run-once plan as run: a run that could not begin is not
-    /// a run that ran). With a journal error, every task fails `journal_failed`, uncalled.
+    /// Reads every `value_from` of the run's plan once (every task of the run gets the same
+    /// value).
+    pub async fn snapshot(&self, req: &RunRequest) -> Arc<values::Snapshot> {
+        Arc::new(
+            values::Snapshot::take(
+                &req.plan,
+                &req.plan_dir,
+                &self.settings.forbidden_files,
+                values::VALUE_FILE_TIMEOUT,
+            )
+            .await,
+        )
+    }
+
+    /// [`Executor::run`] with the run's values read and its journal opened by the caller (the
+    /// daemon opens it before it records a run-once plan as run: a run that could not begin is
+    /// not a run that ran). With a journal error, every task fails `journal_failed`, uncalled.
     pub async fn run_with_journal(
         &self,
         req: RunRequest,
+        values: Arc<values::Snapshot>,
         journal: Result<Option<RunJournal>, crate::journal::JournalError>,
         stop: StopTokens,
         observer: Arc<dyn RunObserver>,
@@ -249,7 +266,7 @@ impl Executor {
                 let ctx = TaskCtx {
                     exec: self.clone(),
                     plan: plan.clone(),
-                    plan_dir: req.plan_dir.clone(),
+                    values: values.clone(),
                     policy,
                     slots: plan_slots.clone(),
                     stop: stop.clone(),
@@ -310,11 +327,12 @@ impl Executor {
     pub fn open_journal(
         &self,
         req: &RunRequest,
+        values: &values::Snapshot,
     ) -> Result<Option<RunJournal>, crate::journal::JournalError> {
         let Some(state_dir) = &self.settings.state_dir else {
             return Ok(None);
         };
-        let header = RunHeader {
+        let mut header = RunHeader {
             run_id: req.run_id.clone(),
             plan: req.plan.name.clone(),
             plan_file: req.plan.file_name.clone(),
@@ -326,9 +344,12 @@ impl Executor {
                 .plan
                 .tasks
                 .iter()
-                .map(|t| TaskReport::new(&t.task_id, TaskStatus::Skipped, unresolved_params(t)))
+                .map(|t| TaskReport::new(&t.task_id, TaskStatus::Skipped, values.report_params(t)))
                 .collect(),
+            params: Vec::new(),
+            task_params: Vec::new(),
         };
+        header.share_params();
         RunJournal::create(state_dir, &header).map(Some)
     }
 }
@@ -414,18 +435,11 @@ pub const MASK: &str = "***";
 struct TaskCtx {
     exec: Executor,
     plan: Arc<Plan>,
-    plan_dir: PathBuf,
+    values: Arc<values::Snapshot>,
     policy: RetryPolicy,
     slots: Arc<Semaphore>,
     stop: StopTokens,
     shared: Arc<RunShared>,
-}
-
-/// A param with its value resolved for this run.
-struct Resolved {
-    key: String,
-    ty: ParamType,
-    value: crate::secret::Secret,
 }
 
 impl TaskCtx {
@@ -435,18 +449,20 @@ impl TaskCtx {
     }
 
     async fn run_task_inner(&self, task: &Task) -> TaskReport {
-        let resolved =
-            match resolve_params(task, &self.plan_dir, &self.exec.settings.forbidden_files) {
-                Ok(r) => r,
-                Err(msg) => {
-                    warn!("not started: {msg}");
-                    let mut r =
-                        TaskReport::new(&task.task_id, TaskStatus::Failed, unresolved_params(task));
-                    r.error_code = Some("param_unresolved".into());
-                    r.error_msg = Some(msg);
-                    return r;
-                }
-            };
+        let resolved = match self.values.resolve(task) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("not started: {}", e.message);
+                let mut r = TaskReport::new(
+                    &task.task_id,
+                    TaskStatus::Failed,
+                    self.values.report_params(task),
+                );
+                r.error_code = Some(e.code.into());
+                r.error_msg = Some(e.message);
+                return r;
+            }
+        };
         let params: Vec<ReportParam> = resolved
             .iter()
             .map(|p| ReportParam {
@@ -831,86 +847,6 @@ fn set_info(report: &mut TaskReport, info: &CallInfo) {
     report.error_msg = info.error_msg.clone();
 }
 
-/// Resolves every param's value for this run; the message never holds a value.
-fn resolve_params(
-    task: &Task,
-    plan_dir: &Path,
-    forbidden: &[PathBuf],
-) -> Result<Vec<Resolved>, String> {
-    task.params
-        .iter()
-        .map(|p| {
-            let value = match &p.value {
-                ParamValue::Literal(v) => v.clone(),
-                ParamValue::Env(name) => match std::env::var(name) {
-                    Ok(v) => crate::secret::Secret::new(v),
-                    Err(_) => {
-                        return Err(format!(
-                            "param {:?}: environment variable {name} is not set (or not UTF-8)",
-                            p.key
-                        ));
-                    }
-                },
-                ParamValue::File(path) => {
-                    let full = if path.is_absolute() {
-                        path.clone()
-                    } else {
-                        plan_dir.join(path)
-                    };
-                    crate::secret::Secret::new(
-                        read_param_file(&full, forbidden)
-                            .map_err(|e| format!("param {:?}: {e}", p.key))?,
-                    )
-                }
-            };
-            rules::check_param_value(value.expose())
-                .map_err(|e| format!("param {:?}: the resolved value {e}", p.key))?;
-            Ok(Resolved {
-                key: p.key.clone(),
-                ty: p.ty,
-                value,
-            })
-        })
-        .collect()
-}
-
-/// Reads a `value_from.file` once: the file actually opened (whatever symlinks were swapped
-/// meanwhile) must not be, nor be inside, one of `forbidden` (deployd's own secrets).
-fn read_param_file(path: &Path, forbidden: &[PathBuf]) -> Result<String, String> {
-    use std::io::Read;
-    use std::os::fd::AsRawFd;
-    let mut file =
-        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .or_else(|_| std::fs::canonicalize(path))
-        .map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
-    let forbidden_hit = forbidden
-        .iter()
-        .filter_map(|f| std::fs::canonicalize(f).ok())
-        .any(|f| opened.starts_with(&f));
-    if forbidden_hit {
-        return Err(format!(
-            "{} holds deployd's own credentials; a plan may not read it",
-            path.display()
-        ));
-    }
-    let mut text = String::new();
-    file.read_to_string(&mut text)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(strip_one_newline(text))
-}
-
-/// A file's value without the one line ending editors add.
-fn strip_one_newline(mut s: String) -> String {
-    if s.ends_with('\n') {
-        s.pop();
-        if s.ends_with('\r') {
-            s.pop();
-        }
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -926,13 +862,5 @@ mod tests {
             Some("value *** is not allowed (***)")
         );
         assert_eq!(r.error_code.as_deref(), Some("Deploy.1"));
-    }
-
-    #[test]
-    fn one_trailing_newline_is_dropped() {
-        assert_eq!(strip_one_newline("abc\n".into()), "abc");
-        assert_eq!(strip_one_newline("abc\r\n".into()), "abc");
-        assert_eq!(strip_one_newline("abc\n\n".into()), "abc\n");
-        assert_eq!(strip_one_newline("abc".into()), "abc");
     }
 }

@@ -4,7 +4,8 @@
 //! [`parse_plan`] is pure (bytes in, plan or issues out) and holds the input guards: size,
 //! UTF-8, binary content, a single YAML document that is a mapping, and serde-saphyr budgets
 //! against alias bombs and deep nesting. [`load_plan_file`] and [`check_paths`] add the thin
-//! file-system layer: size-limited reads of regular files and plan discovery in folders.
+//! file-system layer: size-limited reads of regular files, plan discovery in folders, and
+//! [`check_value_files`] (no `value_from.file` under `/proc`, `/sys` or `/dev`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -20,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::Plan;
 use super::raw::RawDocument;
-use super::validate::{PlanIssue, PlanIssues, PlanSource, validate};
+use super::validate::{PlanIssue, PlanIssues, PlanSource, ValueFileRef, validate};
 
 /// Largest plan file accepted, in bytes (1 MiB).
 pub const MAX_PLAN_BYTES: usize = 1024 * 1024;
@@ -40,6 +41,8 @@ pub struct Loaded {
     pub plan: Plan,
     /// Allowed but probably wrong things, such as a plain-text `encrypt` value.
     pub warnings: Vec<PlanIssue>,
+    /// Every `value_from.file` with its place, for [`check_value_files`].
+    pub value_files: Vec<ValueFileRef>,
 }
 
 /// Parses and validates the bytes of a plan file. Pure.
@@ -143,17 +146,56 @@ fn parse_plan_bytes(path: &Path, bytes: &[u8]) -> Result<Loaded, PlanIssues> {
     Ok(Loaded {
         plan: validated.plan,
         warnings: validated.warnings,
+        value_files: validated.value_files,
     })
 }
 
-/// Reads a plan file and parses it with [`parse_plan`].
+/// [`parse_plan`], then [`check_value_files`] against the plan file's folder: what the
+/// daemon and `deployd check` load.
+pub fn parse_plan_file(path: &Path, bytes: &[u8]) -> Result<Loaded, PlanIssues> {
+    let loaded = parse_plan(path, bytes)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    check_value_files(path, &loaded, dir)?;
+    Ok(loaded)
+}
+
+/// Refuses `value_from.file` paths that are, or resolve to, files under `/proc`, `/sys` or
+/// `/dev`, or that exist and are not regular files (see
+/// [`crate::executor::values::check_at_load`]); relative paths start at `plan_dir`. A run
+/// checks again when it opens the file.
+pub fn check_value_files(path: &Path, loaded: &Loaded, plan_dir: &Path) -> Result<(), PlanIssues> {
+    let issues: Vec<PlanIssue> = loaded
+        .value_files
+        .iter()
+        .filter_map(|f| {
+            let full = if f.path.is_absolute() {
+                f.path.clone()
+            } else {
+                plan_dir.join(&f.path)
+            };
+            crate::executor::values::check_at_load(&full)
+                .err()
+                .map(|why| PlanIssue::new(path, f.line, f.column, f.field.clone(), why))
+        })
+        .collect();
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(PlanIssues(issues))
+    }
+}
+
+/// Reads a plan file and parses it with [`parse_plan_file`].
 ///
 /// Only regular files are read (a symlink is followed only to a regular file), and never more
 /// than [`MAX_PLAN_BYTES`] + 1 bytes.
 pub fn load_plan_file(path: &Path) -> Result<Loaded, PlanIssues> {
     let bytes = read_limited(path)
         .map_err(|message| PlanIssues(vec![PlanIssue::new(path, 1, 1, "", message)]))?;
-    parse_plan(path, &bytes)
+    parse_plan_file(path, &bytes)
 }
 
 /// Whether a file name is a plan by the contract: ends in `.yaml` or `.yml`, is not hidden and

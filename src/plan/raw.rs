@@ -126,7 +126,9 @@ pub struct RawPlan {
     #[schemars(with = "Option<u64>", range(min = 1, max = 10000))]
     pub concurrency: Option<Spanned<u64>>,
 
-    /// Parameters given to every task; a task's own param with the same key wins.
+    /// Parameters given to every task; a task's own param with the same key wins. Once merged
+    /// into every task, a plan's params may take at most 64 MiB (keys and values as JSON, plus
+    /// 96 bytes per param, a `value_from` counted as 8192).
     #[serde(default)]
     #[schemars(with = "Option<Vec<RawParam>>")]
     pub params: Option<Spanned<Vec<Spanned<RawParam>>>>,
@@ -273,7 +275,8 @@ pub struct RawParam {
     pub value: Option<Spanned<Option<String>>>,
 
     /// Where to read the value when a run starts: `{env: NAME}` or `{file: PATH}` (a relative
-    /// path is relative to the plan file's folder).
+    /// path is relative to the plan file's folder). Each variable and file is read once per
+    /// run, so every task of a run gets the same value.
     #[serde(default)]
     #[schemars(with = "Option<RawValueFrom>")]
     pub value_from: Option<Spanned<RawValueFrom>>,
@@ -294,7 +297,9 @@ pub struct RawValueFrom {
     #[schemars(with = "Option<String>")]
     pub env: Option<Spanned<String>>,
 
-    /// Path of a file whose content (one trailing newline removed) is the value.
+    /// Path of a regular file whose content (one trailing newline removed) is the value: at
+    /// most 8192 characters; never under `/proc`, `/sys` or `/dev`, nor a FIFO, socket or
+    /// device.
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub file: Option<Spanned<String>>,

@@ -25,6 +25,35 @@ pub const MAX_TASKS: usize = 10_000;
 /// Most params a plan may hold in total once plan-level params are merged into every task
 /// (tasks x merged params): bounds the memory a 1 MiB file can make the daemon allocate.
 pub const MAX_TOTAL_PARAMS: usize = 500_000;
+/// Most bytes a plan's params may take once plan-level params are merged into every task
+/// (64 MiB), counted by [`param_cost`]: what one run's result file, run journal and memory
+/// hold of them. A `value_from` is counted at [`crate::api::rules::PARAM_VALUE_MAX`] bytes
+/// here and at its real size when a run reads it.
+pub const MAX_PARAM_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes a result file spends on one param besides its key and value (the pretty-printed JSON
+/// object around them).
+pub const PARAM_OVERHEAD: usize = 96;
+
+/// What one param costs against [`MAX_PARAM_BYTES`]: its key and value as JSON text (see
+/// [`json_len`]) plus [`PARAM_OVERHEAD`].
+pub fn param_cost(key: &str, value_json_len: usize) -> usize {
+    json_len(key)
+        .saturating_add(value_json_len)
+        .saturating_add(PARAM_OVERHEAD)
+}
+
+/// The length of `s` as the inside of a JSON string written by `serde_json` (quotes and
+/// backslashes escaped in 2 bytes, other control characters in 2 or 6, the rest as UTF-8).
+pub fn json_len(s: &str) -> usize {
+    s.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
 /// Longest plan name.
 pub const NAME_MAX: usize = 64;
 /// How long a deployment is followed when the plan says `follow: true` without a timeout.
@@ -133,6 +162,21 @@ pub struct Validated {
     pub plan: Plan,
     /// Things that are allowed but probably wrong (e.g. a plain-text secret).
     pub warnings: Vec<PlanIssue>,
+    /// Every `value_from.file` with where it is written, for the loader's file checks.
+    pub value_files: Vec<ValueFileRef>,
+}
+
+/// A `value_from.file` as written in a plan, with its place in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueFileRef {
+    /// The path as written (relative to the plan's folder unless absolute).
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Field path such as `tasks[0].params[1].value_from.file`.
+    pub field: String,
 }
 
 /// Checks every rule of the plan format and builds the [`Plan`], or returns every error.
@@ -141,6 +185,7 @@ pub fn validate(raw: RawPlan, src: &PlanSource<'_>) -> Result<Validated, PlanIss
         file: src.file,
         errors: Vec::new(),
         warnings: Vec::new(),
+        value_files: Vec::new(),
     };
 
     let name = match &raw.name {
@@ -297,6 +342,7 @@ pub fn validate(raw: RawPlan, src: &PlanSource<'_>) -> Result<Validated, PlanIss
             tasks,
         },
         warnings: r.warnings,
+        value_files: r.value_files,
     })
 }
 
@@ -352,6 +398,7 @@ struct Report<'a> {
     file: &'a Path,
     errors: Vec<PlanIssue>,
     warnings: Vec<PlanIssue>,
+    value_files: Vec<ValueFileRef>,
 }
 
 impl Report<'_> {
@@ -579,6 +626,13 @@ fn check_value_from(
                 );
                 None
             } else {
+                let (line, column) = line_col(&file.referenced);
+                r.value_files.push(ValueFileRef {
+                    path: PathBuf::from(&file.value),
+                    line,
+                    column,
+                    field: format!("{path}.file"),
+                });
                 Some(ParamValue::File(PathBuf::from(&file.value)))
             }
         }
@@ -652,6 +706,16 @@ fn check_tasks(
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut total_params = 0usize;
     let mut total_reported = false;
+    let cost = |p: &Param| {
+        let value_len = match &p.value {
+            ParamValue::Literal(v) => json_len(v.expose()),
+            ParamValue::Env(_) | ParamValue::File(_) => rules::PARAM_VALUE_MAX,
+        };
+        param_cost(&p.key, value_len)
+    };
+    let plan_costs: Vec<usize> = plan_params.iter().map(cost).collect();
+    let mut total_bytes = 0usize;
+    let mut bytes_reported = false;
     for (i, item) in list.value.iter().enumerate() {
         let path = format!("tasks[{i}]");
         let (id, id_at, id_path, own_params, record_id) = match &item.value {
@@ -738,6 +802,32 @@ fn check_tasks(
             ok = false;
         }
         total_params = total_params.saturating_add(merged);
+        let task_bytes = plan_params
+            .iter()
+            .zip(&plan_costs)
+            .filter(|(p, _)| !own_keys.contains(p.key.as_str()))
+            .map(|(_, c)| *c)
+            .chain(own.iter().map(cost))
+            .fold(0usize, usize::saturating_add);
+        total_bytes = total_bytes.saturating_add(task_bytes);
+        // Checked task by task, like the count above, so that a plan over the budget is
+        // refused before it has allocated much more than the budget.
+        if total_bytes > MAX_PARAM_BYTES {
+            if !bytes_reported {
+                r.error(
+                    &list.referenced,
+                    "tasks",
+                    format!(
+                        "the plan's params take more than the budget of {MAX_PARAM_BYTES} bytes (64 MiB) once plan params are merged into every task (the first {} of its {} tasks already take {total_bytes}); the budget bounds a run's result file, journal and memory (each param counts its key and value as JSON plus {PARAM_OVERHEAD} bytes, a value_from {} bytes); split the plan or shorten the values",
+                        i + 1,
+                        list.value.len(),
+                        rules::PARAM_VALUE_MAX
+                    ),
+                );
+                bytes_reported = true;
+            }
+            ok = false;
+        }
         if total_params > MAX_TOTAL_PARAMS {
             if !total_reported {
                 r.error(

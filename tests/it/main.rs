@@ -12,3 +12,4 @@ mod helpers;
 mod ops;
 mod signals;
 mod zones;
+mod values;

@@ -443,3 +443,40 @@ fn a_file_name_that_is_not_utf8_is_listed_and_reported() {
     assert_eq!(report.issues.len(), 1);
     assert_eq!(report.issues[0].file, bad);
 }
+
+#[test]
+fn issue_10_value_files_under_proc_sys_dev_or_not_regular_are_refused_at_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero")).expect("symlink");
+    fs::write(dir.path().join("ok.txt"), "1.0").expect("write");
+    let plan = dir.path().join("p.yaml");
+    fs::write(
+        &plan,
+        format!(
+            "params:\n  - {{key: env, value_from: {{file: /proc/self/environ}}}}\ntasks:\n  - task_id: {ID_A}\n    params:\n      - {{key: a, value_from: {{file: zero}}}}\n      - {{key: b, value_from: {{file: ok.txt}}}}\n      - {{key: c, value_from: {{file: missing.txt}}}}\n      - {{key: d, value_from: {{file: .}}}}\n"
+        ),
+    )
+    .expect("write");
+    let issues = load_plan_file(&plan).expect_err("refused").0;
+    let shown: Vec<String> = issues.iter().map(|i| i.to_string()).collect();
+    assert_eq!(issues.len(), 3, "{shown:#?}");
+    let p = plan.display();
+    assert!(
+        shown[0].starts_with(&format!(
+            "{p}:2:35: params[0].value_from.file: /proc/self/environ is under /proc"
+        )),
+        "{shown:#?}"
+    );
+    assert!(
+        shown[1].starts_with(&format!("{p}:6:37: tasks[0].params[0].value_from.file: ")),
+        "{shown:#?}"
+    );
+    assert!(shown[1].contains("resolves to /dev/zero"), "{shown:#?}");
+    assert!(
+        shown[2].contains("tasks[0].params[3].value_from.file") && shown[2].contains("a folder"),
+        "{shown:#?}"
+    );
+    // `deployd check` reports the same.
+    let report = check_paths(std::slice::from_ref(&plan));
+    assert_eq!(report.issues, issues);
+}

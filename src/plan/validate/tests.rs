@@ -657,3 +657,61 @@ fn plans_may_not_read_deployds_own_credentials_from_the_environment() {
         "tasks:\n  - task_id: {ID_A}\n    params: [{{key: k, value_from: {{env: DB_PASSWORD}}}}]\n"
     ));
 }
+
+/// A plan of `tasks` tasks sharing `params` plan params (each `value`, or a `value_from`).
+fn wide_plan(tasks: usize, params: usize, value: &str) -> String {
+    let mut yaml = String::from("params:\n");
+    for k in 0..params {
+        yaml.push_str(&format!("  - {{key: p{k}, {value}}}\n"));
+    }
+    yaml.push_str("tasks:\n");
+    for i in 0..tasks {
+        yaml.push_str(&format!("  - {i:032x}\n"));
+    }
+    yaml
+}
+
+#[test]
+fn issue_10_a_plan_whose_merged_params_exceed_the_budget_is_refused_at_load() {
+    // 1,000 tasks x 10 plan params of 8,000 characters: 80 MB once merged, from a 117 KB file.
+    let big = format!("value: \"{}\"", "x".repeat(8000));
+    let yaml = wide_plan(1000, 10, &big);
+    assert!(yaml.len() < 150_000);
+    let e = error_at(&yaml, "tasks");
+    assert!(
+        e.message.contains("67108864 bytes (64 MiB)"),
+        "{}",
+        e.message
+    );
+    assert_eq!(e.line, 13, "at the tasks list: {e}");
+    // 7 params fit (56 MB).
+    let ok_plan = ok(&wide_plan(1000, 7, &big));
+    assert_eq!(ok_plan.plan.tasks.len(), 1000);
+}
+
+#[test]
+fn a_value_from_counts_as_8192_bytes_against_the_budget() {
+    let from = "value_from: {env: VERSION}";
+    ok(&wide_plan(1000, 8, from));
+    let e = error_at(&wide_plan(1000, 9, from), "tasks");
+    assert!(
+        e.message.contains("a value_from 8192 bytes"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn json_len_counts_escapes_as_serde_json_writes_them() {
+    for s in [
+        "plain",
+        "quo\"te",
+        "back\\slash",
+        "tab\tnl\n",
+        "ctl\u{1}\u{7f}",
+        "héllo 𝄞",
+    ] {
+        let written = serde_json::to_string(s).expect("json").len() - 2;
+        assert_eq!(json_len(s), written, "{s:?}");
+    }
+}
