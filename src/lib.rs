@@ -14,7 +14,8 @@
 //! [`executor::retry`] allows, looks unknown outcomes up in the task's history
 //! ([`executor::reconcile`]) instead of re-sending blindly, and journals each call's intent
 //! before sending it ([`journal`]), so that [`recovery`] can finish a run a crash interrupted.
-//! Calls go through the [`api`] client (exact SDK wire bytes, error classification) with
+//! Calls go through the [`api`] client (exact SDK wire bytes, error classification, answers
+//! read up to a cap, a daemon-wide guard on refused credentials) with
 //! [`auth`] (AK/SK signing, IAM tokens). Every run ends in one [`results`] file, written
 //! atomically; [`retention`] prunes old ones.
 //!
@@ -27,7 +28,7 @@
 //! |---|---|
 //! | [`plan`] | the plan format: raw serde types, validation, loader, catalog diff |
 //! | [`schedule`] | cron parsing and DST-correct fire times (pure) |
-//! | [`api`] | API field rules, wire bytes, the HTTP client, error parsing |
+//! | [`api`] | API field rules, wire bytes, the HTTP client, error parsing, bounded answer reads, the credential guard |
 //! | [`auth`] | AK/SK signing (pure) and IAM token refresh |
 //! | [`executor`] | one run of one plan: limits, retries, history lookups, following |
 //! | [`journal`], [`recovery`] | crash safety: per-run intent journal, finishing interrupted runs |

@@ -20,9 +20,6 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Scrapers served at once.
-const MAX_CONNECTIONS: usize = 64;
-
 /// The process-wide metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -228,10 +225,15 @@ fn escape(s: &str) -> String {
 }
 
 /// Serves `GET /metrics` on `addr` until `stop` is cancelled. Returns once bound.
+///
+/// Any local user can connect, so no client may hold the listener: a connection gets
+/// [`HEADER_TIMEOUT`] to send its request headers and [`CONNECTION_TIMEOUT`] in all (one
+/// request per connection), and when [`MAX_CONNECTIONS`] are open, a new connection closes the
+/// oldest one that has not sent a request yet. Idle connections never lock scrapers out.
 pub async fn serve(addr: SocketAddr, stop: CancellationToken) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let open = std::sync::Arc::new(Connections::default());
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -245,41 +247,179 @@ pub async fn serve(addr: SocketAddr, stop: CancellationToken) -> std::io::Result
                     }
                 },
             };
-            // A bounded number of scrapers at once; the rest are closed at once.
-            let Ok(slot) = connections.clone().try_acquire_owned() else {
+            // A bounded number of connections at once: the oldest idle one makes room; when
+            // every one is answering a request (each done within its timeout), the new one
+            // is closed at once.
+            let Some(conn) = open.admit() else {
                 continue;
             };
+            let open = open.clone();
             tokio::spawn(async move {
-                let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let (status, body) = if req.uri().path() == "/metrics" {
-                        (StatusCode::OK, global().render())
-                    } else {
-                        (StatusCode::NOT_FOUND, "see /metrics\n".to_string())
-                    };
-                    let mut resp = Response::new(Full::new(Bytes::from(body)));
-                    *resp.status_mut() = status;
-                    resp.headers_mut().insert(
-                        hyper::header::CONTENT_TYPE,
-                        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-                    );
-                    Ok::<_, Infallible>(resp)
+                let busy = conn.busy.clone();
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    busy.store(true, Ordering::Relaxed);
+                    async move {
+                        let (status, body) = if req.uri().path() == "/metrics" {
+                            (StatusCode::OK, global().render())
+                        } else {
+                            (StatusCode::NOT_FOUND, "see /metrics\n".to_string())
+                        };
+                        let mut resp = Response::new(Full::new(Bytes::from(body)));
+                        *resp.status_mut() = status;
+                        resp.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                        );
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let connection = http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(false)
                     .serve_connection(TokioIo::new(stream), service);
-                // An idle or slow client is dropped after a while.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(30), connection).await;
-                drop(slot);
+                tokio::select! {
+                    _ = conn.close.cancelled() => {}
+                    _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection) => {}
+                }
+                open.remove(conn.id);
             });
         }
     });
     Ok(local)
 }
 
+/// Connections open at most at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a connection has to send its request headers.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Time a connection may stay open in all (one request, its answer).
+pub const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The open connections of the metrics listener, oldest first.
+#[derive(Default)]
+struct Connections {
+    open: Mutex<(u64, std::collections::VecDeque<Conn>)>,
+}
+
+/// One open connection.
+#[derive(Clone)]
+struct Conn {
+    id: u64,
+    /// Set once its request headers arrived.
+    busy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Cancelled to close it and make room.
+    close: CancellationToken,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, std::collections::VecDeque<Conn>)> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a new connection, closing the oldest idle one when full; `None` when every
+    /// open connection is busy with a request.
+    fn admit(&self) -> Option<Conn> {
+        let mut guard = self.lock();
+        let (next, open) = &mut *guard;
+        if open.len() >= MAX_CONNECTIONS {
+            let idle = open.iter().position(|c| !c.busy.load(Ordering::Relaxed))?;
+            if let Some(evicted) = open.remove(idle) {
+                evicted.close.cancel();
+            }
+        }
+        *next += 1;
+        let conn = Conn {
+            id: *next,
+            busy: Default::default(),
+            close: CancellationToken::new(),
+        };
+        open.push_back(conn.clone());
+        Some(conn)
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().1.retain(|c| c.id != id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn scrape(addr: SocketAddr) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("send");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.expect("read");
+        text
+    }
+
+    /// Issue 11: 64 idle connections locked every scrape out for as long as they were held.
+    #[tokio::test]
+    async fn idle_connections_never_lock_scrapers_out() {
+        let stop = CancellationToken::new();
+        let addr = serve("127.0.0.1:0".parse().expect("addr"), stop.clone())
+            .await
+            .expect("bound");
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS + 8 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        // The scrape comes after every idle connection in the accept queue.
+        for _ in 0..3 {
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(3), scrape(addr))
+                .await
+                .expect("answered at once");
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            assert!(answer.contains("deployd_build_info"));
+        }
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn idle_and_slow_connections_are_closed() {
+        let stop = CancellationToken::new();
+        let addr = serve("127.0.0.1:0".parse().expect("addr"), stop.clone())
+            .await
+            .expect("bound");
+        let started = tokio::time::Instant::now();
+        let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(8), idle.read(&mut buf))
+            .await
+            .expect("closed after the header timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+        assert!(started.elapsed() >= HEADER_TIMEOUT - std::time::Duration::from_millis(100));
+
+        // One header byte a second: closed by the header timeout too, whatever it sends.
+        let started = tokio::time::Instant::now();
+        let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let closed = async {
+            for b in b"GET /metrics HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaa".iter() {
+                if slow.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        };
+        tokio::time::timeout(
+            CONNECTION_TIMEOUT + std::time::Duration::from_secs(2),
+            closed,
+        )
+        .await
+        .expect("the slow client is cut off");
+        assert!(started.elapsed() <= CONNECTION_TIMEOUT + std::time::Duration::from_secs(2));
+        stop.cancel();
+    }
 
     #[test]
     fn renders_every_family() {

@@ -9,8 +9,10 @@ use chrono::{NaiveDate, Utc};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
+use crate::api::body::{self, BodyError};
 use crate::api::credentials::{Credentials, RequestToSign};
 use crate::api::errors::{self, StatusClass, body_request_id, parse_error_body, parse_retry_after};
+use crate::api::guard::{Blocked, CredentialGuard, Pass};
 use crate::api::service_clock::ServiceClock;
 use crate::api::types::{
     CallInfo, HistoryPage, RecordParam, RecordStatus, StartOutcome, StartResponse,
@@ -208,6 +210,11 @@ pub struct DeployClient {
     user_agent: String,
     /// What the answers' `Date` headers tell of the service's clock (shared by clones).
     clock: std::sync::Arc<ServiceClock>,
+    /// Whether the API accepts `credentials` (shared by clones and by the clients of later
+    /// reloads with the same credentials).
+    guard: std::sync::Arc<CredentialGuard>,
+    /// The whole-call deadline, also applied to reading the answer.
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for DeployClient {
@@ -257,7 +264,31 @@ impl DeployClient {
             credentials,
             user_agent: format!("deployd/{}", env!("CARGO_PKG_VERSION")),
             clock: std::sync::Arc::new(ServiceClock::new()),
+            guard: std::sync::Arc::new(CredentialGuard::default()),
+            request_timeout: options.request_timeout,
         })
+    }
+
+    /// This client (built from a reloaded configuration) keeping what `old` knows of the
+    /// credentials when they are the same: the guard (a refused credential stays refused)
+    /// and, for IAM, the token source (its token, and a refused password is not sent again).
+    pub fn with_credentials_of(mut self, old: &DeployClient) -> Self {
+        if self.credentials.same_as(&old.credentials) {
+            self.credentials = old.credentials.clone();
+            self.guard = old.guard.clone();
+        }
+        self
+    }
+
+    /// The guard of this client's credentials.
+    pub fn guard(&self) -> &CredentialGuard {
+        &self.guard
+    }
+
+    /// Waits for the right to make one call with these credentials (see
+    /// [`crate::api::guard`]).
+    pub async fn admit(&self) -> Result<Pass<'_>, Blocked> {
+        self.guard.admit().await
     }
 
     /// This client, sharing `clock` (a client rebuilt on reload keeps what was learned).
@@ -282,9 +313,29 @@ impl DeployClient {
     }
 
     /// `POST /v2/tasks/{task_id}/start` with `body` (the exact bytes, see [`crate::api::wire`]).
+    /// Credentials the API refused are not used: the outcome is then `Final` with code
+    /// [`CREDENTIALS_REFUSED`] and no HTTP status (nothing was sent).
     pub async fn start_task(&self, task_id: &str, body: &str) -> StartOutcome {
+        match self.admit().await {
+            Ok(pass) => self.start_task_with(pass, task_id, body).await,
+            Err(blocked) => StartOutcome::Final(refused_info(&blocked)),
+        }
+    }
+
+    /// [`start_task`](Self::start_task) with the right to call already obtained.
+    pub async fn start_task_with(&self, pass: Pass<'_>, task_id: &str, body: &str) -> StartOutcome {
         let path = format!("/v2/tasks/{}/start", encode_segment(task_id));
-        let answer = match self.send(Method::POST, &path, &[], body.as_bytes()).await {
+        let answer = match self
+            .send(
+                pass,
+                Method::POST,
+                &path,
+                &[],
+                body.as_bytes(),
+                body::START_LIMIT,
+            )
+            .await
+        {
             Ok(answer) => answer,
             Err(failure) => {
                 let info = CallInfo {
@@ -356,7 +407,7 @@ impl DeployClient {
                 end_date.format("%Y-%m-%d").to_string(),
             ),
         ];
-        let answer = self.get(&path, &query).await?;
+        let answer = self.get(&path, &query, body::HISTORY_LIMIT).await?;
         serde_json::from_slice(&answer.body).map_err(|e| unreadable(&answer, e))
     }
 
@@ -372,7 +423,7 @@ impl DeployClient {
         }
         let path = format!("/v2/tasks/{}/state", encode_segment(task_id));
         let query = [("record_id".to_string(), record_id.to_string())];
-        let answer = self.get(&path, &query).await?;
+        let answer = self.get(&path, &query, body::STATUS_LIMIT).await?;
         serde_json::from_slice::<Envelope>(&answer.body)
             .map(|e| e.result)
             .map_err(|e| unreadable(&answer, e))
@@ -387,13 +438,22 @@ impl DeployClient {
     ) -> Result<Vec<RecordParam>, GetFailure> {
         let path = format!("/v2/history/tasks/{}/params", encode_segment(task_id));
         let query = [("record_id".to_string(), record_id.to_string())];
-        let answer = self.get(&path, &query).await?;
+        let answer = self.get(&path, &query, body::PARAMS_LIMIT).await?;
         serde_json::from_slice(&answer.body).map_err(|e| unreadable(&answer, e))
     }
 
-    async fn get(&self, path: &str, query: &[(String, String)]) -> Result<Answer, GetFailure> {
+    async fn get(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+        limit: usize,
+    ) -> Result<Answer, GetFailure> {
+        let pass = self.admit().await.map_err(|blocked| GetFailure {
+            info: refused_info(&blocked),
+            retryable: false,
+        })?;
         let answer = self
-            .send(Method::GET, path, query, b"")
+            .send(pass, Method::GET, path, query, b"", limit)
             .await
             .map_err(|f| GetFailure {
                 info: CallInfo {
@@ -413,17 +473,22 @@ impl DeployClient {
         })
     }
 
-    /// Sends one call. With IAM password credentials, a 401 that says the token is expired or
-    /// invalid drops the cached token, gets a new one and sends the call once more: a 401 was
-    /// certainly not processed, so this cannot start a deployment twice.
+    /// Sends one call, with `pass` from the credential guard, which learns the answer. With
+    /// IAM password credentials, a 401 that says the token is expired or invalid drops the
+    /// cached token, gets a new one and sends the call once more: a 401 was certainly not
+    /// processed, so this cannot start a deployment twice.
     async fn send(
         &self,
+        pass: Pass<'_>,
         method: Method,
         path: &str,
         query: &[(String, String)],
         body: &[u8],
+        limit: usize,
     ) -> Result<Answer, TransportFailure> {
-        let (answer, token_used) = self.send_once(method.clone(), path, query, body).await?;
+        let (mut answer, token_used) = self
+            .send_once(method.clone(), path, query, body, limit)
+            .await?;
         if let (Credentials::Iam(source), Some(used)) = (&self.credentials, token_used)
             && answer.status == StatusCode::UNAUTHORIZED
             && let Some(code) = refused_token_code(&answer.body)
@@ -434,11 +499,18 @@ impl DeployClient {
                 "the API refused the IAM token; getting a new one and sending the call once more"
             );
             source.invalidate(&used).await;
-            return self
-                .send_once(method, path, query, body)
+            answer = self
+                .send_once(method, path, query, body, limit)
                 .await
-                .map(|(answer, _)| answer);
+                .map(|(answer, _)| answer)?;
         }
+        pass.answered(answer.status.as_u16(), || {
+            let info = call_info(&answer);
+            match info.error_code {
+                Some(code) if code != "401" => format!("HTTP 401 {code}"),
+                _ => "HTTP 401".to_string(),
+            }
+        });
         Ok(answer)
     }
 
@@ -449,7 +521,9 @@ impl DeployClient {
         path: &str,
         query: &[(String, String)],
         body: &[u8],
+        limit: usize,
     ) -> Result<(Answer, Option<Secret>), TransportFailure> {
+        let started = tokio::time::Instant::now();
         let full_path = format!("{}{}", self.endpoint.path_prefix(), path);
         let mut headers = vec![
             ("Content-Type".to_string(), "application/json".to_string()),
@@ -515,7 +589,27 @@ impl DeployClient {
                 .get(reqwest::header::DATE)
                 .and_then(|v| v.to_str().ok()),
         );
-        let mut body = response.bytes().await.map_err(transport_failure)?.to_vec();
+        // Read chunk by chunk up to the cap, within what is left of the call's timeout: an
+        // endless or huge answer costs at most `limit` bytes. After a start call, a body that
+        // cannot be read whole is an unknown outcome like a lost connection.
+        let left = self.request_timeout.saturating_sub(started.elapsed());
+        let mut body = body::read_limited(response, limit, left)
+            .await
+            .map_err(|e| match e {
+                BodyError::Transport(e) => transport_failure(e),
+                BodyError::TooLarge { .. } => TransportFailure {
+                    before_send: false,
+                    retryable: true,
+                    class: "answer_too_large",
+                    message: format!("HTTP {}: {e}", status.as_u16()),
+                },
+                BodyError::TimedOut(_) => TransportFailure {
+                    before_send: false,
+                    retryable: true,
+                    class: "timeout",
+                    message: format!("HTTP {}: {e}", status.as_u16()),
+                },
+            })?;
         if !status.is_success() {
             // An error answer may echo what it received (a gateway's canonical request shows
             // signed headers): keep our secrets out of result files and logs.
@@ -530,6 +624,18 @@ impl DeployClient {
             },
             prepared.token_used,
         ))
+    }
+}
+
+/// The error code of a call not made because the API refused the credentials before.
+pub const CREDENTIALS_REFUSED: &str = "credentials_refused";
+
+/// What a call not made because of the credential guard reports.
+pub fn refused_info(blocked: &Blocked) -> CallInfo {
+    CallInfo {
+        error_code: Some(CREDENTIALS_REFUSED.into()),
+        error_msg: Some(blocked.to_string()),
+        ..CallInfo::default()
     }
 }
 
@@ -760,6 +866,133 @@ mod tests {
             }
             other => panic!("expected a final refusal, got {other:?}"),
         }
+    }
+
+    /// A server answering every request `200` with an endless chunked body; counts requests.
+    async fn endless_answers() -> (Endpoint, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    if stream.read(&mut buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                    if stream.write_all(head).await.is_err() {
+                        return;
+                    }
+                    let chunk = format!("8000\r\n{}\r\n", "{".repeat(0x8000));
+                    while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+                });
+            }
+        });
+        (
+            Endpoint::parse(&format!("http://{addr}")).expect("endpoint"),
+            count,
+        )
+    }
+
+    fn token_client(endpoint: Endpoint, token: &str) -> DeployClient {
+        DeployClient::new(
+            endpoint,
+            Credentials::Token(Secret::new(token)),
+            ClientOptions::default(),
+        )
+        .expect("client")
+    }
+
+    #[tokio::test]
+    async fn an_endless_answer_to_a_start_call_is_an_unknown_outcome_read_up_to_the_cap() {
+        let (endpoint, requests) = endless_answers().await;
+        let client = token_client(endpoint, "t");
+        let started = std::time::Instant::now();
+        match client.start_task(&"a".repeat(32), "{}").await {
+            StartOutcome::Unknown(info) => {
+                assert_eq!(info.error_code.as_deref(), Some("answer_too_large"));
+                let msg = info.error_msg.unwrap_or_default();
+                assert!(msg.contains("larger than 1 MiB"), "{msg}");
+            }
+            other => panic!("expected an unknown outcome, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(20));
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // A query reading an endless answer fails (and may be asked again).
+        let today = Utc::now().date_naive();
+        let err = client
+            .history_page(&"p".repeat(32), &"a".repeat(32), 1, 100, today, today)
+            .await
+            .expect_err("too large");
+        assert_eq!(err.info.error_code.as_deref(), Some("answer_too_large"));
+        assert!(err.to_string().contains("larger than 4 MiB"), "{err}");
+        assert!(err.retryable);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_credential_is_used_once_whatever_the_calls_in_parallel() {
+        let emulator = crate::emulator::Emulator::start(
+            crate::emulator::EmulatorConfig::default(),
+            "127.0.0.1:0".parse().expect("address"),
+        )
+        .await
+        .expect("emulator");
+        let endpoint = Endpoint::parse(&emulator.base_url()).expect("endpoint");
+        let client = token_client(endpoint.clone(), "not-the-token");
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let client = client.clone();
+            calls.spawn(async move { client.start_task(&format!("{i:032x}"), "{}").await });
+        }
+        let mut codes = Vec::new();
+        while let Some(done) = calls.join_next().await {
+            codes.push(
+                done.expect("join")
+                    .info()
+                    .error_code
+                    .clone()
+                    .unwrap_or_default(),
+            );
+        }
+        codes.sort();
+        assert_eq!(codes[0], "APIGW.0301", "{codes:?}");
+        assert!(
+            codes[1..].iter().all(|c| c == CREDENTIALS_REFUSED),
+            "{codes:?}"
+        );
+        assert_eq!(emulator.stats().auth_failures, 1);
+
+        // Queries are guarded too, and a reload with the same credential keeps the refusal.
+        let today = Utc::now().date_naive();
+        let again = token_client(endpoint.clone(), "not-the-token").with_credentials_of(&client);
+        let err = again
+            .history_page(&"0".repeat(32), &"1".repeat(32), 1, 10, today, today)
+            .await
+            .expect_err("not called");
+        assert_eq!(err.info.error_code.as_deref(), Some(CREDENTIALS_REFUSED));
+        assert!(!err.retryable);
+        let msg = err.info.error_msg.unwrap_or_default();
+        assert!(
+            msg.contains("reload") && !msg.contains("not-the-token"),
+            "{msg}"
+        );
+        assert_eq!(emulator.stats().total, 1);
+
+        // Other credentials start afresh.
+        let fixed =
+            token_client(endpoint, crate::emulator::DEFAULT_TOKEN).with_credentials_of(&client);
+        assert!(matches!(
+            fixed.start_task(&"f".repeat(32), "{}").await,
+            StartOutcome::Started { .. }
+        ));
     }
 
     #[test]

@@ -78,6 +78,22 @@ impl Credentials {
         }
     }
 
+    /// Whether `other` is the same credential (same method, same secrets; for IAM the same
+    /// endpoint, user, scope and password): a reload keeps what was learned about it.
+    pub fn same_as(&self, other: &Credentials) -> bool {
+        match (self, other) {
+            (Self::Token(a), Self::Token(b)) => a == b,
+            (Self::AkSk(a), Self::AkSk(b)) => {
+                a.ak == b.ak
+                    && a.sk == b.sk
+                    && a.security_token == b.security_token
+                    && a.project_id == b.project_id
+            }
+            (Self::Iam(a), Self::Iam(b)) => Arc::ptr_eq(a, b) || a.same_as(b),
+            _ => false,
+        }
+    }
+
     /// The secrets of these credentials that can travel on the wire, for scrubbing answers
     /// (an IAM source's token is in [`Prepared::token_used`]).
     pub fn wire_secrets(&self) -> Vec<&Secret> {

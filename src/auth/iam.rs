@@ -2,9 +2,11 @@
 //! from the `X-Subject-Token` header, its lifetime from `token.issued_at`/`expires_at`.
 //!
 //! [`IamTokenSource`] caches one token in memory and refreshes it well before it expires (see
-//! [`refresh_margin`]). Every caller goes through one async mutex, so there is at most one
-//! request to IAM in flight however many calls want a token at once: the others wait for it and
-//! share the result (single flight). A refusal by IAM (400/401/403/404: wrong password, user
+//! [`refresh_margin`]). There is at most one request to IAM in flight however many calls want a
+//! token at once: it runs as its own task, within the configured timeouts, and every caller that
+//! needs a token waits for it and takes its result (single flight), even when IAM answers more
+//! slowly than the refresh margin. While a due refresh is under way, a still valid token is used.
+//! The answer is read up to 1 MiB. A refusal by IAM (400/401/403/404: wrong password, user
 //! locked or unknown) is remembered and never retried, because IAM locks a user after repeated
 //! wrong passwords. A failed refresh while the old token is still valid keeps the old token.
 //!
@@ -13,13 +15,15 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::api::body::{BodyError, IAM_LIMIT, read_limited};
 use crate::api::client::{ClientOptions, Endpoint, EndpointError};
 use crate::api::errors::parse_error_body;
 use crate::secret::Secret;
@@ -132,6 +136,9 @@ struct Cached {
     expires: Instant,
 }
 
+/// What one token request hands to everyone waiting for it.
+type FlightResult = Option<Result<Secret, IamError>>;
+
 #[derive(Default)]
 struct State {
     cached: Option<Cached>,
@@ -142,27 +149,36 @@ struct State {
     next_attempt: Option<Instant>,
     /// The last failure and how many in a row (for the backoff without a cached token).
     last_failure: Option<(String, u32)>,
+    /// The token request in flight, if any: every caller that needs a token waits on it
+    /// instead of sending its own.
+    flight: Option<watch::Receiver<FlightResult>>,
 }
 
 /// Obtains, caches and refreshes IAM tokens; shared by every request of a client.
 pub struct IamTokenSource {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     http: reqwest::Client,
     url: String,
     domain: String,
     user: String,
     project: ProjectScope,
     password: Secret,
-    state: Mutex<State>,
+    /// The longest a token request may take, answer read included.
+    timeout: Duration,
+    state: StdMutex<State>,
     fetches: AtomicU64,
 }
 
 impl std::fmt::Debug for IamTokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IamTokenSource")
-            .field("url", &self.url)
-            .field("domain", &self.domain)
-            .field("user", &self.user)
-            .field("project", &self.project)
+            .field("url", &self.inner.url)
+            .field("domain", &self.inner.domain)
+            .field("user", &self.inner.user)
+            .field("project", &self.inner.project)
             .finish_non_exhaustive()
     }
 }
@@ -182,54 +198,141 @@ impl IamTokenSource {
                 message: e.to_string(),
             })?;
         Ok(Self {
-            http,
-            url,
-            domain: config.domain.clone(),
-            user: config.user.clone(),
-            project: config.project.clone(),
-            password,
-            state: Mutex::new(State::default()),
-            fetches: AtomicU64::new(0),
+            inner: Arc::new(Inner {
+                http,
+                url,
+                domain: config.domain.clone(),
+                user: config.user.clone(),
+                project: config.project.clone(),
+                password,
+                timeout: config.options.connect_timeout + config.options.request_timeout,
+                state: StdMutex::new(State::default()),
+                fetches: AtomicU64::new(0),
+            }),
         })
     }
 
     /// The token URL (no secret in it).
     pub fn url(&self) -> &str {
-        &self.url
+        &self.inner.url
     }
 
     /// `domain/user`, for logs.
     pub fn who(&self) -> String {
-        format!("{}/{}", self.domain, self.user)
+        self.inner.who()
     }
 
     /// How many token requests were sent to IAM so far.
     pub fn fetches(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
+        self.inner.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Whether `other` asks IAM the same thing: same URL, user, scope and password. A reload
+    /// with the same password keeps the old source (its token, and a refusal: IAM is not
+    /// asked again with a password it refused).
+    pub fn same_as(&self, other: &IamTokenSource) -> bool {
+        let (a, b) = (&self.inner, &other.inner);
+        a.url == b.url
+            && a.domain == b.domain
+            && a.user == b.user
+            && a.project == b.project
+            && a.password == b.password
     }
 
     /// A valid token: the cached one, or a new one when none is cached or the cached one is
-    /// within its refresh margin. Concurrent callers share one request to IAM.
+    /// within its refresh margin. Concurrent callers share one request to IAM, which runs on
+    /// its own (a caller that gives up does not cancel it for the others), within the
+    /// configured timeouts; while a refresh is under way, a still valid token is used.
     pub async fn token(&self) -> Result<Secret, IamError> {
-        let mut state = self.state.lock().await;
-        if let Some(reason) = &state.refused {
-            return Err(IamError::RefusedBefore(reason.clone()));
+        let mut flight = {
+            let mut state = self.inner.state();
+            if let Some(reason) = &state.refused {
+                return Err(IamError::RefusedBefore(reason.clone()));
+            }
+            let now = Instant::now();
+            let backing_off = state.next_attempt.filter(|t| now < *t);
+            let valid = state
+                .cached
+                .as_ref()
+                .filter(|c| now < c.expires)
+                .map(|c| (c.token.clone(), now < c.refresh_at));
+            match valid {
+                Some((token, true)) => return Ok(token),
+                Some((token, false)) if backing_off.is_some() || state.flight.is_some() => {
+                    return Ok(token);
+                }
+                _ => {}
+            }
+            match &state.flight {
+                Some(flight) => flight.clone(),
+                None => {
+                    if let (Some(until), Some((last, _))) = (backing_off, &state.last_failure) {
+                        // No usable token and IAM failed moments ago: share that failure.
+                        return Err(IamError::BackingOff {
+                            last: last.clone(),
+                            wait: until - now,
+                        });
+                    }
+                    let (tx, rx) = watch::channel(None);
+                    state.flight = Some(rx.clone());
+                    tokio::spawn(Arc::clone(&self.inner).fly(tx));
+                    if let Some((token, _)) = valid {
+                        // Due for a refresh but still valid: the refresh goes on meanwhile.
+                        return Ok(token);
+                    }
+                    rx
+                }
+            }
+        };
+        let outcome = tokio::time::timeout(
+            self.inner.timeout + Duration::from_secs(1),
+            flight.wait_for(Option::is_some),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(result)) => result
+                .clone()
+                .unwrap_or_else(|| Err(self.inner.no_answer())),
+            _ => Err(self.inner.no_answer()),
         }
-        let now = Instant::now();
-        let backing_off = state.next_attempt.filter(|t| now < *t);
-        if let Some(cached) = &state.cached
-            && (now < cached.refresh_at || (backing_off.is_some() && now < cached.expires))
-        {
-            return Ok(cached.token.clone());
+    }
+
+    /// Drops the cached token if it is `used` (the API refused it), so that the next
+    /// [`token`](Self::token) gets a new one. A token already replaced by another caller's
+    /// refresh is left alone.
+    pub async fn invalidate(&self, used: &Secret) {
+        let mut state = self.inner.state();
+        if state.cached.as_ref().is_some_and(|c| &c.token == used) {
+            state.cached = None;
+            state.next_attempt = None;
         }
-        if let (Some(until), Some((last, _))) = (backing_off, &state.last_failure) {
-            // No usable token and IAM failed moments ago: share that failure.
-            return Err(IamError::BackingOff {
-                last: last.clone(),
-                wait: until - now,
-            });
+    }
+}
+
+impl Inner {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn who(&self) -> String {
+        format!("{}/{}", self.domain, self.user)
+    }
+
+    fn no_answer(&self) -> IamError {
+        IamError::Transport {
+            url: self.url.clone(),
+            message: format!("no answer within {:?}", self.timeout),
         }
-        match self.fetch().await {
+    }
+
+    /// One token request, its outcome recorded in the state and handed to every waiter.
+    async fn fly(self: Arc<Self>, tx: watch::Sender<FlightResult>) {
+        let result = tokio::time::timeout(self.timeout, self.fetch())
+            .await
+            .unwrap_or_else(|_| Err(self.no_answer()));
+        let mut state = self.state();
+        state.flight = None;
+        let shared = match result {
             Ok(fresh) => {
                 let token = fresh.token.clone();
                 state.cached = Some(fresh);
@@ -247,34 +350,29 @@ impl IamTokenSource {
                 let now = Instant::now();
                 let failures = state.last_failure.as_ref().map_or(0, |f| f.1) + 1;
                 state.last_failure = Some((e.to_string(), failures));
-                let Some(old) = state.cached.as_ref().filter(|c| now < c.expires) else {
-                    // 1 s, doubling up to 30 s, between requests while IAM keeps failing.
-                    let wait =
-                        Duration::from_secs(1u64 << failures.min(5)).min(RETRY_REFRESH_AFTER);
-                    state.next_attempt = Some(now + wait);
-                    return Err(e);
-                };
-                let token = old.token.clone();
-                tracing::warn!(
-                    user = %self.who(),
-                    "{e}; keeping the current token, which is still valid for {:?}",
-                    old.expires.saturating_duration_since(now)
-                );
-                state.next_attempt = Some(now + RETRY_REFRESH_AFTER);
-                Ok(token)
+                match state.cached.as_ref().filter(|c| now < c.expires) {
+                    None => {
+                        // 1 s, doubling up to 30 s, between requests while IAM keeps failing.
+                        let wait =
+                            Duration::from_secs(1u64 << failures.min(5)).min(RETRY_REFRESH_AFTER);
+                        state.next_attempt = Some(now + wait);
+                        Err(e)
+                    }
+                    Some(old) => {
+                        tracing::warn!(
+                            user = %self.who(),
+                            "{e}; keeping the current token, which is still valid for {:?}",
+                            old.expires.saturating_duration_since(now)
+                        );
+                        let token = old.token.clone();
+                        state.next_attempt = Some(now + RETRY_REFRESH_AFTER);
+                        Ok(token)
+                    }
+                }
             }
-        }
-    }
-
-    /// Drops the cached token if it is `used` (the API refused it), so that the next
-    /// [`token`](Self::token) gets a new one. A token already replaced by another caller's
-    /// refresh is left alone.
-    pub async fn invalidate(&self, used: &Secret) {
-        let mut state = self.state.lock().await;
-        if state.cached.as_ref().is_some_and(|c| &c.token == used) {
-            state.cached = None;
-            state.next_attempt = None;
-        }
+        };
+        drop(state);
+        tx.send_replace(Some(shared));
     }
 
     /// One token request.
@@ -317,7 +415,19 @@ impl IamTokenSource {
             .get("x-subject-token")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = response.bytes().await.map_err(transport)?;
+        let bytes = read_limited(
+            response,
+            IAM_LIMIT,
+            self.timeout.saturating_sub(sent.elapsed()),
+        )
+        .await
+        .map_err(|e| match e {
+            BodyError::Transport(e) => transport(e),
+            other => IamError::Transport {
+                url: self.url.clone(),
+                message: format!("HTTP {}: {other}", status.as_u16()),
+            },
+        })?;
         if !status.is_success() {
             let (code, message) = parse_error_body(&bytes);
             let message = message
@@ -480,6 +590,84 @@ mod tests {
         let fresh = src.token().await.expect("new");
         assert_ne!(fresh, tokens[0]);
         assert_eq!((src.fetches(), emu.stats().tokens_issued), (2, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_iam_is_asked_once_for_every_caller_waiting() {
+        // IAM answers in 1.5 s, later than the 1 s refresh margin of its 2 s tokens: each
+        // token is due for a refresh when it arrives. Every caller waiting still takes it.
+        let emu = Emulator::start(
+            EmulatorConfig {
+                token_lifetime: Duration::from_secs(2),
+                iam_latency: Duration::from_millis(1500),
+                users: vec![IamUser::new("acme", "bob", "pw-SECRET")],
+                ..EmulatorConfig::default()
+            },
+            "127.0.0.1:0".parse().expect("address"),
+        )
+        .await
+        .expect("emulator starts");
+        let src = source(&emu, "pw-SECRET");
+        let started = Instant::now();
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..30 {
+            let src = Arc::clone(&src);
+            calls.spawn(async move { src.token().await });
+        }
+        let mut tokens = Vec::new();
+        while let Some(joined) = calls.join_next().await {
+            tokens.push(joined.expect("no panic").expect("a token"));
+        }
+        assert!(tokens.iter().all(|t| t == &tokens[0]));
+        assert_eq!((src.fetches(), emu.stats().token_requests), (1, 1));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "one request, not one per caller: {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_request_without_an_answer_times_out_once_for_everyone() {
+        let emu = Emulator::start(
+            EmulatorConfig {
+                iam_latency: Duration::from_secs(30),
+                users: vec![IamUser::new("acme", "bob", "pw-SECRET")],
+                ..EmulatorConfig::default()
+            },
+            "127.0.0.1:0".parse().expect("address"),
+        )
+        .await
+        .expect("emulator starts");
+        let config = IamConfig {
+            endpoint: Endpoint::parse(&emu.base_url()).expect("loopback endpoint"),
+            domain: "acme".into(),
+            user: "bob".into(),
+            password_file: PathBuf::new(),
+            project: ProjectScope::Name("cn-north-4".into()),
+            options: ClientOptions {
+                connect_timeout: Duration::from_millis(300),
+                request_timeout: Duration::from_millis(500),
+                ..ClientOptions::default()
+            },
+        };
+        let src = Arc::new(IamTokenSource::new(&config, Secret::new("pw-SECRET")).expect("builds"));
+        let started = Instant::now();
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let src = Arc::clone(&src);
+            calls.spawn(async move { src.token().await });
+        }
+        while let Some(joined) = calls.join_next().await {
+            let err = joined.expect("no panic").expect_err("no token");
+            assert!(err.retryable(), "{err:?}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(src.fetches(), 1);
     }
 
     #[tokio::test]

@@ -336,9 +336,102 @@ fn result_run_ids(dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(ids)
 }
 
+/// Bytes of a result file read at most to find the fields `status` shows. The daemon writes
+/// them first, before `tasks` (which can be large: 10,000 tasks with their params), so a few
+/// hundred bytes normally suffice; a file that does not give them within this is reported.
+pub const RESULT_READ_LIMIT: u64 = 4 << 20;
+
+/// The fields `status` shows of a result file, parsed from its start: reading stops at
+/// `tasks` once they are all known, and never goes beyond [`RESULT_READ_LIMIT`] bytes, so a
+/// huge (or endless) file costs neither time nor memory.
 fn read_last_run(path: &Path) -> Result<LastRun, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("not a result file: {e}"))
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let reader = std::io::BufReader::new(file.take(RESULT_READ_LIMIT));
+    let found = std::cell::RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let parsed = serde::Deserializer::deserialize_map(&mut de, HeadVisitor { found: &found });
+    if let Some(head) = found.into_inner() {
+        return Ok(head);
+    }
+    match parsed {
+        Ok(head) => Ok(head),
+        Err(e) if e.is_eof() && size > RESULT_READ_LIMIT => Err(format!(
+            "not read: {size} bytes, and its summary is not within the first {} MiB",
+            RESULT_READ_LIMIT >> 20
+        )),
+        Err(e) => Err(format!("not a result file: {e}")),
+    }
+}
+
+/// Collects the fields of [`LastRun`] from a result file's top-level object, and stops at
+/// `tasks` (through `found`, with an error that ends the parse) once they are all known.
+struct HeadVisitor<'a> {
+    found: &'a std::cell::RefCell<Option<LastRun>>,
+}
+
+impl<'de> serde::de::Visitor<'de> for HeadVisitor<'_> {
+    type Value = LastRun;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a result file (a JSON object)")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<LastRun, A::Error> {
+        use serde::de::{Error, IgnoredAny};
+        let mut run_id = None;
+        let mut status = None;
+        let mut trigger = None;
+        let mut started_at = None;
+        let mut finished_at = None;
+        let mut summary = None;
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "run_id" => run_id = Some(map.next_value()?),
+                "status" => status = Some(map.next_value()?),
+                "trigger" => trigger = Some(map.next_value()?),
+                "started_at" => started_at = Some(map.next_value()?),
+                "finished_at" => finished_at = Some(map.next_value()?),
+                "summary" => summary = Some(map.next_value()?),
+                "tasks"
+                    if run_id.is_some()
+                        && status.is_some()
+                        && trigger.is_some()
+                        && started_at.is_some()
+                        && finished_at.is_some()
+                        && summary.is_some() =>
+                {
+                    *self.found.borrow_mut() = Some(LastRun {
+                        run_id: run_id.take().unwrap_or_default(),
+                        status: status.take().unwrap_or_default(),
+                        trigger: trigger.take().unwrap_or_default(),
+                        started_at: started_at.take().unwrap_or_default(),
+                        finished_at: finished_at.take().unwrap_or_default(),
+                        summary: summary.take().unwrap_or(Counts {
+                            total: 0,
+                            started: 0,
+                            failed: 0,
+                            skipped: 0,
+                        }),
+                    });
+                    // Everything needed is known: the tasks are not read.
+                    return Err(A::Error::custom("enough read"));
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(LastRun {
+            run_id: run_id.ok_or_else(|| A::Error::missing_field("run_id"))?,
+            status: status.ok_or_else(|| A::Error::missing_field("status"))?,
+            trigger: trigger.ok_or_else(|| A::Error::missing_field("trigger"))?,
+            started_at: started_at.ok_or_else(|| A::Error::missing_field("started_at"))?,
+            finished_at: finished_at.ok_or_else(|| A::Error::missing_field("finished_at"))?,
+            summary: summary.ok_or_else(|| A::Error::missing_field("summary"))?,
+        })
+    }
 }
 
 /// The run that ran this content of a run-once plan, from `STATE/once/<plan>/<sha256>` (the
@@ -702,6 +795,40 @@ mod tests {
         );
         assert_eq!(r.errors.len(), 1);
         assert!(r.errors[0].contains("plans folder"), "{:?}", r.errors);
+    }
+
+    /// Issue 11: a 4 GiB newest result file took 17 s and 4.2 GB to show one line.
+    #[test]
+    fn a_huge_newest_result_is_read_only_as_far_as_its_summary() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let plans = root.path().join("plans");
+        std::fs::create_dir(&plans).expect("mkdir");
+        let results = root.path().join("results");
+        let head = result_json("20260501T080000Z-1", "partial", 3, 1);
+        let head = head.trim_end().trim_end_matches('}').trim_end();
+        let head = head.strip_suffix("\"tasks\": []").expect("tasks last");
+        let path = results.join("web/20260501T080000Z-1.json");
+        write(&path, &format!("{head}\"tasks\": ["));
+        // 4 GiB, sparse: what follows the summary is never read.
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        file.set_len(4 << 30).expect("sparse file");
+        let started = std::time::Instant::now();
+        let r = gather(&plans, &results, &root.path().join("s"), now());
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        let last = r.plans[0].last_run.as_ref().expect("read");
+        assert_eq!((last.status.as_str(), last.summary.started), ("partial", 3));
+
+        // A file whose summary is not within the first 4 MiB is reported, not read.
+        let path = results.join("web/20260502T080000Z-1.json");
+        let mut text = String::from("{\"tasks\": [");
+        text.push_str(&" ".repeat(5 << 20));
+        write(&path, &text);
+        let r = gather(&plans, &results, &root.path().join("s"), now());
+        let error = r.plans[0].last_run_error.as_deref().expect("reported");
+        assert!(error.contains("not within the first 4 MiB"), "{error}");
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct EmulatorConfig {
     pub project_id: String,
     /// Fixed delay before answering any API request.
     pub latency: Duration,
+    /// Extra delay before answering an IAM token request (a slow IAM).
+    pub iam_latency: Duration,
     /// Extra uniform random delay in `0..=latency_jitter`.
     pub latency_jitter: Duration,
     /// Requests per second over all deploy endpoints together; the burst is `ceil(rate)`, at
@@ -150,6 +152,7 @@ impl Default for EmulatorConfig {
             ak_lock_duration: Duration::from_secs(5 * 60),
             project_id: DEFAULT_PROJECT_ID.to_owned(),
             latency: Duration::ZERO,
+            iam_latency: Duration::ZERO,
             latency_jitter: Duration::ZERO,
             rate_limit: None,
             error_rate: 0.0,
@@ -277,6 +280,10 @@ pub struct EmulatorArgs {
     #[arg(long, value_name = "MS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(..=3_600_000))]
     pub latency_ms: u64,
+    /// Extra delay before answering an IAM token request, in milliseconds (at most 3600000).
+    #[arg(long, value_name = "MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(..=3_600_000))]
+    pub iam_latency_ms: u64,
     /// Extra random delay of up to this many milliseconds (at most 3600000).
     #[arg(long, value_name = "MS", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(..=3_600_000))]
@@ -395,6 +402,7 @@ impl EmulatorArgs {
             ak_lock_duration: Duration::from_secs(self.ak_lock_secs),
             project_id: self.project_id,
             latency: Duration::from_millis(self.latency_ms),
+            iam_latency: Duration::from_millis(self.iam_latency_ms),
             latency_jitter: Duration::from_millis(self.jitter_ms),
             rate_limit: self.rate_limit,
             error_rate: self.error_rate,

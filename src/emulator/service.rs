@@ -346,7 +346,11 @@ impl Shared {
                 Faults::default()
             }
         };
-        let delay = self.config.latency + faults.jitter;
+        let mut delay = self.config.latency + faults.jitter;
+        if matches!(route, Route::IamTokens) {
+            self.store().stats.token_requests += 1;
+            delay += self.config.iam_latency;
+        }
         let result = if !delay.is_zero() && !self.pause(delay).await {
             Err(ApiErr::injected(StatusCode::SERVICE_UNAVAILABLE))
         } else if faults.drop_before {

@@ -129,6 +129,9 @@ pub struct Stats {
     /// IAM tokens issued by `POST /v3/auth/tokens`.
     #[serde(default)]
     pub tokens_issued: u64,
+    /// IAM token requests received (issued or refused).
+    #[serde(default)]
+    pub token_requests: u64,
     /// Requests refused by authentication (any 401).
     #[serde(default)]
     pub auth_failures: u64,

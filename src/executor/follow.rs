@@ -54,6 +54,10 @@ pub async fn follow(
                     break;
                 }
             }
+            Err(e) if exec.client.guard().blocked().is_some() => {
+                warn!(record_id, "stopped following: {e}");
+                break;
+            }
             Err(e) => debug!(record_id, "state query failed: {e}"),
         }
         let pause = poll_pause(n);

@@ -15,7 +15,7 @@ pub mod values;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -148,8 +148,9 @@ impl Executor {
     }
 
     /// This executor (built from a reloaded config) carrying on `old`'s memory of known
-    /// records, its per-task locks, what it learned of the service's clock, and its limiter
-    /// too when `same_limits` (one limiter for the account).
+    /// records, its per-task locks, what it learned of the service's clock, what it knows of
+    /// the credentials when they did not change (see [`DeployClient::with_credentials_of`]),
+    /// and its limiter too when `same_limits` (one limiter for the account).
     pub fn succeeding(mut self, old: &Executor, same_limits: bool) -> Self {
         self.known_records = old.known_records.clone();
         self.task_locks = old.task_locks.clone();
@@ -158,6 +159,9 @@ impl Executor {
             clock.attach_store(state_dir, self.settings.history_offset_hint);
         }
         self.client = self.client.with_clock(clock);
+        // A credential the API refused stays refused, and IAM is not asked again with a
+        // password it refused, unless the reload brought other credentials.
+        self.client = self.client.with_credentials_of(&old.client);
         if same_limits {
             self.limits = old.limits.clone();
         }
@@ -190,7 +194,8 @@ impl Executor {
     ) -> FinishedRun {
         let values = self.snapshot(&req).await;
         let journal = self.open_journal(&req, &values);
-        self.run_with_journal(req, values, journal, stop, observer).await
+        self.run_with_journal(req, values, journal, stop, observer)
+            .await
     }
 
     /// Reads every `value_from` of the run's plan once (every task of the run gets the same
@@ -237,7 +242,6 @@ impl Executor {
             };
             let shared = Arc::new(RunShared {
                 journal,
-                auth_refused: AtomicBool::new(false),
                 retry_budget: AtomicU32::new(retry_budget(plan.tasks.len())),
             });
             let width = plan.concurrency.map_or(self.limits.concurrency(), |c| c.get()).min(self.limits.concurrency());
@@ -386,9 +390,6 @@ impl FinishedRun {
 /// State one run's tasks share.
 struct RunShared {
     journal: Option<RunJournal>,
-    /// A call of this run was refused authentication: the others stop calling (the gateway
-    /// locks an AK after a few failed signatures in a row).
-    auth_refused: AtomicBool,
     /// Retries left in this run.
     retry_budget: AtomicU32,
 }
@@ -505,8 +506,10 @@ impl TaskCtx {
             if self.stop.stop.is_cancelled() {
                 return self.stopped(report);
             }
-            if self.shared.auth_refused.load(Ordering::Relaxed) {
-                return auth_stopped(report);
+            // Credentials the API refused are not used again (the gateway locks an AK after
+            // more than 5 bad signatures in a row), whichever run or plan made the call.
+            if let Some(blocked) = self.exec.client.guard().blocked() {
+                return credentials_refused(report, &blocked);
             }
             // One call of this task in flight in this process, from its intent to its settled
             // outcome: a history lookup then knows no other call of ours made a record.
@@ -520,9 +523,17 @@ impl TaskCtx {
                 _ = self.stop.stop.cancelled() => return self.stopped(report),
                 p = self.exec.limits.acquire(Some(&self.slots)) => p,
             };
-            if self.shared.auth_refused.load(Ordering::Relaxed) {
-                return auth_stopped(report);
-            }
+            // The right to call with these credentials: at once when they are known to work;
+            // while they are not, one call at a time (the others wait for its verdict).
+            let pass = tokio::select! {
+                biased;
+                _ = self.stop.stop.cancelled() => return self.stopped(report),
+                p = self.exec.client.admit() => p,
+            };
+            let pass = match pass {
+                Ok(pass) => pass,
+                Err(blocked) => return credentials_refused(report, &blocked),
+            };
             let attempt = report.attempts + 1;
             let sent_at = Utc::now();
             if let Some(j) = &self.shared.journal {
@@ -543,8 +554,7 @@ impl TaskCtx {
                 }
                 // A stop that came while the intent was being made durable: the call does not
                 // go out, and the journal says so (no lookup needed after a crash).
-                if self.stop.stop.is_cancelled() || self.shared.auth_refused.load(Ordering::Relaxed)
-                {
+                if self.stop.stop.is_cancelled() || !pass.still_valid() {
                     let not_sent = Entry::Outcome {
                         task_id: task.task_id.clone(),
                         attempt,
@@ -555,8 +565,10 @@ impl TaskCtx {
                     if let Err(e) = j.append(&not_sent).await {
                         warn!("{e}");
                     }
-                    if self.shared.auth_refused.load(Ordering::Relaxed) {
-                        return auth_stopped(report);
+                    if !pass.still_valid()
+                        && let Some(blocked) = self.exec.client.guard().blocked()
+                    {
+                        return credentials_refused(report, &blocked);
                     }
                     return self.stopped(report);
                 }
@@ -565,16 +577,11 @@ impl TaskCtx {
             let outcome = tokio::select! {
                 biased;
                 _ = self.stop.abort.cancelled() => None,
-                o = self.exec.client.start_task(&task.task_id, &body) => Some(o),
+                o = self.exec.client.start_task_with(pass, &task.task_id, &body) => Some(o),
             };
             let answered_at = Utc::now();
-            // A refused authentication stops the run's other calls before this call's slot
-            // lets the next one go (with one slot, a second badly signed call would follow).
-            if let Some(o) = &outcome
-                && o.info().http_status == Some(401)
-            {
-                self.shared.auth_refused.store(true, Ordering::Relaxed);
-            }
+            // The client told the credential guard of a 401 before returning, so the next
+            // call waiting for this slot already sees it.
             drop(permit);
             let Some(outcome) = outcome else {
                 warn!(
@@ -830,13 +837,15 @@ fn scrub(report: &mut TaskReport, secrets: &[crate::secret::Secret]) {
     }
 }
 
-/// A task not called because another call of the run was refused authentication.
-fn auth_stopped(mut report: TaskReport) -> TaskReport {
+/// A task not called because the API refused the credentials (this call's last attempt, or
+/// any other call of the process).
+fn credentials_refused(mut report: TaskReport, blocked: &crate::api::guard::Blocked) -> TaskReport {
+    warn!("not called: the API refused the credentials");
     report.status = TaskStatus::Failed;
-    report.error_code = Some("auth_refused_in_run".into());
-    report.error_msg = Some(
-        "not called: another call of this run was refused authentication (HTTP 401); fix the credentials (an AK is locked after repeated signature failures)".into(),
-    );
+    report.http_status = None;
+    report.request_id = None;
+    report.error_code = Some(crate::api::client::CREDENTIALS_REFUSED.into());
+    report.error_msg = Some(blocked.to_string());
     report
 }
 

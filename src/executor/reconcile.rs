@@ -153,6 +153,12 @@ impl<'a> Reconciler<'a> {
                     poll
                 }
                 Err(_) if stop.is_cancelled() => return Lookup::Stopped,
+                // Refused credentials are not used again: no point asking 10 times.
+                Err(e) if self.exec.client.guard().blocked().is_some() => {
+                    return Lookup::Unavailable(format!(
+                        "the task's history could not be read ({e})"
+                    ));
+                }
                 Err(e) => {
                     failures += 1;
                     if failures >= LOOKUP_FAILURES {

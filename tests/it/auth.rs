@@ -275,7 +275,7 @@ async fn a_wrong_sk_fails_each_task_with_apigw_0301_and_no_retry() {
             assert_eq!(entry["http_status"], 401, "{entry}");
             called += 1;
         } else {
-            assert_eq!(entry["error_code"], "auth_refused_in_run", "{entry}");
+            assert_eq!(entry["error_code"], "credentials_refused", "{entry}");
         }
     }
     assert!(called >= 1);

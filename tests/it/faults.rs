@@ -291,7 +291,7 @@ async fn after_one_refused_authentication_the_run_stops_calling() {
         .collect();
     assert_eq!(refused.len(), 1, "{r}");
     for t in tasks.iter().filter(|t| !refused.contains(t)) {
-        assert_eq!(task(r, t)["error_code"], "auth_refused_in_run");
+        assert_eq!(task(r, t)["error_code"], "credentials_refused");
         assert_eq!(task(r, t)["attempts"], 0);
     }
 }

@@ -2,6 +2,7 @@
 //! emulator on 127.0.0.1, with real files in temporary folders.
 
 mod auth;
+mod bounded;
 mod clock;
 mod daemon;
 mod delivery;
@@ -11,5 +12,5 @@ mod hardening;
 mod helpers;
 mod ops;
 mod signals;
-mod zones;
 mod values;
+mod zones;
