@@ -135,8 +135,6 @@ pub struct Control {
 struct Armed {
     plan: Arc<Plan>,
     next: Option<DateTime<Utc>>,
-    /// The last fire time used, so that a clock set back never fires the same time twice.
-    last_fired: Option<DateTime<Utc>>,
 }
 
 /// What the controller keeps about one plan's runs.
@@ -168,6 +166,8 @@ struct Controller {
     admission: std::collections::VecDeque<Pending>,
     /// Runs that could not begin, and when to try again.
     retries: Vec<(Instant, Pending)>,
+    /// Fire times already used per plan (kept in the state folder too).
+    fires_used: HashMap<String, Vec<DateTime<Utc>>>,
 }
 
 /// Runs the daemon until `control.shutdown` is cancelled. Returns after every run in progress
@@ -213,6 +213,7 @@ pub async fn run(
         max_runs: 0,
         admission: std::collections::VecDeque::new(),
         retries: Vec::new(),
+        fires_used: HashMap::new(),
     };
     c.max_runs = c.settings.max_runs.unwrap_or_else(default_max_runs);
     info!(
@@ -258,6 +259,7 @@ pub async fn run(
         .as_ref()
         .map(|(every, _)| Instant::now() + *every);
 
+    let mut clock = crate::wall_clock::JumpDetector::new();
     loop {
         let now_wall = Utc::now();
         let now = Instant::now();
@@ -321,6 +323,17 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake) => {}
         }
 
+        // Before anything reads the wall clock's word: was it stepped while we slept?
+        if let Some(jump) = clock.check() {
+            warn!(
+                jump = %crate::wall_clock::describe(jump),
+                "the wall clock jumped by {} (it reads {} now): schedules are re-armed, and results are not removed by age for an hour",
+                crate::wall_clock::describe(jump),
+                crate::results::ts(&Utc::now())
+            );
+            crate::wall_clock::note_jump();
+            c.rearm_after_jump();
+        }
         if let Some(w) = &watcher
             && w.take_overflow()
         {
@@ -369,6 +382,7 @@ pub fn prune_results(
         plan,
         keep,
         std::time::SystemTime::now(),
+        crate::wall_clock::trusted(),
         Some(just_written),
     ) {
         Ok(removed) if !removed.is_empty() => info!(
@@ -500,17 +514,15 @@ impl Controller {
                     self.armed.remove(&plan.name);
                 }
                 (Some(schedule), true) => {
-                    let previous = self.armed.get(&plan.name);
-                    let last_fired = previous.and_then(|a| a.last_fired);
+                    let used = self.used_fires(&plan.name);
                     let now = Utc::now();
                     // A fire already due and not yet taken (the edit came just before it, and
                     // the rescan ran first) stays due: an edit never loses a fire silently.
-                    let from = match previous.and_then(|a| a.next) {
+                    let from = match self.armed.get(&plan.name).and_then(|a| a.next) {
                         Some(due) if due <= now => due - chrono::TimeDelta::milliseconds(1),
                         _ => now,
                     };
-                    let from = last_fired.map_or(from, |l| l.max(from));
-                    let next = schedule.next_after(from);
+                    let next = schedule.next_unused(from, &used);
                     info!(
                         plan = %plan.name,
                         next = next.map(|t| crate::results::ts(&t)).unwrap_or_else(|| "never".into()),
@@ -523,7 +535,6 @@ impl Controller {
                         Armed {
                             plan: plan.clone(),
                             next,
-                            last_fired,
                         },
                     );
                 }
@@ -580,10 +591,74 @@ impl Controller {
             } else {
                 self.request(plan.clone(), Trigger::Schedule, Some(at));
             }
+            let used = self.use_fire(&plan.name, at);
             if let Some(a) = self.armed.get_mut(&plan.name) {
-                a.last_fired = Some(at);
-                let from = at.max(now);
-                a.next = plan.schedule.as_ref().and_then(|s| s.next_after(from));
+                a.next = plan
+                    .schedule
+                    .as_ref()
+                    .and_then(|s| s.next_unused(at.max(now), &used));
+            }
+        }
+    }
+
+    /// The fire times of a plan already used, from memory or the state folder.
+    fn used_fires(&mut self, plan: &str) -> Vec<DateTime<Utc>> {
+        if let Some(used) = self.fires_used.get(plan) {
+            return used.clone();
+        }
+        let used = self.store.fired(plan).unwrap_or_else(|e| {
+            warn!(
+                plan,
+                "cannot read the fire times already used ({e}); a clock set back could repeat one"
+            );
+            Vec::new()
+        });
+        self.fires_used.insert(plan.to_string(), used.clone());
+        used
+    }
+
+    /// Marks a fire time used (run or skipped), durably: it never runs again.
+    fn use_fire(&mut self, plan: &str, at: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let mut used = self.used_fires(plan);
+        used.push(at);
+        let excess = used.len().saturating_sub(crate::state::FIRES_KEPT);
+        used.drain(..excess);
+        if let Err(e) = self.store.record_fired(plan, &used) {
+            warn!(
+                plan,
+                "cannot keep the fire time used in the state folder ({e}); a restart with the clock set back could repeat it"
+            );
+        }
+        self.fires_used.insert(plan.to_string(), used.clone());
+        used
+    }
+
+    /// After a jump of the wall clock: every schedule whose next fire is still ahead is
+    /// armed again from now (a fire already due is left to `fire_due`, which runs it or logs
+    /// it as missed), so that no schedule waits on a time the clock passed or has not reached.
+    fn rearm_after_jump(&mut self) {
+        let now = Utc::now();
+        let names: Vec<String> = self.armed.keys().cloned().collect();
+        for name in names {
+            let used = self.used_fires(&name);
+            let Some(a) = self.armed.get_mut(&name) else {
+                continue;
+            };
+            if a.next.is_some_and(|n| n <= now) {
+                continue;
+            }
+            let next = a
+                .plan
+                .schedule
+                .as_ref()
+                .and_then(|s| s.next_unused(now, &used));
+            if next != a.next {
+                info!(
+                    plan = %name,
+                    next = next.map(|t| crate::results::ts(&t)).unwrap_or_else(|| "never".into()),
+                    "schedule re-armed after the clock jump"
+                );
+                a.next = next;
             }
         }
     }

@@ -37,7 +37,8 @@
 //! | [`scan`], [`watcher`] | the plans folder: settledness, content hashes, notify hints |
 //! | [`daemon`] | the controller loop: catalog, schedules, runs, shutdown |
 //! | [`settings`] | the config file and flags, validated |
-//! | [`metrics`], [`telemetry`], [`signals`] | Prometheus, logging, signal futures |
+//! | [`metrics`], [`telemetry`], [`signals`] | Prometheus, logging, signal handlers |
+//! | [`wall_clock`] | jumps of the host's clock: detected, logged, distrusted for a while |
 //! | [`emulator`] | the local CodeArts Deploy server |
 //! | [`cli`], [`commands`] | the command line |
 //!
@@ -67,4 +68,5 @@ pub mod settings;
 pub mod signals;
 pub mod state;
 pub mod telemetry;
+pub mod wall_clock;
 pub mod watcher;

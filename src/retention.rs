@@ -116,23 +116,38 @@ fn result_run_id(file_name: &str) -> Option<(&str, SystemTime)> {
     run_id_start(id).map(|start| (id, start))
 }
 
+/// A run dated more than this after now was started while the clock was ahead: it is not
+/// "newer" than anything, and is left alone.
+pub const FUTURE_SLACK: Duration = Duration::from_secs(60);
+
 /// Which of a plan's runs to remove. Pure.
 ///
 /// `runs` are (run id, start time) in any order; the result lists run ids, oldest first. The
-/// newest run (greatest id: ids sort by start time) is never in it.
+/// newest run (greatest id: ids sort by start time) is never in it. Runs dated in the future
+/// (started while the clock was ahead) neither count among the newest nor are removed; with
+/// `clock_trusted` false (the wall clock jumped lately), nothing is removed for its age.
 pub fn select<'a>(
     runs: &[(&'a str, SystemTime)],
     policy: &RetentionPolicy,
     now: SystemTime,
+    clock_trusted: bool,
 ) -> Vec<&'a str> {
     if policy.keeps_all() {
         return Vec::new();
     }
-    let mut sorted: Vec<(&'a str, SystemTime)> = runs.to_vec();
+    let horizon = now.checked_add(FUTURE_SLACK).unwrap_or(now);
+    let mut sorted: Vec<(&'a str, SystemTime)> = runs
+        .iter()
+        .filter(|(_, start)| *start <= horizon)
+        .copied()
+        .collect();
     // Newest first.
     sorted.sort_by(|a, b| b.0.cmp(a.0));
     sorted.dedup_by(|a, b| a.0 == b.0);
-    let cutoff = policy.age.and_then(|age| now.checked_sub(age));
+    let cutoff = policy
+        .age
+        .filter(|_| clock_trusted)
+        .and_then(|age| now.checked_sub(age));
     let mut doomed: Vec<&'a str> = sorted
         .iter()
         .enumerate()
@@ -168,6 +183,7 @@ pub fn prune(
     plan: &str,
     policy: &RetentionPolicy,
     now: SystemTime,
+    clock_trusted: bool,
     just_written: Option<&str>,
 ) -> Result<Vec<PathBuf>, RetentionError> {
     if policy.keeps_all() {
@@ -202,7 +218,7 @@ pub fn prune(
     let mut removed = Vec::new();
     // The result just written is never removed, even if its run started before others
     // (`overlap: allow`) or its id is not the greatest (a clock set back).
-    for id in select(&runs, policy, now)
+    for id in select(&runs, policy, now, clock_trusted)
         .into_iter()
         .filter(|id| Some(*id) != just_written)
     {
@@ -261,6 +277,36 @@ mod tests {
         v
     }
 
+    /// Issue 11: results dated in the future (a run while the clock was ahead) are not the
+    /// newest, and a clock that just jumped removes nothing for its age.
+    #[test]
+    fn future_runs_and_a_jumped_clock_remove_nothing_real() {
+        let future: Vec<String> = (1..=3)
+            .map(|d| {
+                let t = chrono::DateTime::parse_from_rfc3339("2026-06-01T00:00:00Z")
+                    .expect("time")
+                    .to_utc()
+                    + chrono::TimeDelta::days(d);
+                format!("{}-f{d}", t.format("%Y%m%dT%H%M%SZ"))
+            })
+            .collect();
+        let real: Vec<String> = (0..5u64).map(|d| id(d, "a")).collect();
+        let names: Vec<String> = future.iter().chain(&real).cloned().collect();
+        let runs: Vec<(&str, SystemTime)> = names
+            .iter()
+            .map(|n| (n.as_str(), run_id_start(n).expect("id")))
+            .collect();
+        // count 3: the three newest real ones stay, the future ones are neither counted nor
+        // removed.
+        let doomed = select(&runs, &policy(Some(3), None), now(), true);
+        assert_eq!(doomed, vec![real[4].as_str(), real[3].as_str()]);
+        // age 2 days with the clock 30 days ahead: everything looks old, but the clock just
+        // jumped, so nothing goes.
+        let ahead = now() + 30 * DAY;
+        assert!(select(&runs, &policy(None, Some(2 * DAY)), ahead, false).is_empty());
+        assert!(!select(&runs, &policy(None, Some(2 * DAY)), ahead, true).is_empty());
+    }
+
     #[test]
     fn policy_validation() {
         assert_eq!(
@@ -308,17 +354,17 @@ mod tests {
             .iter()
             .map(|i| (i.as_str(), run_id_start(i).expect("id")))
             .collect();
-        let by_count = select(&runs, &policy(Some(2), None), now());
+        let by_count = select(&runs, &policy(Some(2), None), now(), true);
         assert_eq!(
             by_count,
             vec![ids[4].as_str(), ids[3].as_str(), ids[2].as_str()]
         );
-        let by_age = select(&runs, &policy(None, Some(3 * DAY)), now());
+        let by_age = select(&runs, &policy(None, Some(3 * DAY)), now(), true);
         assert_eq!(by_age, vec![ids[4].as_str(), ids[3].as_str()]);
         // Either limit removes: 4 kept by count, but the 40-day one is too old.
-        let both = select(&runs, &policy(Some(4), Some(30 * DAY)), now());
+        let both = select(&runs, &policy(Some(4), Some(30 * DAY)), now(), true);
         assert_eq!(both, vec![ids[4].as_str()]);
-        assert!(select(&runs, &RetentionPolicy::KEEP_ALL, now()).is_empty());
+        assert!(select(&runs, &RetentionPolicy::KEEP_ALL, now(), true).is_empty());
     }
 
     #[test]
@@ -329,12 +375,17 @@ mod tests {
             .map(|i| (i.as_str(), run_id_start(i).expect("id")))
             .collect();
         assert_eq!(
-            select(&runs, &policy(Some(1), Some(DAY)), now()),
+            select(&runs, &policy(Some(1), Some(DAY)), now(), true),
             vec![ids[1].as_str()]
         );
         // A clock far in the past or future changes nothing about the newest.
         assert_eq!(
-            select(&runs, &policy(None, Some(DAY)), SystemTime::UNIX_EPOCH),
+            select(
+                &runs,
+                &policy(None, Some(DAY)),
+                SystemTime::UNIX_EPOCH,
+                true
+            ),
             Vec::<&str>::new()
         );
     }
@@ -351,6 +402,7 @@ mod tests {
             "web",
             &policy(Some(1), None),
             now(),
+            true,
             Some(&just),
         )
         .expect("prune");
@@ -374,8 +426,15 @@ mod tests {
         std::fs::write(web.join(format!("{}.txt", id(90, "1"))), "x").expect("write");
         std::fs::create_dir(web.join(format!("{}.json", id(95, "1")))).expect("mkdir");
 
-        let removed =
-            prune(root.path(), "web", &policy(Some(2), None), now(), None).expect("prune");
+        let removed = prune(
+            root.path(),
+            "web",
+            &policy(Some(2), None),
+            now(),
+            true,
+            None,
+        )
+        .expect("prune");
         let removed_names: Vec<String> = removed
             .iter()
             .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
@@ -399,9 +458,16 @@ mod tests {
 
         // Idempotent.
         assert!(
-            prune(root.path(), "web", &policy(Some(2), None), now(), None)
-                .expect("prune")
-                .is_empty()
+            prune(
+                root.path(),
+                "web",
+                &policy(Some(2), None),
+                now(),
+                true,
+                None
+            )
+            .expect("prune")
+            .is_empty()
         );
     }
 
@@ -414,6 +480,7 @@ mod tests {
             "web",
             &policy(None, Some(30 * DAY)),
             now(),
+            true,
             None,
         )
         .expect("ok");
@@ -430,8 +497,15 @@ mod tests {
         std::fs::create_dir(&results).expect("mkdir");
         // A plan folder that is a symlink to somewhere else.
         std::os::unix::fs::symlink(&target, results.join("linked")).expect("symlink");
-        let e =
-            prune(&results, "linked", &policy(Some(1), None), now(), None).expect_err("refused");
+        let e = prune(
+            &results,
+            "linked",
+            &policy(Some(1), None),
+            now(),
+            true,
+            None,
+        )
+        .expect_err("refused");
         assert!(matches!(e, RetentionError::NotAFolder(_)), "{e}");
         assert_eq!(names(&target).len(), 3);
 
@@ -444,7 +518,8 @@ mod tests {
             )
             .expect("symlink");
         }
-        let removed = prune(&results, "web", &policy(Some(1), None), now(), None).expect("prune");
+        let removed =
+            prune(&results, "web", &policy(Some(1), None), now(), true, None).expect("prune");
         assert!(removed.is_empty(), "{removed:?}");
         assert_eq!(names(&target).len(), 3);
         assert_eq!(names(&web).len(), 4);
@@ -455,7 +530,8 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         folder(root.path(), "web", &[1, 2]);
         for bad in ["..", ".", "", "a/b", "/etc", ".hidden", "../web"] {
-            let e = prune(root.path(), bad, &policy(Some(1), None), now(), None).expect_err(bad);
+            let e =
+                prune(root.path(), bad, &policy(Some(1), None), now(), true, None).expect_err(bad);
             assert!(matches!(e, RetentionError::UnsafePlanName(_)), "{bad}: {e}");
         }
         assert!(
@@ -464,15 +540,23 @@ mod tests {
                 "never-ran",
                 &policy(Some(1), None),
                 now(),
+                true,
                 None
             )
             .expect("ok")
             .is_empty()
         );
         assert!(
-            prune(root.path(), "web", &RetentionPolicy::KEEP_ALL, now(), None)
-                .expect("ok")
-                .is_empty()
+            prune(
+                root.path(),
+                "web",
+                &RetentionPolicy::KEEP_ALL,
+                now(),
+                true,
+                None
+            )
+            .expect("ok")
+            .is_empty()
         );
         assert_eq!(names(&root.path().join("web")).len(), 2);
     }

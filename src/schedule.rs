@@ -129,6 +129,25 @@ impl Schedule {
         self.tz
     }
 
+    /// The first fire time after `after` that is not in `used` (fire times already run or
+    /// skipped: a clock set back never repeats them).
+    pub fn next_unused(
+        &self,
+        after: DateTime<Utc>,
+        used: &[DateTime<Utc>],
+    ) -> Option<DateTime<Utc>> {
+        let mut cursor = after;
+        // Each used time is skipped at most once.
+        for _ in 0..=used.len() {
+            let next = self.next_after(cursor)?;
+            if !used.contains(&next) {
+                return Some(next);
+            }
+            cursor = next;
+        }
+        None
+    }
+
     /// The first fire time strictly after `after`. `None` only at the end of chrono's calendar:
     /// the search spans [`SEARCH_HORIZON_MONTHS`], a whole Gregorian cycle, so a rare date
     /// (`0 0 29 2 +1`, February 29 on a Monday: 2044 after 2016) is found.

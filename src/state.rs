@@ -41,6 +41,10 @@ pub struct StateLock {
     _file: std::fs::File,
 }
 
+/// Used fire times kept per plan (a clock set back further than this many fires may repeat
+/// the oldest).
+pub const FIRES_KEPT: usize = 64;
+
 /// The lock file in the state folder; it holds the holder's pid.
 pub const LOCK_FILE: &str = "lock";
 
@@ -54,7 +58,12 @@ impl StateStore {
     /// Opens (creating it if needed, mode 0750) the state folder.
     pub fn open(root: &Path) -> Result<Self, StateError> {
         use std::os::unix::fs::DirBuilderExt;
-        for dir in [root.to_path_buf(), root.join("once"), root.join("runs")] {
+        for dir in [
+            root.to_path_buf(),
+            root.join("once"),
+            root.join("runs"),
+            root.join("fires"),
+        ] {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o750)
@@ -125,6 +134,34 @@ impl StateStore {
         }
     }
 
+    fn fires_path(&self, plan: &str) -> PathBuf {
+        self.root.join("fires").join(format!("{plan}.json"))
+    }
+
+    /// The fire times of a scheduled plan already used (run or skipped), newest last: a fire
+    /// time in it never runs again, across disable/enable and restarts, whatever the clock
+    /// does. An unreadable file counts as empty (it is logged by the caller).
+    pub fn fired(&self, plan: &str) -> Result<Vec<chrono::DateTime<chrono::Utc>>, StateError> {
+        let path = self.fires_path(plan);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+
+    /// Keeps, durably, the fire times of a plan already used (the newest [`FIRES_KEPT`]).
+    pub fn record_fired(
+        &self,
+        plan: &str,
+        fired: &[chrono::DateTime<chrono::Utc>],
+    ) -> Result<(), StateError> {
+        let keep = &fired[fired.len().saturating_sub(FIRES_KEPT)..];
+        let bytes = serde_json::to_vec(keep).unwrap_or_default();
+        write_atomic(&self.fires_path(plan), &bytes, 0o640)?;
+        Ok(())
+    }
+
     /// Records, durably, that this content is being run by `run_id`. Call before any call.
     pub fn record_once(&self, plan: &str, sha256: &str, run_id: &RunId) -> Result<(), StateError> {
         write_atomic(
@@ -139,6 +176,22 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn used_fire_times_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::open(dir.path()).expect("open");
+        assert!(store.fired("tick").expect("read").is_empty());
+        let t0 = chrono::Utc::now();
+        let times: Vec<_> = (0..100)
+            .map(|i| t0 + chrono::TimeDelta::seconds(i))
+            .collect();
+        store.record_fired("tick", &times).expect("write");
+        let again = StateStore::open(dir.path()).expect("reopen");
+        let kept = again.fired("tick").expect("read");
+        assert_eq!(kept.len(), FIRES_KEPT);
+        assert_eq!(kept.last(), times.last());
+    }
 
     #[test]
     fn one_daemon_per_state_folder() {

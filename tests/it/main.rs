@@ -4,6 +4,7 @@
 mod auth;
 mod bounded;
 mod clock;
+mod clock_jumps;
 mod daemon;
 mod delivery;
 mod exec;
