@@ -1,0 +1,119 @@
+//! Adversarial reproductions (branch `attack`): each test states the promise it checks and
+//! fails while the promise is broken.
+
+use std::time::Duration;
+
+use chrono::{FixedOffset, TimeDelta};
+use deployd::emulator::{Emulator, EmulatorConfig, ScriptedFault};
+
+use crate::helpers::*;
+
+fn one_task_plan(dir: &std::path::Path, name: &str, task: &str, version: &str) {
+    write(
+        &dir.join(format!("{name}.yaml")),
+        &format!(
+            "name: {name}\nparams:\n  - {{key: version, value: \"{version}\"}}\ntasks:\n  - {task}\n"
+        ),
+    );
+}
+
+async fn exec_once(
+    dir: &std::path::Path,
+    name: &str,
+    emulator: &Emulator,
+    settle: &str,
+) -> std::process::Output {
+    write(&dir.join("config.yaml"), &format!("settle: {settle}\n"));
+    let mut cmd = exec_command(dir, &format!("{name}.yaml"), emulator, true);
+    cmd.arg("--config")
+        .arg(dir.join("config.yaml"))
+        .args(["--rate", "100"]);
+    output(cmd).await
+}
+
+/// Promise: never silently fails to run; never adopts another caller's record.
+/// The zone of record times is not known yet (first call of a fresh state folder). Our call
+/// is lost before the service saw it (no record). Another caller started the same task
+/// exactly a quarter hour earlier, with OTHER params. The lookup counts "every real offset"
+/// and so aliases every record a whole number of quarter hours older than the send onto the
+/// send time; one candidate is adopted without looking at its params.
+#[tokio::test(flavor = "multi_thread")]
+async fn attack_quarter_hour_alias_adopts_a_foreign_record_when_the_zone_is_unknown() {
+    let emulator = start_emulator(EmulatorConfig {
+        record_utc_offset: FixedOffset::east_opt(8 * 3600).expect("zone"),
+        start_script: vec![(T1.to_string(), ScriptedFault::DropBefore)],
+        ..emulator_config()
+    })
+    .await;
+    // A colleague's deploy of the same task, 15 minutes (minus the few seconds it takes the
+    // exec to start) before our send, with another version.
+    let foreign = emulator.insert_record(
+        T1,
+        emulator.now() - TimeDelta::seconds(15 * 60) + TimeDelta::seconds(3),
+        &[("version", "0.9.0", "text")],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    one_task_plan(dir.path(), "alias", T1, "1.0.0");
+    let out = exec_once(dir.path(), "alias", &emulator, "10s").await;
+    let r = results(&dir.path().join("results"), "alias")
+        .pop()
+        .unwrap_or_else(|| panic!("no result: {}", String::from_utf8_lossy(&out.stderr)));
+    let line = task(&r, T1);
+    let ours = records_by_task(&emulator.log())
+        .get(T1)
+        .cloned()
+        .unwrap_or_default();
+    assert_ne!(
+        line["record_id"].as_str(),
+        Some(foreign.as_str()),
+        "adopted another caller's record (version 0.9.0, 15 min old) as ours; records we created: {ours:?}; line: {line}"
+    );
+    assert_eq!(ours.len(), 1, "records we created: {ours:?}; line: {line}");
+}
+
+/// Promise: a deploy never runs twice. The learned zone in `STATE/service-zone.json` is wrong
+/// (state folder restored from another region's host, the endpoint changed, or the service
+/// changed its zone). It is trusted forever: no lookup ever checks it again, so a lost answer
+/// is looked for hours away from where the record is, found "not there", and sent again.
+#[tokio::test(flavor = "multi_thread")]
+async fn attack_a_wrong_learned_zone_makes_a_lost_answer_deploy_twice() {
+    let emulator = start_emulator(EmulatorConfig {
+        record_utc_offset: FixedOffset::east_opt(8 * 3600).expect("zone"),
+        start_script: vec![
+            (T2.to_string(), ScriptedFault::None),
+            (T1.to_string(), ScriptedFault::DropAfter),
+        ],
+        ..emulator_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        &dir.path().join("state/service-zone.json"),
+        r#"{"utc_offset_secs": 0, "learned_at": "2026-01-01T00:00:00Z", "record_id": "x"}"#,
+    );
+    write(
+        &dir.path().join("wz.yaml"),
+        &format!(
+            "name: wz\nconcurrency: 1\nparams:\n  - {{key: version, value: \"1\"}}\ntasks:\n  - {T2}\n  - {T1}\n"
+        ),
+    );
+    let out = exec_once(dir.path(), "wz", &emulator, "2s").await;
+    let r = results(&dir.path().join("results"), "wz")
+        .pop()
+        .unwrap_or_else(|| panic!("no result: {}", String::from_utf8_lossy(&out.stderr)));
+    let ours = records_by_task(&emulator.log())
+        .get(T1)
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        ours.len(),
+        1,
+        "task started {} times: {ours:?}; line: {}; zone file now: {}",
+        ours.len(),
+        task(&r, T1),
+        std::fs::read_to_string(dir.path().join("state/service-zone.json")).unwrap_or_default()
+    );
+}
+
+#[allow(dead_code)]
+fn _unused(_: Duration) {}
