@@ -117,3 +117,101 @@ async fn attack_a_wrong_learned_zone_makes_a_lost_answer_deploy_twice() {
 
 #[allow(dead_code)]
 fn _unused(_: Duration) {}
+
+/// Promise: after a crash, a call that started a deployment is reported started (never
+/// `skipped`). The journal keeps the send time on the crashed process's host clock only;
+/// recovery compares it with the service's clock as measured *now*. A host clock that was
+/// 10 min fast when the daemon crashed and is right after the reboot (NTP step at boot, a VM
+/// restored) puts the send 10 min after the record's creation: the deployment that ran is
+/// reported `skipped: not started`.
+#[tokio::test(flavor = "multi_thread")]
+async fn attack_recovery_after_a_host_clock_step_reports_a_deployed_task_as_skipped() {
+    use std::process::Stdio;
+    // 1. A real crash journal: the call is in flight (slow service) when the exec is killed.
+    let slow = start_emulator(EmulatorConfig {
+        latency: Duration::from_secs(30),
+        ..emulator_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plans = dir.path().join("plans");
+    one_task_plan(&plans, "crashy", T1, "1.0.0");
+    let mut cmd = deployd();
+    cmd.arg("exec")
+        .arg(plans.join("crashy.yaml"))
+        .args(["--endpoint", &slow.base_url()])
+        .args(["--project-id", &slow.config().project_id])
+        .arg("--results-dir")
+        .arg(dir.path().join("results"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("DEPLOYD_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn");
+    let runs = dir.path().join("state/runs");
+    let journal = || -> Option<std::path::PathBuf> {
+        std::fs::read_dir(&runs).ok()?.flatten().map(|e| e.path()).find(|p| {
+            std::fs::read_to_string(p).is_ok_and(|t| t.contains("\"intent\""))
+        })
+    };
+    wait_for(20, "the intent in the journal", || journal().is_some()).await;
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let path = journal().expect("journal");
+    // 2. The crashed host's clock was 10 min fast: its send time reads 10 min late.
+    let text = std::fs::read_to_string(&path).expect("read");
+    let mut lines = Vec::new();
+    for line in text.lines() {
+        let mut v: serde_json::Value = serde_json::from_str(line).expect("json line");
+        if v["type"] == "intent" {
+            let at = chrono::DateTime::parse_from_rfc3339(v["sent_at"].as_str().expect("sent_at"))
+                .expect("time");
+            v["sent_at"] = serde_json::json!((at + TimeDelta::minutes(10)).to_rfc3339());
+        }
+        lines.push(v.to_string());
+    }
+    std::fs::write(&path, lines.join("\n") + "\n").expect("rewrite");
+    // 3. The service: our call did create the record (at the true send time).
+    let service = start_emulator(emulator_config()).await;
+    let ours = service.insert_record(T1, service.now(), &[("version", "1.0.0", "text")]);
+    // 4. The daemon restarts on the same state folder, with a right clock.
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("empty-plans")).expect("mkdir");
+    write(&root.join("config.yaml"), "settle: 2s\n");
+    let mut daemon = deployd();
+    daemon
+        .arg("run")
+        .arg("--plans-dir")
+        .arg(root.join("empty-plans"))
+        .arg("--results-dir")
+        .arg(root.join("results"))
+        .arg("--state-dir")
+        .arg(root.join("state"))
+        .arg("--config")
+        .arg(root.join("config.yaml"))
+        .args([
+            "--endpoint",
+            &service.base_url(),
+            "--project-id",
+            &service.config().project_id,
+        ])
+        .env("DEPLOYD_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut daemon = daemon.spawn().expect("spawn daemon");
+    let results_dir = root.join("results");
+    wait_for(30, "the recovered result", || {
+        !results(&results_dir, "crashy").is_empty()
+    })
+    .await;
+    kill(&daemon, "-TERM");
+    let _ = daemon.wait();
+    let r = &results(&results_dir, "crashy")[0];
+    let line = task(r, T1);
+    assert_eq!(
+        line["record_id"].as_str(),
+        Some(ours.as_str()),
+        "the deployment our call started is reported as: {line}"
+    );
+}
