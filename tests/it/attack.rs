@@ -215,3 +215,96 @@ async fn attack_recovery_after_a_host_clock_step_reports_a_deployed_task_as_skip
         "the deployment our call started is reported as: {line}"
     );
 }
+
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// `exec` of a one-task plan under libfaketime driven by a timestamp file; the file is
+/// rewritten to `step` (libfaketime syntax, e.g. "-600") `after` the start. Returns the
+/// records the emulator created for `T1` and the result line.
+async fn exec_with_clock_step(
+    emulator: &Emulator,
+    step: &str,
+    after: Duration,
+) -> Option<(Vec<String>, serde_json::Value)> {
+    if !std::path::Path::new(FAKETIME_LIB).exists() {
+        eprintln!("libfaketime not installed (apt-get install faketime): skipped");
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    one_task_plan(dir.path(), "step", T1, "1.0.0");
+    write(&dir.path().join("config.yaml"), "settle: 5s\n");
+    let stamp = dir.path().join("faketime");
+    write(&stamp, "+0\n");
+    let mut cmd = exec_command(dir.path(), "step.yaml", emulator, true);
+    cmd.arg("--config")
+        .arg(dir.path().join("config.yaml"))
+        .args(["--rate", "100"])
+        .env("LD_PRELOAD", FAKETIME_LIB)
+        .env("FAKETIME_TIMESTAMP_FILE", &stamp)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("spawn");
+    tokio::time::sleep(after).await;
+    write(&stamp, &format!("{step}\n"));
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait"))
+        .await
+        .expect("join");
+    let r = results(&dir.path().join("results"), "step")
+        .pop()
+        .unwrap_or_else(|| panic!("no result: {}", String::from_utf8_lossy(&out.stderr)));
+    let ours = records_by_task(&emulator.log())
+        .get(T1)
+        .cloned()
+        .unwrap_or_default();
+    Some((ours, task(&r, T1).clone()))
+}
+
+/// Promise: a deploy never runs twice. The host clock is stepped back 10 min (NTP correcting
+/// a fast clock) while a start call is in flight, and that call's answer is lost. The send
+/// time was read on the old clock, the skew is measured on the new one: the window starts
+/// 10 min after the record was created, the lookup finds nothing, and the call is sent again.
+#[tokio::test(flavor = "multi_thread")]
+async fn attack_a_clock_stepped_back_during_a_lost_call_deploys_twice() {
+    let emulator = start_emulator(EmulatorConfig {
+        latency: Duration::from_secs(3),
+        start_script: vec![(T1.to_string(), ScriptedFault::DropAfter)],
+        ..emulator_config()
+    })
+    .await;
+    let Some((ours, line)) = exec_with_clock_step(&emulator, "-600", Duration::from_millis(1500)).await
+    else {
+        return;
+    };
+    assert_eq!(ours.len(), 1, "task started {} times: {ours:?}; line: {line}", ours.len());
+}
+
+/// Promise: never adopt another caller's record / never silently fail to run. The host clock
+/// is stepped forward 10 min while our call is in flight; the call is lost before the service
+/// saw it. Another caller started the same task 5 min before our send (other params): the
+/// window now starts 10 min before the send, and that record, the only candidate, is adopted
+/// without looking at its params.
+#[tokio::test(flavor = "multi_thread")]
+async fn attack_a_clock_stepped_forward_during_a_lost_call_adopts_a_foreign_record() {
+    let emulator = start_emulator(EmulatorConfig {
+        latency: Duration::from_secs(3),
+        start_script: vec![(T1.to_string(), ScriptedFault::DropBefore)],
+        ..emulator_config()
+    })
+    .await;
+    let foreign = emulator.insert_record(
+        T1,
+        emulator.now() - TimeDelta::minutes(5),
+        &[("version", "0.9.0", "text")],
+    );
+    let Some((ours, line)) = exec_with_clock_step(&emulator, "+600", Duration::from_millis(1500)).await
+    else {
+        return;
+    };
+    assert_ne!(
+        line["record_id"].as_str(),
+        Some(foreign.as_str()),
+        "adopted another caller's record; records we created: {ours:?}; line: {line}"
+    );
+}
