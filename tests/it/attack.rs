@@ -115,8 +115,6 @@ async fn attack_a_wrong_learned_zone_makes_a_lost_answer_deploy_twice() {
     );
 }
 
-#[allow(dead_code)]
-fn _unused(_: Duration) {}
 
 /// Promise: after a crash, a call that started a deployment is reported started (never
 /// `skipped`). The journal keeps the send time on the crashed process's host clock only;
@@ -151,9 +149,11 @@ async fn attack_recovery_after_a_host_clock_step_reports_a_deployed_task_as_skip
     let mut child = cmd.spawn().expect("spawn");
     let runs = dir.path().join("state/runs");
     let journal = || -> Option<std::path::PathBuf> {
-        std::fs::read_dir(&runs).ok()?.flatten().map(|e| e.path()).find(|p| {
-            std::fs::read_to_string(p).is_ok_and(|t| t.contains("\"intent\""))
-        })
+        std::fs::read_dir(&runs)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("\"intent\"")))
     };
     wait_for(20, "the intent in the journal", || journal().is_some()).await;
     child.kill().expect("SIGKILL");
@@ -273,11 +273,17 @@ async fn attack_a_clock_stepped_back_during_a_lost_call_deploys_twice() {
         ..emulator_config()
     })
     .await;
-    let Some((ours, line)) = exec_with_clock_step(&emulator, "-600", Duration::from_millis(1500)).await
+    let Some((ours, line)) =
+        exec_with_clock_step(&emulator, "-600", Duration::from_millis(1500)).await
     else {
         return;
     };
-    assert_eq!(ours.len(), 1, "task started {} times: {ours:?}; line: {line}", ours.len());
+    assert_eq!(
+        ours.len(),
+        1,
+        "task started {} times: {ours:?}; line: {line}",
+        ours.len()
+    );
 }
 
 /// Promise: never adopt another caller's record / never silently fail to run. The host clock
@@ -298,7 +304,8 @@ async fn attack_a_clock_stepped_forward_during_a_lost_call_adopts_a_foreign_reco
         emulator.now() - TimeDelta::minutes(5),
         &[("version", "0.9.0", "text")],
     );
-    let Some((ours, line)) = exec_with_clock_step(&emulator, "+600", Duration::from_millis(1500)).await
+    let Some((ours, line)) =
+        exec_with_clock_step(&emulator, "+600", Duration::from_millis(1500)).await
     else {
         return;
     };
@@ -306,5 +313,75 @@ async fn attack_a_clock_stepped_forward_during_a_lost_call_adopts_a_foreign_reco
         line["record_id"].as_str(),
         Some(foreign.as_str()),
         "adopted another caller's record; records we created: {ours:?}; line: {line}"
+    );
+}
+
+/// Promise: never run with other params than the plan's; "a waiting run is decided when its
+/// turn comes, on the plan's version then". A scheduled fire that waits for a run slot
+/// (`max_runs`) keeps the plan version of its fire time: the operator fixes the plan while
+/// it waits (version 1 -> 2), and the run still sends version 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn attack_a_run_waiting_for_max_runs_runs_a_stale_plan_version() {
+    use std::process::Stdio;
+    let emulator = start_emulator(EmulatorConfig {
+        deploy_duration: Duration::from_secs(8),
+        ..emulator_config()
+    })
+    .await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = root.path().join("plans");
+    std::fs::create_dir_all(&plans).expect("mkdir");
+    write(
+        &root.path().join("config.yaml"),
+        "settle: 1s\nmax_runs: 1\n",
+    );
+    // Holds the only run slot for ~8 s (followed deployment).
+    write(
+        &plans.join("blocker.yaml"),
+        &format!("name: blocker\nfollow: true\ntasks:\n  - {T2}\n"),
+    );
+    let mut child = daemon_command(root.path(), &emulator, "100", "8")
+        .arg("--config")
+        .arg(root.path().join("config.yaml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let log = capture_stderr(&mut child);
+    wait_for(20, "the blocker started", || {
+        records_by_task(&emulator.log()).contains_key(T2)
+    })
+    .await;
+    let put = |version: &str| {
+        let tmp = plans.join(".p.tmp");
+        write(
+            &tmp,
+            &format!(
+                "name: p\nschedule: \"* * * * * *\"\nparams:\n  - {{key: version, value: \"{version}\"}}\ntasks:\n  - {T1}\n"
+            ),
+        );
+        std::fs::rename(&tmp, plans.join("p.yaml")).expect("rename");
+    };
+    put("1");
+    wait_for(20, "p waits its turn", || logged(&log, "waits its turn")).await;
+    put("2");
+    let edited_at = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for(30, "p ran", || {
+        records_by_task(&emulator.log()).contains_key(T1)
+    })
+    .await;
+    kill(&child, "-TERM");
+    let _ = child.wait();
+    let first = emulator
+        .log()
+        .into_iter()
+        .find(|e| e.task_id == T1)
+        .expect("p's call");
+    let sent = first.body.clone();
+    assert!(
+        !sent.contains("\"1\""),
+        "{:?} after the edit to version 2, the waiting run sent version 1: {sent}",
+        edited_at.elapsed()
     );
 }
