@@ -731,13 +731,13 @@ impl Controller {
             let Some(pending) = self.admission.pop_front() else {
                 break;
             };
-            // The plan may have been removed or disabled while the run waited.
-            match self.catalog.get(&pending.plan.name) {
-                Some(current) if current.enabled => self.launch(pending),
-                _ => {
-                    info!(plan = %pending.plan.name, "the waiting run is dropped: the plan was removed or disabled");
-                    self.slot_freed(&pending.plan.name);
-                }
+            // Decided on the plan's version now, as a fresh fire would be.
+            match self.current_version(&pending) {
+                Some(current) => self.launch(Pending {
+                    plan: current,
+                    ..pending
+                }),
+                None => self.slot_freed(&pending.plan.name),
             }
         }
     }
@@ -832,6 +832,31 @@ impl Controller {
         ));
     }
 
+    /// The version of the plan a waiting run should run now, or `None` (logged) when it
+    /// should not run: the plan was removed or disabled, switched between scheduled and
+    /// run-once, or (run-once) its content changed, the new content having its own turn.
+    fn current_version(&self, pending: &Pending) -> Option<Arc<Plan>> {
+        let name = &pending.plan.name;
+        let Some(current) = self.catalog.get(name).filter(|p| p.enabled) else {
+            info!(plan = %name, "the waiting run is dropped: the plan was removed or disabled");
+            return None;
+        };
+        match (pending.trigger, &current.schedule) {
+            (Trigger::Arrival, None) if current.sha256 == pending.plan.sha256 => {
+                Some(current.clone())
+            }
+            (Trigger::Arrival, None) => {
+                info!(plan = %name, "the waiting run is dropped: the plan changed meanwhile, and its new content waits its own turn");
+                None
+            }
+            (Trigger::Schedule, Some(_)) => Some(current.clone()),
+            _ => {
+                info!(plan = %name, "the waiting run is dropped: the plan changed between scheduled and run-once");
+                None
+            }
+        }
+    }
+
     /// Runs whose beginning failed, tried again when due (on the plan's current state).
     fn retry_due(&mut self) {
         let now = Instant::now();
@@ -841,14 +866,14 @@ impl Controller {
         self.retries = later;
         for (_, pending) in due {
             let name = pending.plan.name.clone();
-            match self.catalog.get(&name) {
-                Some(current) if current.enabled => {}
-                _ => {
-                    info!(plan = %name, "the run that could not begin is dropped: the plan was removed or disabled");
-                    self.slot_freed(&name);
-                    continue;
-                }
-            }
+            let Some(current) = self.current_version(&pending) else {
+                self.slot_freed(&name);
+                continue;
+            };
+            let pending = Pending {
+                plan: current,
+                ..pending
+            };
             if pending.trigger == Trigger::Arrival {
                 match self.store.ran_once(&name, &pending.plan.sha256) {
                     Ok(None) => {}

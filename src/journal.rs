@@ -133,6 +133,10 @@ pub enum Entry {
         attempt: u32,
         /// Time just before sending.
         sent_at: DateTime<Utc>,
+        /// The lower bound of the service's clock minus ours when it was sent, in ms, if
+        /// measured: the send on the service's clock, whatever the host's clock does later.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skew_lo_ms: Option<i64>,
     },
     /// A start call ended.
     Outcome {
@@ -420,6 +424,9 @@ pub struct TaskTrail {
     pub calls: Vec<(u32, DateTime<Utc>, Option<CallClass>)>,
     /// Records this task's calls created, with the call's send and answer times.
     pub created: Vec<(String, DateTime<Utc>, DateTime<Utc>)>,
+    /// The earliest send instant on the service's clock, per attempt, where the skew was
+    /// measured at the send.
+    pub service_sent: BTreeMap<u32, DateTime<Utc>>,
 }
 
 impl TaskTrail {
@@ -430,6 +437,26 @@ impl TaskTrail {
             .iter()
             .filter(|(_, _, class)| matches!(class, None | Some(CallClass::Unknown)))
             .map(|(_, at, _)| *at)
+            .min()
+    }
+
+    /// The earliest send of a call that may have created a record on the service's clock,
+    /// when every such call kept its skew.
+    pub fn uncertain_since_service(&self) -> Option<DateTime<Utc>> {
+        let uncertain: Vec<u32> = self
+            .calls
+            .iter()
+            .filter(|(_, _, class)| matches!(class, None | Some(CallClass::Unknown)))
+            .map(|(attempt, _, _)| *attempt)
+            .collect();
+        if uncertain.is_empty() {
+            return None;
+        }
+        uncertain
+            .iter()
+            .map(|a| self.service_sent.get(a).copied())
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
             .min()
     }
 }
@@ -489,12 +516,16 @@ fn read_one(path: &Path) -> Result<Option<Unfinished>, String> {
                 task_id,
                 attempt,
                 sent_at,
+                skew_lo_ms,
             } => {
-                trails
-                    .entry(task_id)
-                    .or_default()
-                    .calls
-                    .push((attempt, sent_at, None));
+                let trail = trails.entry(task_id).or_default();
+                trail.calls.push((attempt, sent_at, None));
+                if let Some(ms) = skew_lo_ms
+                    && let Some(at) =
+                        sent_at.checked_add_signed(chrono::TimeDelta::milliseconds(ms))
+                {
+                    trail.service_sent.insert(attempt, at);
+                }
             }
             Entry::Outcome {
                 task_id,
@@ -617,6 +648,7 @@ mod tests {
             task_id: "t3".into(),
             attempt: 1,
             sent_at: Utc::now(),
+            skew_lo_ms: None,
         })
         .await
         .expect("intent");
@@ -670,6 +702,7 @@ mod tests {
             task_id: "a".into(),
             attempt: 1,
             sent_at: t0,
+            skew_lo_ms: None,
         })
         .await
         .expect("intent");
@@ -686,6 +719,7 @@ mod tests {
             task_id: "a".into(),
             attempt: 2,
             sent_at: t0,
+            skew_lo_ms: None,
         })
         .await
         .expect("intent");
@@ -720,6 +754,7 @@ mod tests {
             task_id: "a".into(),
             attempt: 1,
             sent_at: Utc::now(),
+            skew_lo_ms: None,
         })
         .await
         .expect("intent");

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::executor::Executor;
-use crate::executor::reconcile::{Lookup, Reconciler};
+use crate::executor::reconcile::{Lookup, Reconciler, Since};
 use crate::journal::{CallClass, TaskTrail, Unfinished, unfinished};
 use crate::results::{RunReport, RunStatus, TaskReport, TaskStatus, write_report};
 
@@ -170,6 +170,22 @@ async fn finish_task(
             "not started: the daemon stopped (crash) between retries; no call had started it".into()
         });
         return report;
+    };
+    // The send on the service's clock when the journal kept the skew: a host clock corrected
+    // between the crash and now does not move the window.
+    // Without it (the call was the process's first, or an older journal), the host's clock at
+    // the send is known only within what the gateway tolerates: the window opens that much
+    // earlier.
+    let since = match trail.uncertain_since_service() {
+        Some(service) => Since::Service(service),
+        None => Since::Wall(
+            since
+                .checked_sub_signed(
+                    chrono::TimeDelta::from_std(crate::api::service_clock::UNMEASURED_SKEW)
+                        .unwrap_or_default(),
+                )
+                .unwrap_or(since),
+        ),
     };
     let reconciler = Reconciler::new(exec, &skeleton.task_id, &skeleton.params);
     match reconciler.lookup(since, stop).await {

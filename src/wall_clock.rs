@@ -143,7 +143,10 @@ mod tests {
             "+1d 00:00:03"
         );
         assert_eq!(describe(TimeDelta::seconds(-10)), "-00:00:10");
-        assert_eq!(describe(TimeDelta::days(1) - TimeDelta::milliseconds(2)), "+1d 00:00:00");
+        assert_eq!(
+            describe(TimeDelta::days(1) - TimeDelta::milliseconds(2)),
+            "+1d 00:00:00"
+        );
     }
 
     #[test]

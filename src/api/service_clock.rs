@@ -225,6 +225,8 @@ struct Inner {
     hint: Option<FixedOffset>,
     store: Option<PathBuf>,
     warned_skew: Option<TimeDelta>,
+    /// The zone an earlier process learned, not trusted until confirmed.
+    stored: Option<LearnedZone>,
 }
 
 /// How often a status query may be spent to learn the zone.
@@ -248,17 +250,19 @@ impl ServiceClock {
         inner.hint = hint;
         inner.store = Some(path);
         if inner.zone.is_none()
+            && inner.stored.is_none()
             && let Some(z) = stored
         {
+            // Not trusted until this process confirms it (a state folder copied from another
+            // host, a service that changed its zone): until then every offset counts.
             info!(
                 offset = %offset_text(z.utc_offset_secs),
-                "the service's record times are in UTC{} (learned {} from record {})",
+                "the service's record times were in UTC{} (learned {} from record {}); to be confirmed by this daemon's first record",
                 offset_text(z.utc_offset_secs),
                 crate::results::ts(&z.learned_at),
                 z.record_id
             );
-            check_hint(hint, z.utc_offset_secs);
-            inner.zone = Some(z);
+            inner.stored = Some(z);
         }
     }
 
@@ -410,6 +414,17 @@ impl ServiceClock {
         let before = inner.zone.as_ref().map(|z| z.utc_offset_secs);
         if before == Some(secs) {
             return;
+        }
+        if let Some(stored) = inner.stored.take()
+            && before.is_none()
+            && stored.utc_offset_secs != secs
+        {
+            warn!(
+                "the state folder said the service's record times were in UTC{}, but record {record_id} shows UTC{}: using UTC{}",
+                offset_text(stored.utc_offset_secs),
+                offset_text(secs),
+                offset_text(secs)
+            );
         }
         match before {
             None => info!(
@@ -795,9 +810,29 @@ mod tests {
                 .map(|z| z.local_minus_utc()),
             Some(-5 * 3600)
         );
+        // A new process reads it, but trusts it only once one of its own records confirms
+        // it (the folder may come from another host, the service may have changed).
         let again = ServiceClock::new();
         again.attach_store(dir.path(), None);
-        assert_eq!(again.zone().map(|z| z.local_minus_utc()), Some(-5 * 3600));
+        assert_eq!(again.zone(), None);
+        again.observe(
+            t("2026-12-01T11:00:00.100Z"),
+            t("2026-12-01T11:00:00.200Z"),
+            Some("Tue, 01 Dec 2026 11:00:00 GMT"),
+        );
+        again.witness(
+            "t",
+            "r2",
+            t("2026-12-01T11:00:00.100Z"),
+            t("2026-12-01T11:00:00.200Z"),
+        );
+        assert_eq!(
+            again
+                .learn_from("r2", naive("2026-12-01 19:00:00"))
+                .map(|z| z.local_minus_utc()),
+            Some(8 * 3600)
+        );
+        assert_eq!(again.zone().map(|z| z.local_minus_utc()), Some(8 * 3600));
     }
 
     /// A send time at chrono's limits (a damaged journal) or a record time at the parser's

@@ -35,7 +35,7 @@ use crate::results::{
     write_report,
 };
 use limits::Limits;
-use reconcile::{Lookup, Reconciler};
+use reconcile::{Lookup, Reconciler, Since};
 use retry::RetryPolicy;
 
 /// What to do with an unknown outcome when no project id allows a history lookup.
@@ -501,7 +501,7 @@ impl TaskCtx {
         let reconciler = Reconciler::new(&self.exec, &task.task_id, &params);
         // Send times of calls whose outcome stayed unknown and were then re-sent: if records
         // show up for them later, the report lists every record.
-        let mut unknown_since: Option<DateTime<Utc>> = None;
+        let mut unknown_since: Option<Since> = None;
         loop {
             if self.stop.stop.is_cancelled() {
                 return self.stopped(report);
@@ -536,13 +536,21 @@ impl TaskCtx {
             };
             let attempt = report.attempts + 1;
             let sent_at = Utc::now();
+            // The send as a lookup will read it: re-read on the wall clock then (a step of the
+            // host's clock in between does not move it).
+            let sent = Since::Local {
+                at: sent_at,
+                mono: std::time::Instant::now(),
+            };
             if let Some(j) = &self.shared.journal {
                 // The intent is on disk before the call leaves: after a crash, the next
                 // daemon knows this call may have started a deployment.
+                let skew = self.exec.client.clock().skew();
                 let intent = Entry::Intent {
                     task_id: task.task_id.clone(),
                     attempt,
                     sent_at,
+                    skew_lo_ms: skew.measured.then(|| skew.lo.num_milliseconds()),
                 };
                 if let Err(e) = j.append(&intent).await {
                     error!("{e}; not calling");
@@ -666,7 +674,7 @@ impl TaskCtx {
                     report.unknown_outcomes += 1;
                     // The lookup goes on during the shutdown grace period: stopping here could
                     // leave a started deployment unreported.
-                    match reconciler.lookup(sent_at, &self.stop.abort).await {
+                    match reconciler.lookup(sent, &self.stop.abort).await {
                         Lookup::Found(record_id) => {
                             info!(record_id = %record_id, "found the record in the task's history");
                             report.status = TaskStatus::Started;
@@ -689,7 +697,7 @@ impl TaskCtx {
                         }
                         Lookup::NotFound => {
                             info!("no record in the task's history: sending again");
-                            unknown_since.get_or_insert(sent_at);
+                            unknown_since.get_or_insert(sent);
                         }
                         Lookup::Unavailable(why) => match self.exec.settings.unknown_outcome {
                             UnknownOutcomePolicy::Fail => {
@@ -703,7 +711,7 @@ impl TaskCtx {
                                 warn!(
                                     "outcome unknown and {why}: sending again (unknown_outcome: resend)"
                                 );
-                                unknown_since.get_or_insert(sent_at);
+                                unknown_since.get_or_insert(sent);
                             }
                         },
                         Lookup::Stopped => {
@@ -790,7 +798,7 @@ impl TaskCtx {
     async fn list_all_records(
         &self,
         reconciler: &Reconciler<'_>,
-        since: DateTime<Utc>,
+        since: Since,
         report: &mut TaskReport,
     ) {
         if self.stop.stop.is_cancelled() {

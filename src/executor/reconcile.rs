@@ -14,7 +14,7 @@ use tracing::{debug, info};
 
 use super::Executor;
 use crate::api::rules::ParamType;
-use crate::api::service_clock::{ServiceClock, date_window, may_follow};
+use crate::api::service_clock::{ServiceClock, Skew, date_window, may_follow};
 use crate::results::ReportParam;
 
 /// Records per history page (the API's maximum).
@@ -87,6 +87,39 @@ pub enum Lookup {
     Stopped,
 }
 
+/// When the call whose record is looked for was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// Read on this host's wall clock at an instant of the monotonic clock, in this process:
+    /// it is re-read on the wall clock as it is at lookup time, so a step of the host's clock
+    /// in between does not move it.
+    Local {
+        /// The wall clock at the send.
+        at: DateTime<Utc>,
+        /// The monotonic clock at the send.
+        mono: std::time::Instant,
+    },
+    /// Read on this host's wall clock by an earlier process (a journal without the skew).
+    Wall(DateTime<Utc>),
+    /// The earliest instant of the send on the service's clock (a journal that kept the skew
+    /// measured at the send): whatever the host's clock did since.
+    Service(DateTime<Utc>),
+}
+
+impl Since {
+    /// The send on this host's wall clock as it reads now, given the skew now.
+    pub fn on_wall_clock(&self, skew: Skew) -> DateTime<Utc> {
+        match *self {
+            Since::Local { at, mono } => chrono::TimeDelta::from_std(mono.elapsed())
+                .ok()
+                .and_then(|d| Utc::now().checked_sub_signed(d))
+                .unwrap_or(at),
+            Since::Wall(at) => at,
+            Since::Service(at) => at.checked_sub_signed(skew.lo).unwrap_or(at),
+        }
+    }
+}
+
 /// Looks up records of one task.
 pub struct Reconciler<'a> {
     exec: &'a Executor,
@@ -113,7 +146,7 @@ impl<'a> Reconciler<'a> {
     /// Looks for a record created after `sent_at`, polling until the settle period has
     /// passed since the first successful read. A failed read is retried with its own backoff
     /// (the history is the only safe way forward), at most `LOOKUP_FAILURES` times in a row.
-    pub async fn lookup(&self, sent_at: DateTime<Utc>, stop: &CancellationToken) -> Lookup {
+    pub async fn lookup(&self, sent_at: Since, stop: &CancellationToken) -> Lookup {
         if self.exec.settings.project_id.is_none() {
             return Lookup::Unavailable("no project id is configured for history lookups".into());
         }
@@ -131,11 +164,9 @@ impl<'a> Reconciler<'a> {
                         .into_iter()
                         .filter(|id| !self.exec.known_records.contains(id))
                         .collect();
-                    let mut candidates = if candidates.len() > 1 {
-                        self.same_params(candidates, stop).await
-                    } else {
-                        candidates
-                    };
+                    // Even a single candidate is checked: a record started with other params
+                    // is not ours, however well its time fits.
+                    let mut candidates = self.same_params(candidates, stop).await;
                     match candidates.len() {
                         0 => {}
                         1 => {
@@ -218,7 +249,7 @@ impl<'a> Reconciler<'a> {
     /// oldest first. Records this process created teach the zone on the way.
     pub async fn records_since(
         &self,
-        since: DateTime<Utc>,
+        since: Since,
         stop: &CancellationToken,
     ) -> Result<Vec<String>, String> {
         let Some(project_id) = self.exec.settings.project_id.as_deref() else {
@@ -227,8 +258,13 @@ impl<'a> Reconciler<'a> {
         let mut seen_records: Vec<(NaiveDateTime, String)> = Vec::new();
         for page in 1..=MAX_PAGES {
             // The window is computed per page: the first answer may have measured the skew.
-            let (start_date, end_date) =
-                date_window(since, Utc::now(), self.clock().skew(), self.clock().zone());
+            let skew = self.clock().skew();
+            let (start_date, end_date) = date_window(
+                since.on_wall_clock(skew),
+                Utc::now(),
+                skew,
+                self.clock().zone(),
+            );
             let query = async {
                 let _permit = self.exec.limits.acquire(None).await;
                 self.exec
@@ -264,18 +300,16 @@ impl<'a> Reconciler<'a> {
                 break;
             }
         }
-        // Our own records among them tell the zone before any is judged.
-        if self.clock().zone().is_none() {
-            for (started, id) in &seen_records {
-                if self.clock().learn_from(id, *started).is_some() {
-                    break;
-                }
-            }
+        // Our own records among them tell (or correct) the zone before any is judged.
+        for (started, id) in &seen_records {
+            self.clock().learn_from(id, *started);
         }
         let (skew, zone) = (self.clock().skew(), self.clock().zone());
         let mut found: Vec<(NaiveDateTime, String)> = seen_records
             .into_iter()
-            .filter(|(started, _)| may_follow(*started, since, Utc::now(), skew, zone))
+            .filter(|(started, _)| {
+                may_follow(*started, since.on_wall_clock(skew), Utc::now(), skew, zone)
+            })
             .collect();
         found.sort();
         Ok(found.into_iter().map(|(_, id)| id).collect())

@@ -1,7 +1,6 @@
 //! The one integration-test binary: the real `deployd` binary and the library, against the
 //! emulator on 127.0.0.1, with real files in temporary folders.
 
-mod attack;
 mod auth;
 mod bounded;
 mod clock;
@@ -13,6 +12,7 @@ mod faults;
 mod hardening;
 mod helpers;
 mod ops;
+mod reconcile_attacks;
 mod signals;
 mod values;
 mod zones;
