@@ -42,13 +42,19 @@ const STARTUP_SETTLE: Duration = Duration::from_secs(5);
 const MISSED_FIRE: Duration = Duration::from_secs(60);
 /// Attempts to begin a run (journal, run-once memory) before it gets a `failed` result.
 const BEGIN_ATTEMPTS: u32 = 5;
+/// How often a run-once plan that could not begin is tried again after its failed result.
+const BEGIN_RETRY_MAX: Duration = Duration::from_secs(60);
+/// How often a result the results folder refused is tried again.
+const UNWRITTEN_RETRY: Duration = Duration::from_secs(10);
 /// The first pause before trying to begin a run again (doubling: 1, 2, 4, 8 s).
 const BEGIN_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How a run's task ended.
 enum RunEnd {
-    /// It ran (and wrote its result, or logged why it could not).
+    /// It ran and wrote its result.
     Ran,
+    /// It ran, but its result file could not be written (kept in its journal too).
+    Unwritten(Box<crate::executor::FinishedRun>),
     /// It could not begin (values, journal or run-once memory), and called nothing: why.
     NotBegun(Pending, String),
 }
@@ -168,6 +174,9 @@ struct Controller {
     retries: Vec<(Instant, Pending)>,
     /// Fire times already used per plan (kept in the state folder too).
     fires_used: HashMap<String, Vec<DateTime<Utc>>>,
+    /// Runs that ended but whose result file could not be written yet, and when to try next.
+    unwritten: Vec<crate::executor::FinishedRun>,
+    unwritten_retry: Option<Instant>,
 }
 
 /// Runs the daemon until `control.shutdown` is cancelled. Returns after every run in progress
@@ -214,6 +223,8 @@ pub async fn run(
         admission: std::collections::VecDeque::new(),
         retries: Vec::new(),
         fires_used: HashMap::new(),
+        unwritten: Vec::new(),
+        unwritten_retry: None,
     };
     c.max_runs = c.settings.max_runs.unwrap_or_else(default_max_runs);
     info!(
@@ -260,6 +271,8 @@ pub async fn run(
         .map(|(every, _)| Instant::now() + *every);
 
     let mut clock = crate::wall_clock::JumpDetector::new();
+    // The first look of the retention's own jump check.
+    crate::wall_clock::trusted();
     loop {
         let now_wall = Utc::now();
         let now = Instant::now();
@@ -272,6 +285,9 @@ pub async fn run(
             wake = wake.min(at);
         }
         if let Some(at) = c.retries.iter().map(|(at, _)| *at).min() {
+            wake = wake.min(at);
+        }
+        if let Some(at) = c.unwritten_retry.filter(|_| !c.unwritten.is_empty()) {
             wake = wake.min(at);
         }
         wake = wake.min(periodic);
@@ -357,6 +373,7 @@ pub async fn run(
         c.fire_due();
         c.retry_due();
         c.admit_waiting();
+        c.write_unwritten().await;
         if let (Some(at), Some((every, ping))) = (next_watchdog, control.watchdog.as_mut())
             && Instant::now() >= at
         {
@@ -787,14 +804,17 @@ impl Controller {
             let report = finished.report.clone();
             let status = format!("{:?}", report.status).to_lowercase();
             crate::metrics::global().run_finished(&report.plan, &status, report.finished_at);
-            match finished.persist(&results_dir) {
+            match finished.persist(&results_dir).await {
                 Ok(path) => {
                     info!(plan = %report.plan, run_id = %report.run_id, status = ?report.status, "result written to {}", path.display());
                     prune_results(&results_dir, &report.plan, &keep, report.run_id.as_str());
+                    RunEnd::Ran
                 }
-                Err(e) => error!(plan = %report.plan, run_id = %report.run_id, "{e}"),
+                Err((e, kept)) => {
+                    error!(plan = %report.plan, run_id = %report.run_id, "{e}; the result is kept (in memory and in the run journal) and written when the results folder takes it again");
+                    RunEnd::Unwritten(Box::new(kept))
+                }
             }
-            RunEnd::Ran
         });
         self.run_names.insert(handle.id(), name);
     }
@@ -804,7 +824,8 @@ impl Controller {
     /// attempt it gets a `failed` result naming the cause. Nothing was called.
     fn begin_failed(&mut self, pending: Pending, cause: String) {
         let name = pending.plan.name.clone();
-        if pending.attempt + 1 >= BEGIN_ATTEMPTS {
+        let last = pending.attempt + 1 >= BEGIN_ATTEMPTS;
+        if pending.attempt + 1 == BEGIN_ATTEMPTS {
             error!(
                 plan = %name,
                 "the run could not begin after {BEGIN_ATTEMPTS} attempts: {cause}; no call was made, and a failed result says so"
@@ -814,10 +835,19 @@ impl Controller {
                 Ok(path) => info!(plan = %name, "result written to {}", path.display()),
                 Err(e) => error!(plan = %name, "{e}"),
             }
+        }
+        if last && pending.trigger != Trigger::Arrival {
+            // A fire this late is not run any more.
             self.slot_freed(&name);
             return;
         }
-        let delay = BEGIN_BACKOFF * 2u32.pow(pending.attempt.min(6));
+        // A run-once plan is tried again until it can begin (space comes back): its content
+        // is not remembered as run, so nothing else would ever run it.
+        let delay = if last {
+            BEGIN_RETRY_MAX
+        } else {
+            BEGIN_BACKOFF * 2u32.pow(pending.attempt.min(6))
+        };
         warn!(
             plan = %name,
             attempt = pending.attempt + 1,
@@ -830,6 +860,36 @@ impl Controller {
                 ..pending
             },
         ));
+    }
+
+    /// Tries again to write the results that could not be written (every 10 s while any
+    /// waits); a result written removes its journal.
+    async fn write_unwritten(&mut self) {
+        if self.unwritten.is_empty() || self.unwritten_retry.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        let results_dir = self.settings.results_dir.clone();
+        let mut still = Vec::new();
+        for run in std::mem::take(&mut self.unwritten) {
+            let (plan, run_id) = (run.report.plan.clone(), run.report.run_id.clone());
+            match run.persist(&results_dir).await {
+                Ok(path) => {
+                    info!(plan = %plan, run_id = %run_id, "result written to {} (it had waited for room)", path.display());
+                    prune_results(
+                        &results_dir,
+                        &plan,
+                        &self.settings.keep_results,
+                        run_id.as_str(),
+                    );
+                }
+                Err((e, kept)) => {
+                    debug!(plan = %plan, run_id = %run_id, "result still not written: {e}");
+                    still.push(kept);
+                }
+            }
+        }
+        self.unwritten = still;
+        self.unwritten_retry = Some(Instant::now() + UNWRITTEN_RETRY);
     }
 
     /// The version of the plan a waiting run should run now, or `None` (logged) when it
@@ -913,6 +973,10 @@ impl Controller {
                 self.slot_freed(&name);
             }
             Ok((_, RunEnd::Ran)) => self.slot_freed(&name),
+            Ok((_, RunEnd::Unwritten(run))) => {
+                self.unwritten.push(*run);
+                self.slot_freed(&name);
+            }
             Err(e) => {
                 error!(plan = %name, "a run ended abnormally: {e}");
                 self.slot_freed(&name);
@@ -1092,6 +1156,13 @@ impl Controller {
                         self.run_ended(done);
                     }
                 }
+            }
+        }
+        if !self.unwritten.is_empty() {
+            self.unwritten_retry = None;
+            self.write_unwritten().await;
+            for run in &self.unwritten {
+                error!(plan = %run.report.plan, run_id = %run.report.run_id, "the result could not be written before the shutdown; it is in the run journal, and the next start writes it");
             }
         }
         info!("all runs written; bye");

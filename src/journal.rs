@@ -158,6 +158,9 @@ pub enum Entry {
     },
     /// A task reached its final state in this run (written without its params).
     Task(#[serde(serialize_with = "lean_box")] Box<TaskReport>),
+    /// The run's whole result, when its file could not be written (a full results disk): the
+    /// next start writes this, with its true status, instead of `interrupted`.
+    Result(Box<crate::results::RunReport>),
 }
 
 /// A task's line without its params (the header has them): `params` is written empty.
@@ -301,21 +304,33 @@ impl RunJournal {
             .append(true)
             .open(&path)
             .map_err(err)?;
-        // The lock tells a starting daemon that this run is alive (in this or another
-        // process, e.g. `deployd exec`), so it must not be "recovered" under its feet.
-        file.try_lock()
-            .map_err(|e| err(std::io::Error::other(e.to_string())))?;
-        let mut line =
-            serde_json::to_vec(&Entry::Run(Box::new(header.clone()))).map_err(|e| err(e.into()))?;
-        line.push(b'\n');
-        file.write_all(&line).map_err(err)?;
-        file.sync_data().map_err(err)?;
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(err)?;
-        let (tx, rx) = mpsc::channel::<(Vec<u8>, Ack)>();
-        let writer = std::thread::Builder::new()
-            .name("run-journal".into())
-            .spawn(move || group_commit(file, rx))
-            .map_err(err)?;
+        let begun = (|| {
+            // The lock tells a starting daemon that this run is alive (in this or another
+            // process, e.g. `deployd exec`), so it must not be "recovered" under its feet.
+            file.try_lock()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let mut line = serde_json::to_vec(&Entry::Run(Box::new(header.clone())))?;
+            line.push(b'\n');
+            file.write_all(&line)?;
+            file.sync_data()?;
+            File::open(&dir).and_then(|d| d.sync_all())
+        })();
+        let writer = begun.and_then(|()| {
+            let (tx, rx) = mpsc::channel::<(Vec<u8>, Ack)>();
+            std::thread::Builder::new()
+                .name("run-journal".into())
+                .spawn(move || group_commit(file, rx))
+                .map(|writer| (tx, writer))
+        });
+        let (tx, writer) = match writer {
+            Ok(w) => w,
+            Err(e) => {
+                // A journal that could not begin holds nothing: it does not stay behind (a full
+                // disk would otherwise leave one per fire, reported at every start).
+                let _ = std::fs::remove_file(&path);
+                return Err(err(e));
+            }
+        };
         Ok(Self {
             path,
             tx: Some(tx),
@@ -470,6 +485,8 @@ pub struct Unfinished {
     pub header: RunHeader,
     /// Per task id.
     pub trails: BTreeMap<String, TaskTrail>,
+    /// The run's result, if it ended and only its file could not be written.
+    pub result: Option<crate::results::RunReport>,
 }
 
 /// Reads every journal in `STATE/runs/` whose run is not alive (not locked). A torn last line
@@ -505,6 +522,7 @@ fn read_one(path: &Path) -> Result<Option<Unfinished>, String> {
     }
     let mut header: Option<RunHeader> = None;
     let mut trails: BTreeMap<String, TaskTrail> = BTreeMap::new();
+    let mut result = None;
     for line in BufReader::new(&file).lines() {
         let Ok(line) = line else { break };
         let Ok(entry) = serde_json::from_str::<Entry>(&line) else {
@@ -556,9 +574,25 @@ fn read_one(path: &Path) -> Result<Option<Unfinished>, String> {
                 let id = report.task_id.clone();
                 trails.entry(id).or_default().done = Some(*report);
             }
+            Entry::Result(report) => result = Some(*report),
         }
     }
-    let mut header = header.ok_or("no readable header line")?;
+    let Some(mut header) = header else {
+        // The header is written (and synced) before anything else: a journal without one
+        // (a disk that filled up as it was created) holds no call. It goes, once.
+        if trails.is_empty() {
+            drop(file);
+            match std::fs::remove_file(path) {
+                Ok(()) => tracing::info!(
+                    "removed the run journal {}: it holds no call (its run could not begin)",
+                    path.display()
+                ),
+                Err(e) => return Err(format!("holds no call, and cannot be removed: {e}")),
+            }
+            return Ok(None);
+        }
+        return Err("no readable header line".into());
+    };
     header.expand_params()?;
     // Task lines written without their params get them back from the header.
     let skeletons: std::collections::HashMap<&str, &TaskReport> = header
@@ -583,6 +617,7 @@ fn read_one(path: &Path) -> Result<Option<Unfinished>, String> {
         path: path.to_path_buf(),
         header,
         trails,
+        result,
     }))
 }
 

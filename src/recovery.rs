@@ -33,6 +33,22 @@ pub async fn recover(
     }
     let mut done = 0;
     for run in runs {
+        if let Some(report) = &run.result {
+            // The run ended; only its result file could not be written (a full disk).
+            match write_report(results_dir, report) {
+                Ok(path) => {
+                    info!(plan = %report.plan, run_id = %report.run_id, status = ?report.status, "wrote the result a full disk had kept back to {}", path.display());
+                    if let Err(e) = std::fs::remove_file(&run.path) {
+                        error!("cannot remove the run journal {}: {e}", run.path.display());
+                    }
+                    done += 1;
+                }
+                Err(e) => {
+                    error!(plan = %report.plan, run_id = %report.run_id, "{e}; the journal is kept for the next start")
+                }
+            }
+            continue;
+        }
         let report = finish(&run, exec, stop).await;
         if stop.is_cancelled() {
             // Lookups were cut short: keep the journal, the next start finishes the run.

@@ -219,7 +219,7 @@ impl TaskReport {
 }
 
 /// One run of one plan: the content of a result file.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
     /// Plan name.
     pub plan: String,

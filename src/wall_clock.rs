@@ -63,9 +63,27 @@ pub fn note_jump() {
     }
 }
 
+/// The clocks at the last look by [`trusted`].
+static BASE: Mutex<Option<(DateTime<Utc>, Instant)>> = Mutex::new(None);
+
 /// Whether the wall clock has been steady long enough (no jump seen in the last hour) for a
-/// decision that cannot be undone, such as removing results by age.
+/// decision that cannot be undone, such as removing results by age. It looks at the clocks
+/// itself too: a run that ends just after a jump need not wait for the daemon's loop to
+/// notice it. (Slow drift, up to a millisecond per second, is not a jump.)
 pub fn trusted() -> bool {
+    let (wall, mono) = (Utc::now(), Instant::now());
+    if let Ok(mut base) = BASE.lock() {
+        if let Some((w0, m0)) = *base {
+            let mono_elapsed = mono.saturating_duration_since(m0);
+            let allowed = JUMP + TimeDelta::from_std(mono_elapsed / 1000).unwrap_or(TimeDelta::MAX);
+            let drift = wall.signed_duration_since(w0)
+                - TimeDelta::from_std(mono_elapsed).unwrap_or(TimeDelta::MAX);
+            if drift.abs() > allowed {
+                note_jump();
+            }
+        }
+        *base = Some((wall, mono));
+    }
     LAST_JUMP
         .lock()
         .map(|last| last.is_none_or(|at| at.elapsed() > DISTRUST_FOR))

@@ -75,7 +75,10 @@ pub async fn exec(args: ExecArgs) -> Exit {
     signals.abort();
 
     let report = finished.report.clone();
-    let written = finished.persist(&settings.results_dir);
+    let written = finished
+        .persist(&settings.results_dir)
+        .await
+        .map_err(|(e, _kept)| e);
     print_summary(&report, elapsed.as_secs_f64());
     match written {
         Ok(path) => {
@@ -88,7 +91,9 @@ pub async fn exec(args: ExecArgs) -> Exit {
             );
         }
         Err(e) => {
-            eprintln!("deployd: {e}");
+            eprintln!(
+                "deployd: {e}; the result is kept in the run journal, and the daemon's next start writes it"
+            );
             return Exit::Failed;
         }
     }

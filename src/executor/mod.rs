@@ -321,7 +321,11 @@ impl Executor {
             };
             drop(set);
             let journal = Arc::into_inner(shared).and_then(|s| s.journal);
-            FinishedRun { report, journal }
+            FinishedRun {
+                report,
+                journal,
+                result_journaled: false,
+            }
         }
         .instrument(span)
         .await
@@ -371,19 +375,37 @@ pub struct FinishedRun {
     pub report: RunReport,
     /// The journal, finished once the report is written.
     pub journal: Option<RunJournal>,
+    /// Whether the report is already in the journal (its file could not be written once).
+    pub result_journaled: bool,
 }
 
 impl FinishedRun {
-    /// Writes the result file, then removes the journal (which is kept if the write failed,
-    /// so that the next start writes the result from it).
-    pub fn persist(self, results_dir: &Path) -> Result<PathBuf, WriteError> {
-        let path = write_report(results_dir, &self.report)?;
-        if let Some(j) = self.journal
-            && let Err(e) = j.finish()
-        {
-            warn!("{e}");
+    /// Writes the result file, then removes the journal. If the write fails (a full results
+    /// disk), the result goes into the journal and the run comes back (`Err`) to be written
+    /// again later; a crash meanwhile leaves the next start to write it, with its true status.
+    pub async fn persist(self, results_dir: &Path) -> Result<PathBuf, (WriteError, FinishedRun)> {
+        match write_report(results_dir, &self.report) {
+            Ok(path) => {
+                if let Some(j) = self.journal
+                    && let Err(e) = j.finish()
+                {
+                    warn!("{e}");
+                }
+                Ok(path)
+            }
+            Err(e) => {
+                let mut run = self;
+                if !run.result_journaled
+                    && let Some(j) = &run.journal
+                {
+                    match j.append(&Entry::Result(Box::new(run.report.clone()))).await {
+                        Ok(()) => run.result_journaled = true,
+                        Err(e) => warn!("{e}"),
+                    }
+                }
+                Err((e, run))
+            }
         }
-        Ok(path)
     }
 }
 

@@ -7,6 +7,7 @@ mod clock;
 mod clock_jumps;
 mod daemon;
 mod delivery;
+mod disk;
 mod exec;
 mod faults;
 mod hardening;
