@@ -197,7 +197,8 @@ pub async fn run(
             settings.results_dir.display()
         )
     })?;
-    let plans_dir = std::fs::canonicalize(&settings.plans_dir).with_context(|| {
+    let configured_plans = settings.plans_dir.clone();
+    let mut plans_dir = std::fs::canonicalize(&configured_plans).with_context(|| {
         format!(
             "the plans folder {} is not usable",
             settings.plans_dir.display()
@@ -205,6 +206,15 @@ pub async fn run(
     })?;
     check_folder_permissions(&plans_dir).map_err(anyhow::Error::msg)?;
     let (mut watcher, mut hints) = start_watcher(&plans_dir);
+    // A plans folder that is a symlink (git-sync, capistrano: `plans -> rev2`, swapped by
+    // rename) is resolved again at every scan; its parent is watched for the swap.
+    let (_link_watcher, mut link_hints) = match std::fs::symlink_metadata(&configured_plans) {
+        Ok(m) if m.file_type().is_symlink() => match configured_plans.parent() {
+            Some(parent) => start_watcher(parent),
+            None => (None, None),
+        },
+        _ => (None, None),
+    };
 
     let mut c = Controller {
         settings,
@@ -302,6 +312,15 @@ pub async fn run(
             Some(done) = c.runs.join_next_with_id(), if !c.runs.is_empty() => {
                 c.run_ended(done);
             }
+            hint = recv_hint(&mut link_hints) => match hint {
+                Some(Hint::Path(path, _)) if path.file_name() == configured_plans.file_name() => {
+                    debug!(path = %path.display(), "the plans folder's link changed");
+                    scan_at = Some(Instant::now() + DEBOUNCE);
+                    full_scan = true;
+                }
+                Some(_) => {}
+                None => link_hints = None,
+            },
             hint = recv_hint(&mut hints) => match hint {
                 Some(Hint::Path(path, kind)) => {
                     if concerns_plans(&plans_dir, &path) {
@@ -368,6 +387,26 @@ pub async fn run(
         }
         if scan_at.is_some_and(|at| Instant::now() >= at) {
             scan_at = None;
+            match std::fs::canonicalize(&configured_plans) {
+                Ok(now_at) if now_at != plans_dir => {
+                    info!(
+                        "the plans folder {} now leads to {} (was {}): reading and watching the new folder",
+                        configured_plans.display(),
+                        now_at.display(),
+                        plans_dir.display()
+                    );
+                    plans_dir = now_at;
+                    (watcher, hints) = start_watcher(&plans_dir);
+                    c.scanner.forget_hints();
+                    full_scan = true;
+                }
+                Ok(_) => {}
+                Err(e) => warn!(
+                    "the plans folder {} cannot be resolved ({e}); reading {} as before",
+                    configured_plans.display(),
+                    plans_dir.display()
+                ),
+            }
             c.rescan(&plans_dir, &mut scan_at, std::mem::take(&mut full_scan));
         }
         c.fire_due();

@@ -15,5 +15,6 @@ mod helpers;
 mod ops;
 mod reconcile_attacks;
 mod signals;
+mod symlink_plans;
 mod values;
 mod zones;
