@@ -68,7 +68,7 @@ for t in "${targets[@]}"; do
     if ((rc == 0)); then
         result=ok
     else
-        result="FOUND (exit $rc): $(grep -m1 -o 'artifacts/[^ ]*' "$log" || echo "see $log")"
+        result="FOUND (exit $rc): $(sed -n 's/.*Test unit written to //p' "$log" | head -1)"
         failed=1
         cp "$log" "artifacts/$t/last-run.log"
     fi

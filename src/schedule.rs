@@ -129,7 +129,8 @@ impl Schedule {
         self.tz
     }
 
-    /// The first fire time strictly after `after`. `None` only at the end of chrono's calendar:
+    /// The first fire time strictly after `after`. `None` only at the end of chrono's calendar
+    /// (nothing fires in its last year, 262142):
     /// the search spans [`SEARCH_HORIZON_MONTHS`], a whole Gregorian cycle, so a rare date
     /// (`0 0 29 2 +1`, February 29 on a Monday: 2044 after 2016) is found.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -205,6 +206,12 @@ impl Schedule {
     }
 
     fn date_matches(&self, day: NaiveDate) -> bool {
+        // croner 3.0.1 finds the last day of a month (`L`) through the first day of the next
+        // month, unwrapped: in December of chrono's last year that panics. Nothing fires in
+        // that year (262142) rather than risk it.
+        if day.year() >= NaiveDate::MAX.year() {
+            return false;
+        }
         let p = &self.cron.pattern;
         p.month_match(day.month()).unwrap_or(false)
             && p.day_match(day.year(), day.month(), day.day())
@@ -888,6 +895,24 @@ mod fuzz_findings {
             s.next_after(DateTime::<Utc>::MAX_UTC - TimeDelta::seconds(5)),
             None
         );
+    }
+
+    #[test]
+    fn a_last_day_of_month_schedule_in_chronos_last_year_does_not_panic() {
+        // Fuzz finding (`1 0 L * +0,,,`, then minimized): croner 3.0.1 works out `L` with
+        // `NaiveDate::from_ymd_opt(year + 1, 1, 1).unwrap()`, which panics in December of
+        // chrono's last year (262142).
+        let s = Schedule::parse("0 0 L * *", Tz::UTC).expect("valid");
+        let after = NaiveDate::from_ymd_opt(262_142, 12, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .expect("valid")
+            .and_utc();
+        assert_eq!(s.next_after(after), None);
+        let after = NaiveDate::from_ymd_opt(262_141, 12, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .expect("valid")
+            .and_utc();
+        assert_eq!(s.next_after(after), Some(after + TimeDelta::days(30)));
     }
 
     #[test]
