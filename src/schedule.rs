@@ -32,8 +32,8 @@
 use std::fmt;
 
 use chrono::{
-    DateTime, Datelike, LocalResult, Months, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta,
-    TimeZone, Timelike, Utc,
+    DateTime, Datelike, LocalResult, Months, NaiveDate, NaiveDateTime, NaiveTime, Offset,
+    TimeDelta, TimeZone, Timelike, Utc,
 };
 use chrono_tz::Tz;
 use croner::Cron;
@@ -148,19 +148,19 @@ impl Schedule {
         None
     }
 
-    /// The first fire time strictly after `after`. `None` only at the end of chrono's calendar:
+    /// The first fire time strictly after `after`. `None` only at the end of chrono's calendar
+    /// (nothing fires in its last year, 262142):
     /// the search spans [`SEARCH_HORIZON_MONTHS`], a whole Gregorian cycle, so a rare date
     /// (`0 0 29 2 +1`, February 29 on a Monday: 2044 after 2016) is found.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         // Fire times are whole seconds, so the sub-second part of `after` can be dropped: every
         // candidate after the truncated local time is also after the exact one.
-        let start = after
-            .with_timezone(&self.tz)
-            .naive_local()
-            .with_nanosecond(0)?;
+        let start = self.local_start(after)?.with_nanosecond(0)?;
+        // Near the end of chrono's calendar the horizon is its last date.
         let horizon = start
             .date()
-            .checked_add_months(Months::new(SEARCH_HORIZON_MONTHS))?;
+            .checked_add_months(Months::new(SEARCH_HORIZON_MONTHS))
+            .unwrap_or(NaiveDate::MAX);
         let mut cursor = start;
         loop {
             let local = self.next_local_after(cursor, horizon)?;
@@ -188,6 +188,19 @@ impl Schedule {
         out
     }
 
+    /// `after` as a local time in the schedule's zone. At the ends of chrono's calendar the
+    /// local time may not be representable (`naive_local` would panic): before the first date
+    /// the search starts at the first local time (earlier candidates are filtered out anyway,
+    /// being before `after`); after the last date there is nothing left to find.
+    fn local_start(&self, after: DateTime<Utc>) -> Option<NaiveDateTime> {
+        let offset = self.tz.offset_from_utc_datetime(&after.naive_utc()).fix();
+        match after.naive_utc().checked_add_offset(offset) {
+            Some(local) => Some(local),
+            None if offset.local_minus_utc() < 0 => Some(NaiveDateTime::MIN),
+            None => None,
+        }
+    }
+
     /// The first local time strictly after `cursor` that matches every field, on a day up to
     /// `horizon` (inclusive).
     fn next_local_after(&self, cursor: NaiveDateTime, horizon: NaiveDate) -> Option<NaiveDateTime> {
@@ -212,6 +225,12 @@ impl Schedule {
     }
 
     fn date_matches(&self, day: NaiveDate) -> bool {
+        // croner 3.0.1 finds the last day of a month (`L`) through the first day of the next
+        // month, unwrapped: in December of chrono's last year that panics. Nothing fires in
+        // that year (262142) rather than risk it.
+        if day.year() >= NaiveDate::MAX.year() {
+            return false;
+        }
         let p = &self.cron.pattern;
         p.month_match(day.month()).unwrap_or(false)
             && p.day_match(day.year(), day.month(), day.day())
@@ -368,8 +387,9 @@ fn offending_field(fields: &str, count: usize) -> Option<(&'static str, &str)> {
 /// before `local`) and plus 13 h (already after it). Any such jump is a gap containing `local`.
 fn gap_end(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
     let as_utc = local.and_utc();
-    let mut lo = (as_utc - TimeDelta::hours(15)).timestamp();
-    let mut hi = (as_utc + TimeDelta::hours(13)).timestamp();
+    // Checked: at the ends of chrono's calendar there is no room for the search (and no gap).
+    let mut lo = as_utc.checked_sub_signed(TimeDelta::hours(15))?.timestamp();
+    let mut hi = as_utc.checked_add_signed(TimeDelta::hours(13))?.timestamp();
     let local_at =
         |secs: i64| DateTime::from_timestamp(secs, 0).map(|t| t.with_timezone(&tz).naive_local());
     if local_at(lo)? > local || local_at(hi)? <= local {
@@ -858,5 +878,66 @@ mod tests {
             gap_end(Europe::Berlin, local),
             Some(utc("2026-03-29T01:00:00Z"))
         );
+    }
+}
+
+#[cfg(test)]
+mod fuzz_findings {
+    //! Regressions found by `fuzz/` (target `cron`), minimized.
+    use super::*;
+    use chrono_tz::{America, Asia};
+
+    #[test]
+    fn next_after_at_the_start_of_chronos_calendar_does_not_panic() {
+        // Fuzz finding: `@weekly` in a zone west of UTC, asked just after chrono's first
+        // instant: the local start time lies before chrono's first date, and `naive_local`
+        // panicked ("Local time out of range for `NaiveDateTime`").
+        let after = DateTime::<Utc>::MIN_UTC + TimeDelta::seconds(268);
+        let s = Schedule::parse("@weekly", America::New_York).expect("valid");
+        let next = s.next_after(after).expect("a Sunday follows");
+        assert!(next > after);
+        let fires = s.upcoming(after, 3);
+        assert_eq!(fires.len(), 3);
+        assert!(fires.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn next_after_at_the_end_of_chronos_calendar_is_none() {
+        // East of UTC, the local time of chrono's last instants lies after its last date.
+        let s = Schedule::parse("* * * * *", Asia::Tokyo).expect("valid");
+        assert_eq!(
+            s.next_after(DateTime::<Utc>::MAX_UTC - TimeDelta::seconds(5)),
+            None
+        );
+        let s = Schedule::parse("* * * * *", America::New_York).expect("valid");
+        assert_eq!(
+            s.next_after(DateTime::<Utc>::MAX_UTC - TimeDelta::seconds(5)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_last_day_of_month_schedule_in_chronos_last_year_does_not_panic() {
+        // Fuzz finding (`1 0 L * +0,,,`, then minimized): croner 3.0.1 works out `L` with
+        // `NaiveDate::from_ymd_opt(year + 1, 1, 1).unwrap()`, which panics in December of
+        // chrono's last year (262142).
+        let s = Schedule::parse("0 0 L * *", Tz::UTC).expect("valid");
+        let after = NaiveDate::from_ymd_opt(262_142, 12, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .expect("valid")
+            .and_utc();
+        assert_eq!(s.next_after(after), None);
+        let after = NaiveDate::from_ymd_opt(262_141, 12, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .expect("valid")
+            .and_utc();
+        assert_eq!(s.next_after(after), Some(after + TimeDelta::days(30)));
+    }
+
+    #[test]
+    fn gap_end_near_chronos_first_date_is_none() {
+        // `gap_end` subtracts 15 h from the local time read as UTC: that must not overflow.
+        assert_eq!(gap_end(Tz::UTC, NaiveDateTime::MIN), None);
+        assert_eq!(gap_end(Tz::UTC, NaiveDateTime::MAX), None);
     }
 }

@@ -222,7 +222,25 @@ impl Settings {
         let Some(path) = config else {
             return Self::from_raw(RawConfig::default(), overrides, env, None);
         };
-        let (raw, text) = read_config(path)?;
+        let bytes = std::fs::read(path).map_err(|e| {
+            ConfigError(vec![format!(
+                "{}: cannot read the config file: {e}",
+                path.display()
+            )])
+        })?;
+        Self::from_config_bytes(path, &bytes, overrides, env)
+    }
+
+    /// [`Settings::load`] without the file read: `bytes` are the config file's content and
+    /// `path` is only named in messages. No I/O (the fuzz target `config` drives it).
+    pub fn from_config_bytes(
+        path: &Path,
+        bytes: &[u8],
+        overrides: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let config = Some(path);
+        let (raw, text) = parse_config(path, bytes)?;
         // Point every field error at its line in the file.
         Self::from_raw(raw, overrides, env, config).map_err(|ConfigError(errors)| {
             let origin = format!("{}: ", path.display());
@@ -706,14 +724,12 @@ fn locate_field(text: &str, field: &str) -> Option<(usize, usize)> {
     found
 }
 
-fn read_config(path: &Path) -> Result<(RawConfig, String), ConfigError> {
+fn parse_config(path: &Path, bytes: &[u8]) -> Result<(RawConfig, String), ConfigError> {
     let fail = |msg: String| ConfigError(vec![format!("{}: {msg}", path.display())]);
-    let bytes =
-        std::fs::read(path).map_err(|e| fail(format!("cannot read the config file: {e}")))?;
     if bytes.len() > MAX_CONFIG_BYTES {
         return Err(fail(format!("larger than {MAX_CONFIG_BYTES} bytes")));
     }
-    let text = std::str::from_utf8(&bytes).map_err(|_| fail("not UTF-8 text".into()))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| fail("not UTF-8 text".into()))?;
     if text.trim().is_empty() {
         return Ok((RawConfig::default(), String::new()));
     }

@@ -22,7 +22,9 @@ mod config;
 mod error;
 mod service;
 mod state;
-mod validate;
+/// Public only for the fuzz targets (`fuzz/`); not part of the API.
+#[doc(hidden)]
+pub mod validate;
 
 #[cfg(test)]
 mod tests;

@@ -237,7 +237,12 @@ fn percent_decode(s: &str) -> Option<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
+                // Two hex digits exactly: `u8::from_str_radix` alone would also take a sign
+                // (`%+1`), which no gateway decodes.
                 let hex = bytes.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
                 let hex = std::str::from_utf8(hex).ok()?;
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
@@ -542,5 +547,19 @@ mod tests {
             param_type: Some("encrypt".into()),
         };
         assert!(!format!("{p:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_sign_is_not_a_hex_digit_in_an_escape() {
+        // Fuzz finding (target `emulator_requests`, minimized): `%+2` was decoded as byte 2,
+        // because `u8::from_str_radix` accepts a leading `+`.
+        assert!(query_pairs(Some("a=%+2")).is_err());
+        assert!(query_pairs(Some("a%+2=1")).is_err());
+        assert!(query_pairs(Some("a=%-2")).is_err());
+        assert_eq!(
+            query_pairs(Some("a=%2B%2b+")),
+            Ok(vec![("a".to_string(), "++ ".to_string())])
+        );
+        assert!(parse_state_query(Some("step_state=tru%+5")).is_err());
     }
 }
