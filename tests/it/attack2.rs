@@ -1,0 +1,192 @@
+//! Reproductions found by the attack2 review: the clock, a full disk.
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use deployd::emulator::Emulator;
+
+use crate::helpers::*;
+
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+fn spawn_faked(root: &Path, emulator: &Emulator, clock: &Path) -> Child {
+    write(&root.join("config.yaml"), "settle: 1s\n");
+    daemon_command(root, emulator, "100", "4")
+        .arg("--config")
+        .arg(root.join("config.yaml"))
+        .env("LD_PRELOAD", LIBFAKETIME)
+        .env("FAKETIME_TIMESTAMP_FILE", clock)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn")
+}
+
+fn scheduled_for(results_dir: &Path, plan: &str) -> Vec<String> {
+    results(results_dir, plan)
+        .iter()
+        .filter_map(|r| r["scheduled_for"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn duplicates(all: &[String]) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    all.iter().filter(|t| !seen.insert(*t)).cloned().collect()
+}
+
+/// A corrupted `STATE/fires/<plan>.json` is read as "no fire used" without a log line
+/// (state.rs `fired`: `unwrap_or_default()`), so a clock set back across the restart runs
+/// fire times again, silently.
+#[tokio::test(flavor = "multi_thread")]
+async fn attack2_corrupted_fires_file_repeats_fires_silently() {
+    let emulator = start_emulator(emulator_config()).await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let clock = root.path().join("clock");
+    write(&clock, "+0\n");
+    write(
+        &root.path().join("plans/tick.yaml"),
+        &format!("schedule: \"*/2 * * * * *\"\ntasks:\n  - {T1}\n"),
+    );
+    let results_dir = root.path().join("results");
+    let mut first = spawn_faked(root.path(), &emulator, &clock);
+    let _log = capture_stderr(&mut first);
+    wait_for(20, "three fires", || scheduled_for(&results_dir, "tick").len() >= 3).await;
+    kill(&first, "-TERM");
+    let _ = first.wait();
+    // A torn / corrupted memory of used fires (bit rot, an operator's editor, a bad restore).
+    write(&root.path().join("state/fires/tick.json"), "[\"2026-");
+    write(&clock, "-10s\n");
+    let before = scheduled_for(&results_dir, "tick").len();
+    let mut second = spawn_faked(root.path(), &emulator, &clock);
+    let log = capture_stderr(&mut second);
+    wait_for(30, "fires after the set-back", || {
+        scheduled_for(&results_dir, "tick").len() >= before + 6
+    })
+    .await;
+    kill(&second, "-TERM");
+    let _ = second.wait();
+    let all = scheduled_for(&results_dir, "tick");
+    let dups = duplicates(&all);
+    let warned = logged(&log, "cannot read the fire times already used");
+    assert!(
+        dups.is_empty() || warned,
+        "fire times ran twice without a log line: {dups:?}"
+    );
+}
+
+/// A clock set back by more than 64 fires repeats the oldest ones (state.rs FIRES_KEPT).
+#[tokio::test(flavor = "multi_thread")]
+async fn attack2_clock_set_back_more_than_64_fires_repeats_fires() {
+    let emulator = start_emulator(emulator_config()).await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let clock = root.path().join("clock");
+    write(&clock, "+0\n");
+    write(
+        &root.path().join("plans/tick.yaml"),
+        &format!("schedule: \"* * * * * *\"\ntasks:\n  - {T1}\n"),
+    );
+    let results_dir = root.path().join("results");
+    let mut child = spawn_faked(root.path(), &emulator, &clock);
+    let log = capture_stderr(&mut child);
+    wait_for(120, "70 fires", || scheduled_for(&results_dir, "tick").len() >= 70).await;
+    write(&clock, "-80s\n");
+    wait_for(20, "the jump back", || logged(&log, "the wall clock jumped by -")).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    kill(&child, "-TERM");
+    let _ = child.wait();
+    let all = scheduled_for(&results_dir, "tick");
+    let dups = duplicates(&all);
+    assert!(dups.is_empty(), "fire times ran twice: {dups:?}");
+}
+
+/// State and results on one full disk (the usual `/var/lib/deployd`): the run's journal is
+/// poisoned by the first failed append (journal.rs `group_commit`), so the `Result` line is
+/// never written; the shutdown says "it is in the run journal" anyway, and the next start
+/// reports the succeeded run as `interrupted` ("finished a run interrupted by a crash").
+/// Needs root (a 100 KiB tmpfs); skipped otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn attack2_full_shared_disk_turns_a_succeeded_run_into_interrupted() {
+    let mut config = emulator_config();
+    config.latency = Duration::from_secs(3);
+    let emulator = start_emulator(config).await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let disk = root.path().join("disk");
+    std::fs::create_dir_all(&disk).expect("mkdir");
+    std::fs::create_dir_all(root.path().join("plans")).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=100k", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs (not root)");
+        return;
+    }
+    let spawn = || {
+        deployd()
+            .arg("run")
+            .arg("--plans-dir")
+            .arg(root.path().join("plans"))
+            .arg("--state-dir")
+            .arg(disk.join("state"))
+            .arg("--results-dir")
+            .arg(disk.join("results"))
+            .args(["--endpoint", &emulator.base_url()])
+            .args(["--project-id", &emulator.config().project_id])
+            .env("DEPLOYD_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let mut first = spawn();
+    let log = capture_stderr(&mut first);
+    wait_for(20, "ready", || logged(&log, "daemon ready")).await;
+    let blob = "x".repeat(2500);
+    write(
+        &root.path().join("staging/once.yaml"),
+        &format!("params:\n  - {{key: blob, value: \"{blob}\", type: text}}\ntasks:\n  - {T1}\n"),
+    );
+    std::fs::rename(
+        root.path().join("staging/once.yaml"),
+        root.path().join("plans/once.yaml"),
+    )
+    .expect("mv");
+    let runs = disk.join("state/runs");
+    wait_for(20, "the run begun", || {
+        std::fs::read_dir(&runs).is_ok_and(|mut d| d.next().is_some())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The disk fills up while the call is in flight.
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=1k"])
+        .arg(format!("of={}", disk.join("filler").display()))
+        .stderr(Stdio::null())
+        .status();
+    wait_for(20, "the result kept back", || {
+        logged(&log, "the result is kept (in memory and in the run journal)")
+    })
+    .await;
+    kill(&first, "-TERM");
+    let _ = first.wait();
+    std::fs::remove_file(disk.join("filler")).expect("rm");
+    let mut second = spawn();
+    let log2 = capture_stderr(&mut second);
+    let results_dir = disk.join("results");
+    wait_for(20, "the result written", || results(&results_dir, "once").len() == 1).await;
+    kill(&second, "-TERM");
+    let _ = second.wait();
+    let r = &results(&results_dir, "once")[0];
+    let _ = std::process::Command::new("umount").arg(&disk).status();
+    assert_eq!(emulator.log().len(), 1, "one call");
+    assert_eq!(
+        r["status"], "succeeded",
+        "a run that succeeded is reported {} (log: {})",
+        r["status"],
+        if logged(&log2, "interrupted by a crash") { "finished a run interrupted by a crash" } else { "" }
+    );
+}
