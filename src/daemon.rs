@@ -174,6 +174,8 @@ struct Controller {
     retries: Vec<(Instant, Pending)>,
     /// Fire times already used per plan (kept in the state folder too).
     fires_used: HashMap<String, Vec<DateTime<Utc>>>,
+    /// Per plan whose memory of used fire times was damaged: no fire at or before this.
+    fires_floor: HashMap<String, DateTime<Utc>>,
     /// Runs that ended but whose result file could not be written yet, and when to try next.
     unwritten: Vec<crate::executor::FinishedRun>,
     unwritten_retry: Option<Instant>,
@@ -233,6 +235,7 @@ pub async fn run(
         admission: std::collections::VecDeque::new(),
         retries: Vec::new(),
         fires_used: HashMap::new(),
+        fires_floor: HashMap::new(),
         unwritten: Vec::new(),
         unwritten_retry: None,
     };
@@ -255,6 +258,11 @@ pub async fn run(
     // events read every file again.
     let mut full_scan = false;
     let mut periodic = Instant::now() + c.settings.rescan_interval;
+    if control.shutdown.is_cancelled() {
+        // Stopped during crash recovery: nothing is loaded, so nothing starts.
+        c.shutdown().await;
+        return Ok(());
+    }
     c.rescan(&plans_dir, &mut scan_at, true);
     // Files written just before the start are not settled yet: give them their quiet time
     // (bounded) so that READY means "the plans are loaded".
@@ -264,6 +272,9 @@ pub async fn run(
         tokio::select! {
             _ = control.shutdown.cancelled() => break,
             _ = tokio::time::sleep_until(at) => {}
+        }
+        if control.shutdown.is_cancelled() {
+            break;
         }
         c.rescan(&plans_dir, &mut scan_at, false);
     }
@@ -578,7 +589,7 @@ impl Controller {
                         Some(due) if due <= now => due - chrono::TimeDelta::milliseconds(1),
                         _ => now,
                     };
-                    let next = schedule.next_unused(from, &used);
+                    let next = schedule.next_unused(self.floor(&plan.name, from), &used);
                     info!(
                         plan = %plan.name,
                         next = next.map(|t| crate::results::ts(&t)).unwrap_or_else(|| "never".into()),
@@ -648,11 +659,12 @@ impl Controller {
                 self.request(plan.clone(), Trigger::Schedule, Some(at));
             }
             let used = self.use_fire(&plan.name, at);
+            let floor = self.floor(&plan.name, at.max(now));
             if let Some(a) = self.armed.get_mut(&plan.name) {
                 a.next = plan
                     .schedule
                     .as_ref()
-                    .and_then(|s| s.next_unused(at.max(now), &used));
+                    .and_then(|s| s.next_unused(floor, &used));
             }
         }
     }
@@ -662,15 +674,41 @@ impl Controller {
         if let Some(used) = self.fires_used.get(plan) {
             return used.clone();
         }
-        let used = self.store.fired(plan).unwrap_or_else(|e| {
-            warn!(
-                plan,
-                "cannot read the fire times already used ({e}); a clock set back could repeat one"
-            );
-            Vec::new()
-        });
+        let used = match self.store.fired(plan) {
+            Ok(used) => used,
+            Err(crate::state::StateError::Corrupt {
+                path,
+                why,
+                modified,
+            }) => {
+                // Every fire time it held was used at or before its last write: none of those
+                // runs, whatever the clock says now.
+                let floor = modified.unwrap_or_else(Utc::now);
+                warn!(
+                    plan,
+                    "the fire times already used ({}) are damaged ({why}); no fire at or before {} runs, and the file is kept aside as .damaged",
+                    path.display(),
+                    crate::results::ts(&floor)
+                );
+                let _ = std::fs::rename(&path, path.with_extension("json.damaged"));
+                self.fires_floor.insert(plan.to_string(), floor);
+                Vec::new()
+            }
+            Err(e) => {
+                warn!(
+                    plan,
+                    "cannot read the fire times already used ({e}); a clock set back could repeat one"
+                );
+                Vec::new()
+            }
+        };
         self.fires_used.insert(plan.to_string(), used.clone());
         used
+    }
+
+    /// `from`, or later when a damaged memory of used fire times forbids earlier ones.
+    fn floor(&self, plan: &str, from: DateTime<Utc>) -> DateTime<Utc> {
+        self.fires_floor.get(plan).map_or(from, |f| from.max(*f))
     }
 
     /// Marks a fire time used (run or skipped), durably: it never runs again.
@@ -697,6 +735,7 @@ impl Controller {
         let names: Vec<String> = self.armed.keys().cloned().collect();
         for name in names {
             let used = self.used_fires(&name);
+            let floor = self.floor(&name, now);
             let Some(a) = self.armed.get_mut(&name) else {
                 continue;
             };
@@ -707,7 +746,7 @@ impl Controller {
                 .plan
                 .schedule
                 .as_ref()
-                .and_then(|s| s.next_unused(now, &used));
+                .and_then(|s| s.next_unused(floor, &used));
             if next != a.next {
                 info!(
                     plan = %name,
@@ -826,6 +865,15 @@ impl Controller {
                     return RunEnd::NotBegun(pending, cause);
                 }
             };
+            if stop.stop.is_cancelled() {
+                // A shutdown came before the first call: not a run that ran.
+                if let Some(j) = journal
+                    && let Err(e) = j.finish()
+                {
+                    warn!("{e}");
+                }
+                return RunEnd::NotBegun(pending, "the daemon is shutting down".into());
+            }
             if req.trigger == Trigger::Arrival
                 && let Err(e) = store.record_once(&req.plan.name, &req.plan.sha256, &req.run_id)
             {
@@ -1201,7 +1249,11 @@ impl Controller {
             self.unwritten_retry = None;
             self.write_unwritten().await;
             for run in &self.unwritten {
-                error!(plan = %run.report.plan, run_id = %run.report.run_id, "the result could not be written before the shutdown; it is in the run journal, and the next start writes it");
+                if run.result_journaled {
+                    error!(plan = %run.report.plan, run_id = %run.report.run_id, "the result could not be written before the shutdown; it is kept in the state folder, and the next start writes it");
+                } else {
+                    error!(plan = %run.report.plan, run_id = %run.report.run_id, status = ?run.report.status, started = run.report.summary.started, "the result could not be written before the shutdown, nor kept in the state folder: the next start reports the run from its journal, as interrupted");
+                }
             }
         }
         info!("all runs written; bye");

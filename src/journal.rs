@@ -284,6 +284,12 @@ impl std::fmt::Debug for RunJournal {
     }
 }
 
+/// Where a run's result is kept when its journal could take no more lines (`<run id>.result.json`
+/// beside `<run id>.jsonl`).
+pub fn result_beside(journal: &Path) -> PathBuf {
+    journal.with_extension("result.json")
+}
+
 /// The folder of run journals under a state folder.
 pub fn runs_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("runs")
@@ -613,6 +619,11 @@ fn read_one(path: &Path) -> Result<Option<Unfinished>, String> {
         }
     }
     drop(skeletons);
+    let result = result.or_else(|| {
+        std::fs::read(result_beside(path))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    });
     Ok(Some(Unfinished {
         path: path.to_path_buf(),
         header,

@@ -41,6 +41,7 @@ pub async fn recover(
                     if let Err(e) = std::fs::remove_file(&run.path) {
                         error!("cannot remove the run journal {}: {e}", run.path.display());
                     }
+                    let _ = std::fs::remove_file(crate::journal::result_beside(&run.path));
                     done += 1;
                 }
                 Err(e) => {

@@ -22,6 +22,16 @@ pub enum StateError {
     /// A durable write failed.
     #[error(transparent)]
     Write(#[from] crate::results::WriteError),
+    /// A state file that cannot be read as what it should hold.
+    #[error("{path} is damaged ({why})")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+        /// When it was last written (every fire time it held is at or before this).
+        modified: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// Another daemon holds the state folder.
     #[error(
         "the state folder {path} belongs to another running deployd ({holder}); one state folder serves one daemon: stop the other one, or give this one its own --state-dir"
@@ -144,7 +154,17 @@ impl StateStore {
     pub fn fired(&self, plan: &str) -> Result<Vec<chrono::DateTime<chrono::Utc>>, StateError> {
         let path = self.fires_path(plan);
         match std::fs::read(&path) {
-            Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_default()),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                let modified = std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .map(chrono::DateTime::<chrono::Utc>::from)
+                    .ok();
+                StateError::Corrupt {
+                    path: path.clone(),
+                    why: e.to_string(),
+                    modified,
+                }
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(source) => Err(StateError::Io { path, source }),
         }

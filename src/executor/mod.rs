@@ -386,10 +386,12 @@ impl FinishedRun {
     pub async fn persist(self, results_dir: &Path) -> Result<PathBuf, (WriteError, FinishedRun)> {
         match write_report(results_dir, &self.report) {
             Ok(path) => {
-                if let Some(j) = self.journal
-                    && let Err(e) = j.finish()
-                {
-                    warn!("{e}");
+                if let Some(j) = self.journal {
+                    let kept = crate::journal::result_beside(j.path());
+                    if let Err(e) = j.finish() {
+                        warn!("{e}");
+                    }
+                    let _ = std::fs::remove_file(kept);
                 }
                 Ok(path)
             }
@@ -400,7 +402,23 @@ impl FinishedRun {
                 {
                     match j.append(&Entry::Result(Box::new(run.report.clone()))).await {
                         Ok(()) => run.result_journaled = true,
-                        Err(e) => warn!("{e}"),
+                        Err(e) => {
+                            // A journal that failed once takes nothing more: the result goes
+                            // beside it, in its own file, once there is room.
+                            debug!("{e}");
+                            let kept = crate::journal::result_beside(j.path());
+                            match serde_json::to_vec(&run.report)
+                                .map_err(|e| e.to_string())
+                                .and_then(|b| {
+                                    crate::results::write_atomic(&kept, &b, 0o640)
+                                        .map_err(|e| e.to_string())
+                                }) {
+                                Ok(()) => run.result_journaled = true,
+                                Err(e) => {
+                                    debug!("the result cannot be kept beside the journal yet: {e}")
+                                }
+                            }
+                        }
                     }
                 }
                 Err((e, run))

@@ -358,3 +358,76 @@ async fn a_schedule_edited_just_before_its_fire_loses_no_fire() {
         "fires not run: {missing:?} (ran {ran:?})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigterm_during_crash_recovery_runs_nothing_and_forgets_nothing() {
+    let emulator = start_emulator(EmulatorConfig {
+        latency: Duration::from_secs(3),
+        ..emulator_config()
+    })
+    .await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let plans = root.path().join("plans");
+    std::fs::create_dir_all(&plans).expect("mkdir");
+    write(&root.path().join("config.yaml"), "settle: 10s\n");
+    let spawn = || {
+        daemon_command(root.path(), &emulator, "100", "4")
+            .arg("--config")
+            .arg(root.path().join("config.yaml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let mut first = spawn();
+    let log1 = capture_stderr(&mut first);
+    wait_for(20, "ready", || logged(&log1, "daemon ready")).await;
+    write(
+        &root.path().join("staging/a.yaml"),
+        &format!("tasks:\n  - {T1}\n"),
+    );
+    std::fs::rename(root.path().join("staging/a.yaml"), plans.join("a.yaml")).expect("mv");
+    let runs = root.path().join("state/runs");
+    wait_for(20, "a call in flight", || {
+        std::fs::read_dir(&runs).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"intent\"")))
+        })
+    })
+    .await;
+    first.kill().expect("SIGKILL");
+    let _ = first.wait();
+    write(
+        &root.path().join("staging/b.yaml"),
+        &format!("tasks:\n  - {T2}\n"),
+    );
+    std::fs::rename(root.path().join("staging/b.yaml"), plans.join("b.yaml")).expect("mv");
+    // Settled long ago, as far as its age tells: the start's scan reads it at once.
+    std::fs::File::options()
+        .write(true)
+        .open(plans.join("b.yaml"))
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() - Duration::from_secs(5)))
+        .expect("mtime");
+    // The restarted daemon looks a's call up (10 s of settle) and is stopped meanwhile.
+    let mut second = spawn();
+    let log2 = capture_stderr(&mut second);
+    wait_for(20, "recovery under way", || {
+        logged(&log2, "runs alive at once")
+    })
+    .await;
+    kill(&second, "-TERM");
+    let _ = second.wait();
+    assert!(
+        !root.path().join("state/once/b").exists(),
+        "b was remembered as run without a call:\n{}",
+        log2.lock().map(|t| t.clone()).unwrap_or_default()
+    );
+    // The next start runs b.
+    let mut third = spawn();
+    let _log3 = capture_stderr(&mut third);
+    let results_dir = root.path().join("results");
+    wait_for(40, "b runs", || results(&results_dir, "b").len() == 1).await;
+    kill(&third, "-TERM");
+    let _ = third.wait();
+    assert_eq!(results(&results_dir, "b")[0]["status"], "succeeded");
+}

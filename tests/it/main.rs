@@ -1,10 +1,10 @@
 //! The one integration-test binary: the real `deployd` binary and the library, against the
 //! emulator on 127.0.0.1, with real files in temporary folders.
 
-mod attack2;
 mod auth;
 mod bounded;
 mod clock;
+mod clock_disk_attacks;
 mod clock_jumps;
 mod daemon;
 mod delivery;
