@@ -155,6 +155,11 @@ pub enum Entry {
         /// service created a record, which teaches the zone of its record times.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         answered_at: Option<DateTime<Utc>>,
+        /// The lower bound of the service's clock minus ours after this answer, in ms, if
+        /// measured: it places on the service's clock the sends of this run's calls that went
+        /// out before any answer had measured it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skew_lo_ms: Option<i64>,
     },
     /// A task reached its final state in this run (written without its params).
     Task(#[serde(serialize_with = "lean_box")] Box<TaskReport>),
@@ -529,6 +534,9 @@ fn read_one(path: &Path) -> Result<Option<Unfinished>, String> {
     let mut header: Option<RunHeader> = None;
     let mut trails: BTreeMap<String, TaskTrail> = BTreeMap::new();
     let mut result = None;
+    // The first skew this run measured, and the calls sent before it was measured.
+    let mut run_skew_lo_ms: Option<i64> = None;
+    let mut unmeasured: Vec<(String, u32, DateTime<Utc>)> = Vec::new();
     for line in BufReader::new(&file).lines() {
         let Ok(line) = line else { break };
         let Ok(entry) = serde_json::from_str::<Entry>(&line) else {
@@ -542,6 +550,10 @@ fn read_one(path: &Path) -> Result<Option<Unfinished>, String> {
                 sent_at,
                 skew_lo_ms,
             } => {
+                run_skew_lo_ms = run_skew_lo_ms.or(skew_lo_ms);
+                if skew_lo_ms.is_none() {
+                    unmeasured.push((task_id.clone(), attempt, sent_at));
+                }
                 let trail = trails.entry(task_id).or_default();
                 trail.calls.push((attempt, sent_at, None));
                 if let Some(ms) = skew_lo_ms
@@ -557,7 +569,9 @@ fn read_one(path: &Path) -> Result<Option<Unfinished>, String> {
                 class,
                 report,
                 answered_at,
+                skew_lo_ms,
             } => {
+                run_skew_lo_ms = run_skew_lo_ms.or(skew_lo_ms);
                 let trail = trails.entry(task_id).or_default();
                 let mut sent_at = None;
                 if let Some(call) = trail.calls.iter_mut().find(|c| c.0 == attempt) {
@@ -619,6 +633,19 @@ fn read_one(path: &Path) -> Result<Option<Unfinished>, String> {
         }
     }
     drop(skeletons);
+    // Calls sent before any answer measured the skew are placed on the service's clock with
+    // the first skew this run measured (the host's clock is taken as not stepped within the
+    // run; a step across the crash is what the stored skew is for).
+    if let Some(ms) = run_skew_lo_ms {
+        for (task_id, attempt, sent_at) in unmeasured {
+            if let (Some(trail), Some(at)) = (
+                trails.get_mut(&task_id),
+                sent_at.checked_add_signed(chrono::TimeDelta::milliseconds(ms)),
+            ) {
+                trail.service_sent.entry(attempt).or_insert(at);
+            }
+        }
+    }
     let result = result.or_else(|| {
         std::fs::read(result_beside(path))
             .ok()
@@ -704,6 +731,7 @@ mod tests {
             class: CallClass::Started,
             report: Some(Box::new(done.clone())),
             answered_at: None,
+            skew_lo_ms: None,
         })
         .await
         .expect("outcome");
@@ -758,6 +786,7 @@ mod tests {
             class: CallClass::Retryable,
             report: None,
             answered_at: None,
+            skew_lo_ms: None,
         })
         .await
         .expect("outcome");

@@ -609,6 +609,7 @@ impl TaskCtx {
                         class: CallClass::Retryable,
                         report: None,
                         answered_at: None,
+                        skew_lo_ms: None,
                     };
                     if let Err(e) = j.append(&not_sent).await {
                         warn!("{e}");
@@ -678,6 +679,10 @@ impl TaskCtx {
                     class,
                     report: Some(Box::new(report.clone())),
                     answered_at: Some(answered_at),
+                    skew_lo_ms: {
+                        let skew = self.exec.client.clock().skew();
+                        skew.measured.then(|| skew.lo.num_milliseconds())
+                    },
                 };
                 if let Err(e) = j.append(&entry).await {
                     warn!("{e}");

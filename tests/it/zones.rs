@@ -20,8 +20,10 @@ const ZONES: [i32; 5] = [-5 * 3600, 0, 5 * 3600 + 45 * 60, 8 * 3600, 14 * 3600];
 const CLOCKS: [i64; 3] = [0, -30, 60];
 
 /// What a scenario saw.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Tally {
+    /// The result lines of the tasks that broke a promise.
+    details: Vec<String>,
     tasks: usize,
     started: usize,
     started_twice: usize,
@@ -32,6 +34,7 @@ struct Tally {
 
 impl Tally {
     fn add(&mut self, o: Tally) {
+        self.details.extend(o.details);
         self.tasks += o.tasks;
         self.started += o.started;
         self.started_twice += o.started_twice;
@@ -53,13 +56,17 @@ impl fmt::Display for Tally {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} tasks, {} started; started twice {}, deployed but reported skipped/failed {}, foreign records adopted {}, reported started without a record of ours {}",
+            "{} tasks, {} started; started twice {}, deployed but reported skipped/failed {}, foreign records adopted {}, reported started without a record of ours {}{}",
             self.tasks,
             self.started,
             self.started_twice,
             self.deployed_but_not_reported,
             self.foreign_adopted,
-            self.reported_without_record
+            self.reported_without_record,
+            self.details
+                .iter()
+                .map(|d| format!("\n  {d}"))
+                .collect::<String>()
         )
     }
 }
@@ -113,6 +120,9 @@ fn judge(
             // A re-send after a lookup that found nothing is allowed to create a second record
             // only if the first call created none; two records of ours is a double deploy.
             tally.started_twice += 1;
+            tally
+                .details
+                .push(format!("started twice ({ours:?}): {line}"));
         }
         match line["status"].as_str() {
             Some("started") => {
@@ -120,13 +130,22 @@ fn judge(
                 let reported = line["record_id"].as_str().unwrap_or_default().to_string();
                 if foreign.contains(&reported) {
                     tally.foreign_adopted += 1;
+                    tally
+                        .details
+                        .push(format!("adopted a foreign record: {line}"));
                 } else if !ours.contains(&reported) {
                     tally.reported_without_record += 1;
+                    tally
+                        .details
+                        .push(format!("reported without a record of ours: {line}"));
                 }
             }
             _ => {
                 if !ours.is_empty() {
                     tally.deployed_but_not_reported += 1;
+                    tally
+                        .details
+                        .push(format!("deployed ({ours:?}) but reported: {line}"));
                 }
             }
         }
@@ -239,8 +258,8 @@ async fn all(cases: Vec<(i32, i64)>, rounds: u32) -> Tally {
             let (f, c) = tokio::join!(faults(zone, clock, salt), crash(zone, clock, salt + 1));
             assert!(!f.broken(), "faults, zone {zone} s, clock {clock} s: {f}");
             assert!(!c.broken(), "crash, zone {zone} s, clock {clock} s: {c}");
-            total.add(f);
-            total.add(c);
+            total.add(f.clone());
+            total.add(c.clone());
         }
     }
     total
