@@ -665,6 +665,23 @@ impl Shared {
         Ok(json_response(StatusCode::OK, &answer, request_id))
     }
 
+    /// The record a `?record_id=` query names (the task's latest without one), as the state
+    /// and params endpoints find it; an unknown record is 400 Deploy.00011303.
+    fn one_record(&self, task_id: &str, query: Option<&str>) -> Result<Record, ApiErr> {
+        rules::check_id(task_id).map_err(|e| ApiErr::invalid(format!("task_id: {e}")))?;
+        let q = validate::parse_state_query(query).map_err(ApiErr::invalid)?;
+        if self.config.unknown_task_ids.contains(task_id) {
+            return Err(ApiErr::unknown_task(task_id));
+        }
+        let store = self.store();
+        match &q.record_id {
+            Some(id) => store.records.get(id).filter(|r| r.task_id == task_id),
+            None => store.task_records(task_id).first().copied(),
+        }
+        .cloned()
+        .ok_or_else(|| ApiErr::no_record(format!("no execution record found for task {task_id}")))
+    }
+
     /// `GET /v2/tasks/{task_id}/state`: one record's status (the latest without `record_id`).
     fn state(
         &self,
@@ -672,19 +689,7 @@ impl Shared {
         query: Option<&str>,
         request_id: &str,
     ) -> Result<Response<Body>, ApiErr> {
-        rules::check_id(task_id).map_err(|e| ApiErr::invalid(format!("task_id: {e}")))?;
-        let q = validate::parse_state_query(query).map_err(ApiErr::invalid)?;
-        if self.config.unknown_task_ids.contains(task_id) {
-            return Err(ApiErr::unknown_task(task_id));
-        }
-        let store = self.store();
-        let record = match &q.record_id {
-            Some(id) => store.records.get(id).filter(|r| r.task_id == task_id),
-            None => store.task_records(task_id).first().copied(),
-        }
-        .ok_or_else(|| {
-            ApiErr::no_record(format!("no execution record found for task {task_id}"))
-        })?;
+        let record = self.one_record(task_id, query)?;
         let (now, deploy) = (Instant::now(), self.config.deploy_duration);
         let zone = self.config.record_utc_offset;
         let phase = record.phase(now, deploy);
@@ -715,19 +720,7 @@ impl Shared {
         query: Option<&str>,
         request_id: &str,
     ) -> Result<Response<Body>, ApiErr> {
-        rules::check_id(task_id).map_err(|e| ApiErr::invalid(format!("task_id: {e}")))?;
-        let q = validate::parse_state_query(query).map_err(ApiErr::invalid)?;
-        if self.config.unknown_task_ids.contains(task_id) {
-            return Err(ApiErr::unknown_task(task_id));
-        }
-        let store = self.store();
-        let record = match &q.record_id {
-            Some(id) => store.records.get(id).filter(|r| r.task_id == task_id),
-            None => store.task_records(task_id).first().copied(),
-        }
-        .ok_or_else(|| {
-            ApiErr::no_record(format!("no execution record found for task {task_id}"))
-        })?;
+        let record = self.one_record(task_id, query)?;
         let answer: Vec<Value> = record
             .params
             .iter()

@@ -10,34 +10,17 @@ use deployd::emulator::Emulator;
 
 use crate::helpers::*;
 
-/// libfaketime's multi-threaded preload library (installed by `.ci/run`).
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-
 /// The daemon with its wall clock read from `clock` (`+0`, `+1d`, `-10s`).
 fn spawn_faked(root: &Path, emulator: &Emulator, clock: &Path, config: &str) -> Child {
-    assert!(
-        Path::new(LIBFAKETIME).exists(),
-        "libfaketime is missing: apt-get install faketime (.ci/run does)"
-    );
     write(&root.join("config.yaml"), config);
-    daemon_command(root, emulator, "100", "4")
+    let mut cmd = daemon_command(root, emulator, "100", "4");
+    with_faked_clock(&mut cmd, clock)
         .arg("--config")
         .arg(root.join("config.yaml"))
-        .env("LD_PRELOAD", LIBFAKETIME)
-        .env("FAKETIME_TIMESTAMP_FILE", clock)
-        .env("FAKETIME_NO_CACHE", "1")
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn")
-}
-
-fn scheduled_for(results_dir: &Path, plan: &str) -> Vec<String> {
-    results(results_dir, plan)
-        .iter()
-        .filter_map(|r| r["scheduled_for"].as_str().map(str::to_string))
-        .collect()
 }
 
 fn tick_plan(plans: &Path, extra: &str) -> PathBuf {

@@ -193,3 +193,27 @@ pub fn capture_stderr(child: &mut std::process::Child) -> std::sync::Arc<std::sy
 pub fn logged(text: &std::sync::Arc<std::sync::Mutex<String>>, what: &str) -> bool {
     text.lock().map(|t| t.contains(what)).unwrap_or(false)
 }
+
+/// libfaketime's multi-threaded preload library (installed by `.ci/run`).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// Runs `cmd` with its wall clock read from the libfaketime timestamp file `clock` (`+0`,
+/// `+1d`, `-10s`), re-read at every look, its monotonic clock left alone.
+pub fn with_faked_clock<'c>(cmd: &'c mut Command, clock: &Path) -> &'c mut Command {
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "libfaketime is missing: apt-get install faketime (.ci/run does)"
+    );
+    cmd.env("LD_PRELOAD", LIBFAKETIME)
+        .env("FAKETIME_TIMESTAMP_FILE", clock)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+}
+
+/// The `scheduled_for` of every result of a plan, oldest run first.
+pub fn scheduled_for(results_dir: &Path, plan: &str) -> Vec<String> {
+    results(results_dir, plan)
+        .iter()
+        .filter_map(|r| r["scheduled_for"].as_str().map(str::to_string))
+        .collect()
+}

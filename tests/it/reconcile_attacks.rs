@@ -215,8 +215,6 @@ async fn recovery_after_a_host_clock_step_finds_the_deployed_task() {
     );
 }
 
-const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-
 /// `exec` of a one-task plan under libfaketime driven by a timestamp file; the file is
 /// rewritten to `step` (libfaketime syntax, e.g. "-600") `after` the start. Returns the
 /// records the emulator created for `T1` and the result line.
@@ -225,10 +223,6 @@ async fn exec_with_clock_step(
     step: &str,
     after: Duration,
 ) -> Option<(Vec<String>, serde_json::Value)> {
-    assert!(
-        std::path::Path::new(FAKETIME_LIB).exists(),
-        "libfaketime is missing: apt-get install faketime (.ci/run does)"
-    );
     let dir = tempfile::tempdir().expect("tempdir");
     one_task_plan(dir.path(), "step", T1, "1.0.0");
     write(&dir.path().join("config.yaml"), "settle: 5s\n");
@@ -237,11 +231,8 @@ async fn exec_with_clock_step(
     let mut cmd = exec_command(dir.path(), "step.yaml", emulator, true);
     cmd.arg("--config")
         .arg(dir.path().join("config.yaml"))
-        .args(["--rate", "100"])
-        .env("LD_PRELOAD", FAKETIME_LIB)
-        .env("FAKETIME_TIMESTAMP_FILE", &stamp)
-        .env("FAKETIME_NO_CACHE", "1")
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .args(["--rate", "100"]);
+    with_faked_clock(&mut cmd, &stamp)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let child = cmd.spawn().expect("spawn");
