@@ -166,7 +166,7 @@ impl Default for EmulatorConfig {
             deploy_duration: Duration::from_secs(2),
             seed: None,
             auth_required: true,
-            record_utc_offset: super::state::service_zone(),
+            record_utc_offset: service_zone(),
             clock_offset: chrono::TimeDelta::zero(),
             start_script: Vec::new(),
         }
@@ -461,6 +461,12 @@ fn parse_positive(s: &str) -> Result<f64, String> {
 /// Parses a 32-character id.
 fn parse_id(s: &str) -> Result<String, String> {
     rules::check_id(s).map(|()| s.to_owned())
+}
+
+/// The default zone of record times (UTC+8, China Standard Time: a guess, the API doc does not
+/// say; `EmulatorConfig::record_utc_offset` changes it).
+pub fn service_zone() -> chrono::FixedOffset {
+    chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8 is a valid offset")
 }
 
 #[cfg(test)]

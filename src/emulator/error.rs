@@ -8,7 +8,7 @@ use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
-use super::service::response;
+use super::http::response;
 
 /// APIG: no API matches the method and path.
 pub const APIGW_NOT_FOUND: &str = "APIGW.0101";

@@ -20,6 +20,7 @@
 
 mod config;
 mod error;
+mod http;
 mod service;
 mod state;
 /// Public only for the fuzz targets (`fuzz/`); not part of the API.

@@ -10,11 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{
-    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
-};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
@@ -24,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{AK_MAX_FAILURES, EmulatorConfig, ScriptedFault};
 use super::error::ApiErr;
+use super::http::{Body, response};
 use super::state::{
     Faults, IssuedToken, LoggedRequest, Phase, Record, Stats, Store, hex32, http_date, service_time,
 };
@@ -42,9 +41,6 @@ const MASKED_HEADERS: [&str; 5] = [
     "x-subject-token",
     "cookie",
 ];
-
-/// The body type of every response.
-pub type Body = Full<Bytes>;
 
 /// The service's answer when a connection must be closed without a response: hyper drops the
 /// connection when a service future fails.
@@ -154,29 +150,6 @@ impl Route {
             _ => Self::NotFound,
         }
     }
-}
-
-/// Builds a response with `X-Request-Id` and the given headers.
-pub fn response(
-    status: StatusCode,
-    request_id: &str,
-    headers: &[(&str, String)],
-    body: impl Into<Bytes>,
-) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body.into()));
-    *resp.status_mut() = status;
-    let map = resp.headers_mut();
-    let all =
-        std::iter::once(("x-request-id", request_id.to_owned())).chain(headers.iter().cloned());
-    for (name, value) in all {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            map.insert(name, value);
-        }
-    }
-    resp
 }
 
 /// A JSON response.

@@ -14,12 +14,6 @@ use serde::{Deserialize, Serialize};
 use super::config::EmulatorConfig;
 use super::validate::WireParam;
 
-/// The default zone of record times (UTC+8, China Standard Time: a guess, the API doc does not
-/// say; `EmulatorConfig::record_utc_offset` changes it).
-pub fn service_zone() -> FixedOffset {
-    FixedOffset::east_opt(8 * 3600).expect("UTC+8 is a valid offset")
-}
-
 /// Formats a time the way CodeArts Deploy does: `yyyy-MM-dd HH:mm:ss` in the service's zone.
 pub fn service_time(t: DateTime<Utc>, zone: FixedOffset) -> String {
     t.with_timezone(&zone)
@@ -434,6 +428,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::emulator::config::service_zone;
 
     #[test]
     fn bucket_allows_burst_then_rate() {

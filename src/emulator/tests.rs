@@ -6,11 +6,11 @@ use chrono::{Days, Utc};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::config::service_zone;
 use super::error::{
     APIGW_AUTH_FAILED, APIGW_BAD_REQUEST, APIGW_NOT_FOUND, APIGW_SIGNATURE_EXPIRED,
     APIGW_THROTTLED, APIGW_TOKEN_EXPIRED, DEPLOY_INVALID, DEPLOY_NO_RECORD, DEPLOY_TASK_NOT_FOUND,
 };
-use super::state::service_zone;
 use super::*;
 use crate::auth::signer::{AkSk, SignRequest, sign};
 use crate::secret::Secret;

@@ -15,6 +15,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
+/// Most tasks one plan may list (the schema says so too; validation enforces it).
+pub const MAX_TASKS: usize = 10_000;
+
 /// A whole plan file, as serde reads its single YAML document.
 #[derive(Debug)]
 pub enum RawDocument {
@@ -366,7 +369,7 @@ fn tasks_schema(generator: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
         "minItems": 1,
-        "maxItems": super::validate::MAX_TASKS,
+        "maxItems": MAX_TASKS,
         "items": {
             "oneOf": [
                 {

@@ -14,14 +14,12 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use serde_saphyr::{Location, Spanned};
 
-use super::raw::{self, RawParam, RawPlan, RawRetry, RawTask, RawValueFrom};
+use super::raw::{self, MAX_TASKS, RawParam, RawPlan, RawRetry, RawTask, RawValueFrom};
 use super::{Overlap, Param, ParamValue, Plan, RetryOverrides, Task};
 use crate::api::rules::{self, ParamType};
 use crate::schedule::{Schedule, parse_timezone};
 use crate::secret::Secret;
 
-/// Most tasks one plan may list.
-pub const MAX_TASKS: usize = 10_000;
 /// Most params a plan may hold in total once plan-level params are merged into every task
 /// (tasks x merged params): bounds the memory a 1 MiB file can make the daemon allocate.
 pub const MAX_TOTAL_PARAMS: usize = 500_000;
