@@ -10,9 +10,9 @@ use tokio::time::Instant;
 
 use sha2::{Digest, Sha256};
 
+use crate::issue::{Issue, Issues};
 use crate::plan::catalog::{Seen, Valid};
 use crate::plan::load::{is_plan_file_name, parse_plan_file, plan_files_in, read_limited};
-use crate::plan::{PlanIssue, PlanIssues};
 use crate::watcher::HintKind;
 
 /// A file written without an event telling it is complete must be this old to be read.
@@ -36,7 +36,7 @@ pub struct FolderScanner {
 struct Cached {
     identity: Option<FileIdentity>,
     sha: String,
-    outcome: Result<Valid, PlanIssues>,
+    outcome: Result<Valid, Issues>,
 }
 
 /// Size, inode and nanosecond change times: when all are equal, the content is taken as
@@ -164,7 +164,7 @@ impl FolderScanner {
         })
     }
 
-    fn read(&mut self, path: &Path, full: bool) -> Result<Valid, PlanIssues> {
+    fn read(&mut self, path: &Path, full: bool) -> Result<Valid, Issues> {
         let identity = FileIdentity::of(path);
         if !full
             && let Some(cached) = self.cache.get(path)
@@ -177,7 +177,7 @@ impl FolderScanner {
             Ok(b) => b,
             Err(message) => {
                 self.cache.remove(path);
-                return Err(PlanIssues(vec![PlanIssue {
+                return Err(Issues(vec![Issue {
                     file: path.to_path_buf(),
                     line: 1,
                     column: 1,

@@ -7,8 +7,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use deployd::issue::Issues;
+use deployd::plan::Plan;
 use deployd::plan::load::{MAX_PLAN_BYTES, parse_plan};
-use deployd::plan::{Plan, PlanIssues};
 use proptest::prelude::*;
 
 /// Valid plans the mutations start from.
@@ -59,7 +60,7 @@ fn cases() -> u32 {
 }
 
 /// Parses with a time check, and checks what an accepted plan must satisfy.
-fn parse_checked(bytes: &[u8]) -> Result<Result<Plan, PlanIssues>, TestCaseError> {
+fn parse_checked(bytes: &[u8]) -> Result<Result<Plan, Issues>, TestCaseError> {
     let path = Path::new("/plans/fuzz.yaml");
     let t = Instant::now();
     let outcome = parse_plan(path, bytes);

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Plan, PlanIssue, PlanIssues};
+use super::Plan;
+use crate::issue::{Issue, Issues};
 
 /// A valid plan as read from its file, cheap to clone (shared, never copied per scan).
 #[derive(Debug, Clone, PartialEq)]
@@ -14,7 +15,7 @@ pub struct Valid {
     /// The plan.
     pub plan: Arc<Plan>,
     /// The loader's warnings about it.
-    pub warnings: Arc<[PlanIssue]>,
+    pub warnings: Arc<[Issue]>,
 }
 
 impl From<super::load::Loaded> for Valid {
@@ -31,7 +32,7 @@ impl From<super::load::Loaded> for Valid {
 #[allow(clippy::large_enum_variant)] // short-lived, one per file per scan
 pub enum Seen {
     /// The file was stable and read: its loader outcome.
-    Read(Result<Valid, PlanIssues>),
+    Read(Result<Valid, Issues>),
     /// The file is still being written: keep whatever was known about it.
     Unsettled,
 }
@@ -62,11 +63,11 @@ impl Diff {
 #[derive(Debug, Clone)]
 struct FileEntry {
     /// The last outcome of reading the file.
-    issues: Option<PlanIssues>,
+    issues: Option<Issues>,
     /// The last valid plan read from this file.
     last_valid: Option<Arc<Plan>>,
     /// Warnings of the last valid read.
-    warnings: Arc<[PlanIssue]>,
+    warnings: Arc<[Issue]>,
 }
 
 /// Loaded plans, by file and by name.
@@ -76,7 +77,7 @@ pub struct Catalog {
     /// name -> (file, plan) of every active plan.
     active: BTreeMap<String, (PathBuf, Arc<Plan>)>,
     /// Files refused because another file holds their plan name: file -> issue.
-    conflicts: BTreeMap<PathBuf, PlanIssues>,
+    conflicts: BTreeMap<PathBuf, Issues>,
 }
 
 impl Catalog {
@@ -101,8 +102,8 @@ impl Catalog {
     }
 
     /// Every file currently invalid, with its problems (for `RESULTS/_invalid/` and status).
-    pub fn invalid_files(&self) -> BTreeMap<PathBuf, PlanIssues> {
-        let mut out: BTreeMap<PathBuf, PlanIssues> = self
+    pub fn invalid_files(&self) -> BTreeMap<PathBuf, Issues> {
+        let mut out: BTreeMap<PathBuf, Issues> = self
             .files
             .iter()
             .filter_map(|(f, e)| e.issues.clone().map(|i| (f.clone(), i)))
@@ -173,7 +174,7 @@ impl Catalog {
                         .filter(|o| *o != f)
                         .map(|o| o.display().to_string())
                         .collect();
-                    let issue = PlanIssue {
+                    let issue = Issue {
                         file: f.clone(),
                         line: 1,
                         column: 1,
@@ -183,7 +184,7 @@ impl Catalog {
                             others.join(", ")
                         ),
                     };
-                    self.conflicts.insert(f.clone(), PlanIssues(vec![issue]));
+                    self.conflicts.insert(f.clone(), Issues(vec![issue]));
                 }
                 incumbent
             };
@@ -217,7 +218,7 @@ impl Catalog {
     }
 
     /// Warnings of the valid files.
-    pub fn warnings(&self) -> impl Iterator<Item = &PlanIssue> {
+    pub fn warnings(&self) -> impl Iterator<Item = &Issue> {
         self.files.values().flat_map(|e| e.warnings.iter())
     }
 }
@@ -250,8 +251,8 @@ mod tests {
         }
     }
 
-    fn bad(file: &str) -> PlanIssues {
-        PlanIssues(vec![PlanIssue {
+    fn bad(file: &str) -> Issues {
+        Issues(vec![Issue {
             file: file.into(),
             line: 1,
             column: 1,

@@ -1,5 +1,5 @@
 //! Reading plan files: bytes -> YAML -> [`RawPlan`](super::raw::RawPlan) -> [`Plan`], with
-//! every problem turned into a [`PlanIssue`] at its line and column.
+//! every problem turned into a [`Issue`] at its line and column.
 //!
 //! [`parse_plan`] is pure (bytes in, plan or issues out) and holds the input guards: size,
 //! UTF-8, binary content, a single YAML document that is a mapping, and serde-saphyr budgets
@@ -12,27 +12,25 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde_saphyr::budget::BudgetBreach;
-use serde_saphyr::granit_parser::{self, Event};
-use serde_saphyr::{
-    DuplicateKeyPolicy, Error as YamlError, MessageFormatter, NonFiniteFloatPolicy,
-};
 use sha2::{Digest, Sha256};
 
 use super::Plan;
 use super::raw::RawDocument;
-use super::validate::{PlanIssue, PlanIssues, PlanSource, ValueFileRef, validate};
+use super::validate::{PlanSource, ValueFileRef, validate};
+use crate::issue::{Issue, Issues};
+use crate::yaml::{self, first_node_position, position_after};
+#[cfg(test)]
+use crate::yaml::{MAX_ALIASES, MAX_REPLAYED_EVENTS};
 
 /// Largest plan file accepted, in bytes (1 MiB).
 pub const MAX_PLAN_BYTES: usize = 1024 * 1024;
-/// Deepest YAML nesting accepted (a valid plan needs 6 levels).
-pub const MAX_DEPTH: usize = 16;
-/// Most alias references (`*name`) in one plan file.
-pub const MAX_ALIASES: usize = 10_000;
-/// Most YAML events that aliases may replay in one plan file (against alias bombs).
-pub const MAX_REPLAYED_EVENTS: usize = 500_000;
-/// Most YAML nodes in one plan file.
-pub const MAX_NODES: usize = 1_000_000;
+
+/// Plans as YAML files: their budget and how messages name them.
+const PLAN_FILE: yaml::Kind = yaml::Kind {
+    noun: "a plan file",
+    max_bytes: MAX_PLAN_BYTES,
+    too_large: too_large_message,
+};
 
 /// A plan that passed every check, and the warnings found on the way.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +38,7 @@ pub struct Loaded {
     /// The validated plan.
     pub plan: Plan,
     /// Allowed but probably wrong things, such as a plain-text `encrypt` value.
-    pub warnings: Vec<PlanIssue>,
+    pub warnings: Vec<Issue>,
     /// Every `value_from.file` with its place, for [`check_value_files`].
     pub value_files: Vec<ValueFileRef>,
 }
@@ -51,9 +49,9 @@ pub struct Loaded {
 /// file name and `plan.sha256` the hex SHA-256 of `bytes`. A file name that is not UTF-8 makes
 /// the plan invalid (its name could not be shown, nor its results folder named, faithfully),
 /// reported with the content's own problems.
-pub fn parse_plan(path: &Path, bytes: &[u8]) -> Result<Loaded, PlanIssues> {
+pub fn parse_plan(path: &Path, bytes: &[u8]) -> Result<Loaded, Issues> {
     let name_issue = path.file_name().filter(|n| n.to_str().is_none()).map(|_| {
-        PlanIssue::new(
+        Issue::new(
             path,
             1,
             1,
@@ -66,16 +64,16 @@ pub fn parse_plan(path: &Path, bytes: &[u8]) -> Result<Loaded, PlanIssues> {
         return parse_plan_bytes(path, bytes);
     };
     let mut issues = vec![name_issue];
-    if let Err(PlanIssues(found)) = parse_plan_bytes(path, bytes) {
+    if let Err(Issues(found)) = parse_plan_bytes(path, bytes) {
         issues.extend(found);
     }
-    Err(PlanIssues(issues))
+    Err(Issues(issues))
 }
 
 /// [`parse_plan`] without the file name check.
-fn parse_plan_bytes(path: &Path, bytes: &[u8]) -> Result<Loaded, PlanIssues> {
+fn parse_plan_bytes(path: &Path, bytes: &[u8]) -> Result<Loaded, Issues> {
     let whole_file = |line: usize, column: usize, message: String| {
-        PlanIssues(vec![PlanIssue::new(path, line, column, "", message)])
+        Issues(vec![Issue::new(path, line, column, "", message)])
     };
     if bytes.len() > MAX_PLAN_BYTES {
         return Err(whole_file(1, 1, too_large_message()));
@@ -102,7 +100,10 @@ fn parse_plan_bytes(path: &Path, bytes: &[u8]) -> Result<Loaded, PlanIssues> {
         ));
     }
 
-    let raw = match serde_saphyr::from_str_with_options::<RawDocument>(text, yaml_options()) {
+    let raw = match serde_saphyr::from_str_with_options::<RawDocument>(
+        text,
+        yaml::options(&PLAN_FILE),
+    ) {
         Ok(RawDocument::Plan(raw)) => raw,
         Ok(RawDocument::Empty) => {
             return Err(whole_file(
@@ -121,7 +122,7 @@ fn parse_plan_bytes(path: &Path, bytes: &[u8]) -> Result<Loaded, PlanIssues> {
                 ),
             ));
         }
-        Err(e) => return Err(PlanIssues(vec![yaml_issue(path, text, &e)])),
+        Err(e) => return Err(Issues(vec![yaml::issue(path, text, &e, &PLAN_FILE)])),
     };
 
     let file_name = path
@@ -152,7 +153,7 @@ fn parse_plan_bytes(path: &Path, bytes: &[u8]) -> Result<Loaded, PlanIssues> {
 
 /// [`parse_plan`], then [`check_value_files`] against the plan file's folder: what the
 /// daemon and `deployd check` load.
-pub fn parse_plan_file(path: &Path, bytes: &[u8]) -> Result<Loaded, PlanIssues> {
+pub fn parse_plan_file(path: &Path, bytes: &[u8]) -> Result<Loaded, Issues> {
     let loaded = parse_plan(path, bytes)?;
     let dir = path
         .parent()
@@ -166,8 +167,8 @@ pub fn parse_plan_file(path: &Path, bytes: &[u8]) -> Result<Loaded, PlanIssues> 
 /// `/dev`, or that exist and are not regular files (see
 /// [`crate::executor::values::check_at_load`]); relative paths start at `plan_dir`. A run
 /// checks again when it opens the file.
-pub fn check_value_files(path: &Path, loaded: &Loaded, plan_dir: &Path) -> Result<(), PlanIssues> {
-    let issues: Vec<PlanIssue> = loaded
+pub fn check_value_files(path: &Path, loaded: &Loaded, plan_dir: &Path) -> Result<(), Issues> {
+    let issues: Vec<Issue> = loaded
         .value_files
         .iter()
         .filter_map(|f| {
@@ -178,13 +179,13 @@ pub fn check_value_files(path: &Path, loaded: &Loaded, plan_dir: &Path) -> Resul
             };
             crate::executor::values::check_at_load(&full)
                 .err()
-                .map(|why| PlanIssue::new(path, f.line, f.column, f.field.clone(), why))
+                .map(|why| Issue::new(path, f.line, f.column, f.field.clone(), why))
         })
         .collect();
     if issues.is_empty() {
         Ok(())
     } else {
-        Err(PlanIssues(issues))
+        Err(Issues(issues))
     }
 }
 
@@ -192,9 +193,9 @@ pub fn check_value_files(path: &Path, loaded: &Loaded, plan_dir: &Path) -> Resul
 ///
 /// Only regular files are read (a symlink is followed only to a regular file), and never more
 /// than [`MAX_PLAN_BYTES`] + 1 bytes.
-pub fn load_plan_file(path: &Path) -> Result<Loaded, PlanIssues> {
-    let bytes = read_limited(path)
-        .map_err(|message| PlanIssues(vec![PlanIssue::new(path, 1, 1, "", message)]))?;
+pub fn load_plan_file(path: &Path) -> Result<Loaded, Issues> {
+    let bytes =
+        read_limited(path).map_err(|message| Issues(vec![Issue::new(path, 1, 1, "", message)]))?;
     parse_plan_file(path, &bytes)
 }
 
@@ -241,7 +242,7 @@ pub struct CheckReport {
     /// The valid plans, in the order found.
     pub plans: Vec<Loaded>,
     /// Every error found, in every file.
-    pub issues: Vec<PlanIssue>,
+    pub issues: Vec<Issue>,
 }
 
 /// Checks files and folders as `deployd check` does.
@@ -263,13 +264,13 @@ pub fn check_paths(paths: &[PathBuf]) -> CheckReport {
     for path in paths {
         match fs::metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                issues.push(PlanIssue::new(path, 1, 1, "", "no such file or folder"));
+                issues.push(Issue::new(path, 1, 1, "", "no such file or folder"));
             }
-            Err(e) => issues.push(PlanIssue::new(path, 1, 1, "", format!("cannot read: {e}"))),
+            Err(e) => issues.push(Issue::new(path, 1, 1, "", format!("cannot read: {e}"))),
             Ok(meta) if meta.is_dir() => match plan_files_in(path) {
                 Ok(found) => found.into_iter().for_each(|f| add(f, &mut files)),
                 Err(e) => {
-                    issues.push(PlanIssue::new(path, 1, 1, "", format!("cannot list: {e}")));
+                    issues.push(Issue::new(path, 1, 1, "", format!("cannot list: {e}")));
                 }
             },
             Ok(_) => add(path.clone(), &mut files),
@@ -292,7 +293,7 @@ pub fn check_paths(paths: &[PathBuf]) -> CheckReport {
                 }
                 by_name.entry(key).or_default().push((file, loaded));
             }
-            Err(PlanIssues(found)) => issues.extend(found),
+            Err(Issues(found)) => issues.extend(found),
         }
     }
 
@@ -311,7 +312,7 @@ pub fn check_paths(paths: &[PathBuf]) -> CheckReport {
                 .filter(|(other, _)| other != file)
                 .map(|(other, _)| other.display().to_string())
                 .collect();
-            issues.push(PlanIssue::new(
+            issues.push(Issue::new(
                 file,
                 1,
                 1,
@@ -364,312 +365,6 @@ pub fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read: {e}"))?;
     Ok(bytes)
-}
-
-fn yaml_options() -> serde_saphyr::Options {
-    serde_saphyr::options! {
-        budget: serde_saphyr::budget! {
-            max_reader_input_bytes: Some(MAX_PLAN_BYTES + 1),
-            max_depth: MAX_DEPTH,
-            flow_nesting_limit: MAX_DEPTH,
-            max_documents: 1,
-            max_aliases: MAX_ALIASES,
-            max_nodes: MAX_NODES,
-            // Reusing one anchor in many tasks is legitimate; the absolute alias count and
-            // the replay limit below bound expansion instead of a ratio heuristic.
-            enforce_alias_anchor_ratio: false,
-        },
-        duplicate_keys: DuplicateKeyPolicy::Error,
-        alias_limits: serde_saphyr::alias_limits! {
-            max_total_replayed_events: MAX_REPLAYED_EVENTS,
-            max_replay_stack_depth: MAX_DEPTH,
-        },
-        // Bare task ids that read as numbers reach `RawTask` as numbers; their text is then
-        // taken from the source. Never let an overflowing number become a canonical string.
-        non_finite_float_policy: NonFiniteFloatPolicy::PassThrough,
-        with_snippet: false,
-    }
-}
-
-/// Turns a serde-saphyr error into an issue at its location, with a field path found by
-/// walking the YAML up to that location.
-fn yaml_issue(file: &Path, text: &str, err: &YamlError) -> PlanIssue {
-    let inner = innermost(err);
-    let location = err
-        .location()
-        .or_else(|| inner.location())
-        .filter(|l| l.line() > 0);
-    let message = yaml_message(inner);
-    match location {
-        Some(at) => {
-            let line = usize::try_from(at.line()).unwrap_or(usize::MAX);
-            let column = usize::try_from(at.column()).unwrap_or(usize::MAX);
-            PlanIssue::new(file, line, column, path_at(text, line, column), message)
-        }
-        None => PlanIssue::new(file, 1, 1, "", message),
-    }
-}
-
-fn innermost(mut err: &YamlError) -> &YamlError {
-    loop {
-        match err {
-            YamlError::WithSnippet { error, .. } | YamlError::AliasError { error, .. } => {
-                err = error;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// A message for a YAML-level error, naming the limit when one was hit. Never quotes a
-/// scalar's value.
-fn yaml_message(err: &YamlError) -> String {
-    match err {
-        YamlError::DuplicateMappingKey { key, .. } => match key {
-            Some(key) => format!("duplicate key `{key}`: each key may appear once in a mapping"),
-            None => "duplicate key: each key may appear once in a mapping".into(),
-        },
-        YamlError::SerdeUnknownField {
-            field, expected, ..
-        } => format!(
-            "unknown field `{field}`; expected one of: {}",
-            expected.join(", ")
-        ),
-        YamlError::SerdeMissingField { field, .. } => format!("missing field `{field}`"),
-        YamlError::SerdeInvalidType {
-            unexpected,
-            expected,
-            ..
-        }
-        | YamlError::SerdeInvalidValue {
-            unexpected,
-            expected,
-            ..
-        } => format!("expected {expected}, found {}", kind_only(unexpected)),
-        YamlError::NullIntoString { .. } => "is empty (null); a text is needed here".into(),
-        YamlError::InvalidScalar { ty, .. } => format!("is not {}", type_name(ty)),
-        YamlError::Unexpected { expected, .. } => format!("expected {}", shape_name(expected)),
-        YamlError::MultipleDocuments { .. }
-        | YamlError::Budget {
-            breach: BudgetBreach::Documents { .. },
-            ..
-        } => {
-            "a plan file holds a single YAML document; a second one starts here (remove the `---`)"
-                .into()
-        }
-        YamlError::Budget { breach, .. } => budget_message(breach),
-        YamlError::AliasReplayLimitExceeded {
-            max_total_replayed_events,
-            ..
-        } => format!(
-            "YAML aliases expand to more than {max_total_replayed_events} events, the limit for a plan file (an alias bomb?)"
-        ),
-        YamlError::AliasExpansionLimitExceeded {
-            max_expansions_per_anchor,
-            ..
-        } => format!(
-            "an anchor is expanded more than {max_expansions_per_anchor} times, the limit for a plan file"
-        ),
-        YamlError::AliasReplayStackDepthExceeded { max_depth, .. } => {
-            format!("YAML aliases nest deeper than {max_depth} levels, the limit for a plan file")
-        }
-        YamlError::InvalidUtf8Input => "is not UTF-8 text".into(),
-        other => {
-            let text = serde_saphyr::UserMessageFormatter.format_message(other);
-            if text.contains("recursion limit exceeded") {
-                format!("YAML nesting is deeper than {MAX_DEPTH} levels, the limit for a plan file")
-            } else {
-                text.chars()
-                    .map(|c| if c.is_control() { ' ' } else { c })
-                    .collect()
-            }
-        }
-    }
-}
-
-fn budget_message(breach: &BudgetBreach) -> String {
-    match breach {
-        BudgetBreach::Depth { .. } => {
-            format!("YAML nesting is deeper than {MAX_DEPTH} levels, the limit for a plan file")
-        }
-        BudgetBreach::Aliases { .. } => {
-            format!("more than {MAX_ALIASES} YAML aliases, the limit for a plan file")
-        }
-        BudgetBreach::Nodes { .. } => {
-            format!("more than {MAX_NODES} YAML nodes, the limit for a plan file")
-        }
-        BudgetBreach::InputBytes { .. } => too_large_message(),
-        other => format!("the YAML is too large or too complex for a plan file ({other:?})"),
-    }
-}
-
-/// `string "abc"` -> `a string`: the kind of a value without the value itself.
-fn kind_only(unexpected: &str) -> String {
-    let kind = unexpected
-        .split([' ', '`', '"'])
-        .next()
-        .unwrap_or(unexpected);
-    match kind {
-        "string" => "a text".into(),
-        "integer" | "floating" => "a number".into(),
-        "boolean" => "a boolean".into(),
-        "sequence" => "a list".into(),
-        "map" => "a mapping".into(),
-        "unit" | "null" => "nothing (null)".into(),
-        other => other.to_string(),
-    }
-}
-
-fn type_name(ty: &str) -> &str {
-    match ty {
-        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number of 0 or more",
-        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number",
-        "f32" | "f64" => "a number",
-        "bool" | "boolean" => "a boolean (true or false)",
-        other => other,
-    }
-}
-
-fn shape_name(expected: &str) -> &str {
-    match expected {
-        "sequence start" => "a list",
-        "mapping start" => "a mapping",
-        "string scalar" => "a text (a scalar)",
-        other => other,
-    }
-}
-
-/// 1-based (line, column) just after `prefix`.
-fn position_after(prefix: &str) -> (usize, usize) {
-    let line = prefix.matches('\n').count() + 1;
-    let last = prefix.rsplit('\n').next().unwrap_or(prefix);
-    (line, last.chars().count() + 1)
-}
-
-/// A path segment while walking the YAML.
-#[derive(Debug, Clone)]
-enum Segment {
-    Key(String),
-    Index(usize),
-}
-
-fn render_path(segments: &[Segment]) -> String {
-    let mut out = String::new();
-    for s in segments {
-        match s {
-            Segment::Key(k) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(k);
-            }
-            Segment::Index(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    out
-}
-
-/// One open collection while walking the YAML.
-enum Frame {
-    Seq {
-        path: Vec<Segment>,
-        next: usize,
-    },
-    Map {
-        path: Vec<Segment>,
-        key: Option<String>,
-    },
-}
-
-/// The field path of the last YAML node starting at or before `line`:`column` (1-based), e.g.
-/// `tasks[1].params[0].key`. Best effort: empty when nothing matches.
-fn path_at(text: &str, line: usize, column: usize) -> String {
-    let mut best = String::new();
-    walk_nodes(text, |start, path| {
-        if start > (line, column) {
-            return false;
-        }
-        best = render_path(path);
-        true
-    });
-    best
-}
-
-/// Where the top-level node starts (1:1 when there is none).
-fn first_node_position(text: &str) -> (usize, usize) {
-    let mut found = (1, 1);
-    walk_nodes(text, |start, _| {
-        found = start;
-        false
-    });
-    found
-}
-
-/// Calls `visit(start, path)` for every node (keys included) in document order until it
-/// returns false. Stops at the first parse error.
-fn walk_nodes(text: &str, mut visit: impl FnMut((usize, usize), &[Segment]) -> bool) {
-    let options = granit_parser::options! { flow_nesting_limit: MAX_DEPTH + 1 };
-    let parser = granit_parser::Parser::new_from_str_with_options(text, options);
-    let mut frames: Vec<Frame> = Vec::new();
-    for item in parser.take(4 * MAX_NODES) {
-        let Ok((event, span)) = item else {
-            return;
-        };
-        let start = (span.start.line(), span.start.col() + 1);
-        let (is_node, opens_map, opens_seq, key_text) = match &event {
-            Event::Scalar(value, ..) => (true, false, false, Some(value.to_string())),
-            Event::Alias(_) => (true, false, false, None),
-            Event::SequenceStart(..) => (true, false, true, None),
-            Event::MappingStart(..) => (true, true, false, None),
-            Event::SequenceEnd | Event::MappingEnd => {
-                frames.pop();
-                continue;
-            }
-            _ => continue,
-        };
-        if !is_node {
-            continue;
-        }
-        let path: Vec<Segment> = match frames.last_mut() {
-            None => Vec::new(),
-            Some(Frame::Seq { path, next }) => {
-                let mut p = path.clone();
-                p.push(Segment::Index(*next));
-                *next += 1;
-                p
-            }
-            Some(Frame::Map { path, key }) => match key.take() {
-                // This node is a key: it names itself.
-                None => {
-                    let name = key_text.clone().unwrap_or_else(|| "?".into());
-                    let mut p = path.clone();
-                    p.push(Segment::Key(name.clone()));
-                    *key = Some(name);
-                    // A complex key is not followed into.
-                    if opens_map || opens_seq {
-                        return;
-                    }
-                    if !visit(start, &p) {
-                        return;
-                    }
-                    continue;
-                }
-                Some(name) => {
-                    let mut p = path.clone();
-                    p.push(Segment::Key(name));
-                    p
-                }
-            },
-        };
-        if !visit(start, &path) {
-            return;
-        }
-        if opens_map {
-            frames.push(Frame::Map { path, key: None });
-        } else if opens_seq {
-            frames.push(Frame::Seq { path, next: 0 });
-        }
-    }
 }
 
 #[cfg(test)]

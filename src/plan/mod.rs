@@ -16,8 +16,6 @@ use crate::api::rules::ParamType;
 use crate::schedule::Schedule;
 use crate::secret::Secret;
 
-pub use validate::{PlanIssue, PlanIssues};
-
 /// A validated deploy plan.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {

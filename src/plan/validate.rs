@@ -6,7 +6,6 @@
 //! a param value, because it may be a secret.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +16,7 @@ use serde_saphyr::{Location, Spanned};
 use super::raw::{self, MAX_TASKS, RawParam, RawPlan, RawRetry, RawTask, RawValueFrom};
 use super::{Overlap, Param, ParamValue, Plan, RetryOverrides, Task};
 use crate::api::rules::{self, ParamType};
+use crate::issue::{Issue, Issues, line_col};
 use crate::schedule::{Schedule, parse_timezone};
 use crate::secret::Secret;
 
@@ -62,82 +62,6 @@ pub const MAX_ATTEMPTS: u64 = 20;
 /// Longest duration `retry` accepts (24 h).
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
-/// One problem found in a plan file.
-///
-/// Displays as `FILE:LINE:COL: field.path: message` (without `field.path: ` when the problem
-/// concerns the whole file).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlanIssue {
-    /// The file as the user named it.
-    pub file: PathBuf,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column, in characters.
-    pub column: usize,
-    /// Field path such as `tasks[1].params[0].value`; empty for the whole file.
-    pub path: String,
-    /// What is wrong and, where known, how to fix it. Never holds a param value.
-    pub message: String,
-}
-
-impl PlanIssue {
-    /// An issue at `line`:`column` (values below 1 are raised to 1).
-    pub fn new(
-        file: &Path,
-        line: usize,
-        column: usize,
-        path: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            line: line.max(1),
-            column: column.max(1),
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-
-    /// An issue at a serde-saphyr location (an unknown location becomes 1:1).
-    pub fn at(
-        file: &Path,
-        location: &Location,
-        path: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        let (line, column) = line_col(location);
-        Self::new(file, line, column, path, message)
-    }
-}
-
-impl fmt::Display for PlanIssue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
-        if !self.path.is_empty() {
-            write!(f, "{}: ", self.path)?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-/// Every problem found in one plan file (or in several, for `deployd check`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlanIssues(pub Vec<PlanIssue>);
-
-impl fmt::Display for PlanIssues {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, issue) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{issue}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for PlanIssues {}
-
 /// What [`validate`] needs to know about the file besides its parsed content.
 #[derive(Debug, Clone, Copy)]
 pub struct PlanSource<'a> {
@@ -159,7 +83,7 @@ pub struct Validated {
     /// The plan.
     pub plan: Plan,
     /// Things that are allowed but probably wrong (e.g. a plain-text secret).
-    pub warnings: Vec<PlanIssue>,
+    pub warnings: Vec<Issue>,
     /// Every `value_from.file` with where it is written, for the loader's file checks.
     pub value_files: Vec<ValueFileRef>,
 }
@@ -178,7 +102,7 @@ pub struct ValueFileRef {
 }
 
 /// Checks every rule of the plan format and builds the [`Plan`], or returns every error.
-pub fn validate(raw: RawPlan, src: &PlanSource<'_>) -> Result<Validated, PlanIssues> {
+pub fn validate(raw: RawPlan, src: &PlanSource<'_>) -> Result<Validated, Issues> {
     let mut r = Report {
         file: src.file,
         errors: Vec::new(),
@@ -322,7 +246,7 @@ pub fn validate(raw: RawPlan, src: &PlanSource<'_>) -> Result<Validated, PlanIss
 
     if !r.errors.is_empty() {
         r.errors.sort_by_key(|i| (i.line, i.column));
-        return Err(PlanIssues(r.errors));
+        return Err(Issues(r.errors));
     }
     r.warnings.sort_by_key(|i| (i.line, i.column));
     Ok(Validated {
@@ -394,15 +318,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Collects errors and warnings with the file they belong to.
 struct Report<'a> {
     file: &'a Path,
-    errors: Vec<PlanIssue>,
-    warnings: Vec<PlanIssue>,
+    errors: Vec<Issue>,
+    warnings: Vec<Issue>,
     value_files: Vec<ValueFileRef>,
 }
 
 impl Report<'_> {
     fn error(&mut self, at: &Location, path: impl Into<String>, message: impl Into<String>) {
-        self.errors
-            .push(PlanIssue::at(self.file, at, path, message));
+        self.errors.push(Issue::at(self.file, at, path, message));
     }
 
     fn error_at(
@@ -413,26 +336,15 @@ impl Report<'_> {
         message: impl Into<String>,
     ) {
         self.errors
-            .push(PlanIssue::new(self.file, line, column, path, message));
+            .push(Issue::new(self.file, line, column, path, message));
     }
 
     fn warn(&mut self, at: &Location, path: impl Into<String>, message: impl Into<String>) {
-        self.warnings
-            .push(PlanIssue::at(self.file, at, path, message));
+        self.warnings.push(Issue::at(self.file, at, path, message));
     }
 }
 
 /// 1-based (line, column) of a location; an unknown location is 1:1.
-fn line_col(location: &Location) -> (usize, usize) {
-    let line = usize::try_from(location.line())
-        .unwrap_or(usize::MAX)
-        .max(1);
-    let column = usize::try_from(location.column())
-        .unwrap_or(usize::MAX)
-        .max(1);
-    (line, column)
-}
-
 fn check_retry(raw: &RawRetry, r: &mut Report<'_>) -> RetryOverrides {
     let mut out = RetryOverrides::default();
     if let Some(n) = &raw.max_attempts {

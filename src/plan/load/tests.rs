@@ -8,7 +8,7 @@ use super::*;
 
 const ID_A: &str = "d2dc947ec2424d8789bb3984bb3adf45";
 
-fn parse_err(bytes: &[u8]) -> PlanIssue {
+fn parse_err(bytes: &[u8]) -> Issue {
     let issues = parse_plan(Path::new("p.yaml"), bytes)
         .expect_err("must fail")
         .0;
@@ -429,13 +429,13 @@ fn a_file_name_that_is_not_utf8_is_listed_and_reported() {
     assert_eq!(found, [bad.clone(), dir.path().join("ok.yaml")]);
 
     // Valid content with an explicit name: the file name alone makes it invalid.
-    let PlanIssues(issues) = load_plan_file(&bad).expect_err("invalid");
+    let Issues(issues) = load_plan_file(&bad).expect_err("invalid");
     assert_eq!(issues.len(), 1, "{issues:#?}");
     let line = issues[0].to_string();
     assert!(line.contains("caf\u{FFFD}.yaml:1:1: "), "{line}");
     assert!(line.contains("not valid UTF-8"), "{line}");
     // The content's own problems are reported with it.
-    let PlanIssues(issues) = parse_plan(&bad, b"tasks: [x]\n").expect_err("invalid");
+    let Issues(issues) = parse_plan(&bad, b"tasks: [x]\n").expect_err("invalid");
     assert!(issues.len() >= 2, "{issues:#?}");
 
     let report = check_paths(&[dir.path().to_path_buf()]);

@@ -9,7 +9,7 @@ use crate::plan::load::{Loaded, parse_plan};
 const ID_A: &str = "d2dc947ec2424d8789bb3984bb3adf45";
 const ID_B: &str = "0ee9c8e6a7dc44109541e53c6dccf47c";
 
-fn parse(yaml: &str) -> Result<Loaded, PlanIssues> {
+fn parse(yaml: &str) -> Result<Loaded, Issues> {
     parse_plan(Path::new("plans/t.yaml"), yaml.as_bytes())
 }
 
@@ -20,12 +20,12 @@ fn ok(yaml: &str) -> Loaded {
     }
 }
 
-fn errors(yaml: &str) -> Vec<PlanIssue> {
+fn errors(yaml: &str) -> Vec<Issue> {
     parse(yaml).expect_err("expected errors").0
 }
 
 /// The single error of `yaml`, which must be at `path`.
-fn error_at(yaml: &str, path: &str) -> PlanIssue {
+fn error_at(yaml: &str, path: &str) -> Issue {
     let errs = errors(yaml);
     assert_eq!(errs.len(), 1, "expected one error, got {errs:#?}");
     assert_eq!(errs[0].path, path, "{errs:#?}");
@@ -614,7 +614,7 @@ fn every_error_of_a_file_is_reported_in_line_order() {
 
 #[test]
 fn issues_display_as_file_line_column_path_message() {
-    let with_path = PlanIssue::new(
+    let with_path = Issue::new(
         Path::new("p/a.yaml"),
         3,
         7,
@@ -625,9 +625,9 @@ fn issues_display_as_file_line_column_path_message() {
         with_path.to_string(),
         "p/a.yaml:3:7: tasks[1].params[0].value: bad"
     );
-    let no_path = PlanIssue::new(Path::new("a.yaml"), 0, 0, "", "is empty");
+    let no_path = Issue::new(Path::new("a.yaml"), 0, 0, "", "is empty");
     assert_eq!(no_path.to_string(), "a.yaml:1:1: is empty");
-    let all = PlanIssues(vec![with_path, no_path]);
+    let all = Issues(vec![with_path, no_path]);
     assert_eq!(
         all.to_string(),
         "p/a.yaml:3:7: tasks[1].params[0].value: bad\na.yaml:1:1: is empty"
