@@ -13,7 +13,9 @@ use crate::duration::parse_duration;
 use crate::executor::limits::Limits;
 use crate::executor::retry::{MAX_RETRY_DURATION, RetryPolicy};
 use crate::executor::{ExecutorSettings, UnknownOutcomePolicy};
+use crate::issue::{Issue, Issues};
 use crate::retention::RetentionPolicy;
+use crate::yaml;
 
 /// Largest config file read.
 const MAX_CONFIG_BYTES: usize = 256 * 1024;
@@ -206,10 +208,135 @@ pub struct Settings {
 /// The largest `max_runs` accepted.
 pub const MAX_RUNS_LIMIT: usize = 10_000;
 
-/// A bad configuration (exit status 78).
+/// A bad configuration (exit status 78): every problem found, each at its place in the
+/// config file when it has one.
 #[derive(Debug, thiserror::Error)]
-#[error("{}", .0.join("\n"))]
-pub struct ConfigError(pub Vec<String>);
+#[error("{0}")]
+pub struct ConfigError(pub Issues);
+
+/// The config file as YAML: its budget and how messages name it.
+const CONFIG_FILE: yaml::Kind = yaml::Kind {
+    noun: "the config file",
+    max_bytes: MAX_CONFIG_BYTES,
+    too_large: config_too_large,
+};
+
+fn config_too_large() -> String {
+    format!("larger than {MAX_CONFIG_BYTES} bytes")
+}
+
+/// Collects the problems of one configuration, each placed at its key in the config file
+/// (found by walking the parser's events) when the file has that key.
+struct Problems<'a> {
+    /// The config file, or `settings` when there is none.
+    file: PathBuf,
+    /// The config file's text, to place problems; `None` when there is no file.
+    text: Option<&'a str>,
+    issues: Vec<Issue>,
+}
+
+impl<'a> Problems<'a> {
+    fn new(config: Option<&Path>, text: Option<&'a str>) -> Self {
+        Self {
+            file: config.map_or_else(|| PathBuf::from("settings"), Path::to_path_buf),
+            text,
+            issues: Vec::new(),
+        }
+    }
+
+    /// A problem with a setting of the file. `field` is a dotted path (`retry.base`) or
+    /// alternatives (`retry.base/retry.cap`: placed at the first one the file has).
+    fn field(&mut self, field: &str, message: impl Into<String>) {
+        let place = self
+            .text
+            .and_then(|text| field.split('/').find_map(|f| yaml::key_position(text, f)));
+        self.issues.push(match place {
+            Some((line, column)) => Issue::new(&self.file, line, column, field, message),
+            None => Issue::unplaced(&self.file, field, message),
+        });
+    }
+
+    /// A problem with a flag's value: not placed in the file, whose line did not count.
+    fn flag(&mut self, flag: &str, message: impl Into<String>) {
+        self.issues.push(Issue::unplaced(&self.file, flag, message));
+    }
+
+    /// A setting from a flag when `from_flag`, else from the file.
+    fn setting(&mut self, from_flag: bool, flag: &str, field: &str, message: impl Into<String>) {
+        if from_flag {
+            self.flag(flag, message);
+        } else {
+            self.field(field, message);
+        }
+    }
+
+    /// A duration setting: its default when absent; its default and a problem (naming
+    /// `field`) when it does not parse or lies outside its range in [`DURATION_RANGES`].
+    fn duration(&mut self, field: &str, value: Option<String>, default: Duration) -> Duration {
+        let (min, max) = DURATION_RANGES
+            .iter()
+            .find(|(name, ..)| *name == field)
+            .map_or((Duration::ZERO, Duration::MAX), |(_, min, max)| {
+                (*min, *max)
+            });
+        match value.as_deref().map(parse_duration) {
+            None => default,
+            Some(Ok(d)) if (min..=max).contains(&d) => d,
+            Some(Ok(d)) => {
+                self.field(
+                    field,
+                    format!(
+                        "must be from {} to {}, got {}",
+                        human(min),
+                        human(max),
+                        human(d)
+                    ),
+                );
+                default
+            }
+            Some(Err(e)) => {
+                self.field(field, e);
+                default
+            }
+        }
+    }
+}
+
+/// The three folders: flags, then the file, then defaults (under `$STATE_DIRECTORY` when
+/// systemd's `StateDirectory=` sets it, else relative to the working folder).
+struct Folders {
+    plans: PathBuf,
+    results: PathBuf,
+    state: PathBuf,
+}
+
+impl Folders {
+    fn from(raw: &mut RawConfig, o: &Overrides, env: &dyn Fn(&str) -> Option<String>) -> Self {
+        let state_root = env("STATE_DIRECTORY").map(PathBuf::from);
+        let under_root = |name: &str| {
+            state_root
+                .as_ref()
+                .map_or_else(|| PathBuf::from(name), |s| s.join(name))
+        };
+        Self {
+            plans: o
+                .plans_dir
+                .clone()
+                .or(raw.plans_dir.take())
+                .unwrap_or_else(|| PathBuf::from("plans")),
+            results: o
+                .results_dir
+                .clone()
+                .or(raw.results_dir.take())
+                .unwrap_or_else(|| under_root("results")),
+            state: o
+                .state_dir
+                .clone()
+                .or(raw.state_dir.take())
+                .unwrap_or_else(|| under_root("state")),
+        }
+    }
+}
 
 impl Settings {
     /// Reads the config file (if any), applies the flags, validates everything. `env` looks up
@@ -223,10 +350,11 @@ impl Settings {
             return Self::from_raw(RawConfig::default(), overrides, env, None);
         };
         let bytes = std::fs::read(path).map_err(|e| {
-            ConfigError(vec![format!(
-                "{}: cannot read the config file: {e}",
-                path.display()
-            )])
+            ConfigError(Issues(vec![Issue::unplaced(
+                path,
+                "",
+                format!("cannot read the config file: {e}"),
+            )]))
         })?;
         Self::from_config_bytes(path, &bytes, overrides, env)
     }
@@ -239,220 +367,85 @@ impl Settings {
         overrides: &Overrides,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let config = Some(path);
         let (raw, text) = parse_config(path, bytes)?;
-        // Point every field error at its line in the file.
-        Self::from_raw(raw, overrides, env, config).map_err(|ConfigError(errors)| {
-            let origin = format!("{}: ", path.display());
-            ConfigError(
-                errors
-                    .into_iter()
-                    .map(|e| {
-                        let Some(rest) = e.strip_prefix(&origin) else {
-                            return e;
-                        };
-                        let field = rest.split(": ").next().unwrap_or_default();
-                        match locate_field(&text, field) {
-                            Some((line, col)) => format!("{}:{line}:{col}: {rest}", path.display()),
-                            None => e,
-                        }
-                    })
-                    .collect(),
-            )
-        })
+        Self::validate(raw, overrides, env, Problems::new(Some(path), Some(&text)))
     }
 
     /// Validates a parsed config with the flags applied; reports every problem at once.
+    /// `config` is only named in messages (problems are not placed at lines: see
+    /// [`Settings::from_config_bytes`]).
     pub fn from_raw(
         raw: RawConfig,
         o: &Overrides,
         env: &dyn Fn(&str) -> Option<String>,
         config: Option<&Path>,
     ) -> Result<Self, ConfigError> {
-        let mut errors = Vec::new();
-        let origin = config.map_or_else(|| "settings".to_string(), |p| p.display().to_string());
-        let mut err = |field: &str, msg: String| errors.push(format!("{origin}: {field}: {msg}"));
+        Self::validate(raw, o, env, Problems::new(config, None))
+    }
 
-        // systemd's StateDirectory= sets $STATE_DIRECTORY: a sensible default under the unit.
-        let state_root = env("STATE_DIRECTORY").map(PathBuf::from);
-        let plans_dir = o
-            .plans_dir
-            .clone()
-            .or(raw.plans_dir)
-            .unwrap_or_else(|| PathBuf::from("plans"));
-        let results_dir = o
-            .results_dir
-            .clone()
-            .or(raw.results_dir)
-            .unwrap_or_else(|| {
-                state_root
-                    .as_ref()
-                    .map_or_else(|| PathBuf::from("results"), |s| s.join("results"))
-            });
-        let state_dir = o.state_dir.clone().or(raw.state_dir).unwrap_or_else(|| {
-            state_root
-                .as_ref()
-                .map_or_else(|| PathBuf::from("state"), |s| s.join("state"))
-        });
-
-        let endpoint_text = o.endpoint.clone().or(raw.endpoint);
-        let region = o.region.clone().or(raw.region);
-        let endpoint = match (endpoint_text, region.as_deref()) {
-            (Some(e), _) => Endpoint::parse(&e)
-                .map_err(|e| err("endpoint", e.to_string()))
-                .ok(),
-            (None, Some(r)) => Endpoint::for_region(r)
-                .map_err(|e| err("region", e.to_string()))
-                .ok(),
-            (None, None) => None,
-        };
-
+    fn validate(
+        mut raw: RawConfig,
+        o: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+        mut p: Problems<'_>,
+    ) -> Result<Self, ConfigError> {
+        let folders = Folders::from(&mut raw, o, env);
+        let region = o.region.clone().or(raw.region.take());
+        let endpoint = api_endpoint(
+            o.endpoint.clone().or(raw.endpoint.take()),
+            region.as_deref(),
+            &mut p,
+        );
         let project_id = o
             .project_id
             .clone()
-            .or(raw.project_id)
+            .or(raw.project_id.take())
             .or_else(|| env("CLOUD_SDK_PROJECT_ID"));
-        if let Some(p) = &project_id
-            && let Err(e) = crate::api::rules::check_id(p)
+        if let Some(id) = &project_id
+            && let Err(e) = crate::api::rules::check_id(id)
         {
-            err("project_id", e);
+            p.field("project_id", e);
         }
-
-        // A value from a flag is named as the flag, so the message does not point at a line
-        // of the config file that did not count.
-        let rate = o.rate.or(raw.rate).unwrap_or(5.0);
-        let burst = o.burst.or(raw.burst).unwrap_or(1);
-        let concurrency = o.concurrency.or(raw.concurrency).unwrap_or(8);
-        for (flag, from_flag, value) in [
-            ("--rate", o.rate.is_some(), Limits::new(rate, 1, 1).err()),
-            (
-                "--burst",
-                o.burst.is_some(),
-                Limits::new(1.0, burst, 1).err(),
-            ),
-            (
-                "--concurrency",
-                o.concurrency.is_some(),
-                Limits::new(1.0, 1, concurrency).err(),
-            ),
-        ] {
-            if let Some(e) = value {
-                err(if from_flag { flag } else { e.setting() }, e.to_string());
-            }
-        }
+        let (rate, burst, concurrency) = call_limits(&raw, o, &mut p);
         let max_runs = raw.max_runs;
         if let Some(n) = max_runs
             && !(1..=MAX_RUNS_LIMIT).contains(&n)
         {
-            err(
+            p.field(
                 "max_runs",
                 format!("{n} is outside 1..={MAX_RUNS_LIMIT} (runs alive at once)"),
             );
         }
-
-        let mut duration = |field: &str, value: Option<String>, default: Duration| {
-            duration_setting(field, value, default, &mut err)
-        };
-        let shutdown_grace = duration(
+        let shutdown_grace = p.duration(
             "shutdown_grace",
-            raw.shutdown_grace,
+            raw.shutdown_grace.take(),
             Duration::from_secs(30),
         );
-        let rescan_interval = duration(
+        let rescan_interval = p.duration(
             "rescan_interval",
-            raw.rescan_interval,
+            raw.rescan_interval.take(),
             Duration::from_secs(60),
         );
-        let settle = duration("settle", raw.settle, Duration::from_secs(10));
+        let settle = p.duration("settle", raw.settle.take(), Duration::from_secs(10));
+        let retry = retry_policy(raw.retry.take().unwrap_or_default(), &mut p);
+        let client = client_options(raw.timeouts.take().unwrap_or_default(), &mut p);
+        let auth = auth_settings(
+            raw.auth.take().unwrap_or_default(),
+            region.as_deref(),
+            project_id.as_deref(),
+            client,
+            &mut p,
+        );
+        let keep_results = retention_policy(raw.keep_results.take(), &mut p);
+        let history_offset_hint = history_offset(raw.history_utc_offset.as_deref(), &mut p);
 
-        let defaults = RetryPolicy::default();
-        let r = raw.retry.unwrap_or_default();
-        let base = duration("retry.base", r.base, defaults.base());
-        let cap = duration("retry.cap", r.cap, defaults.cap());
-        let deadline = duration("retry.deadline", r.deadline, defaults.deadline());
-
-        let t = raw.timeouts.unwrap_or_default();
-        let client_defaults = ClientOptions::default();
-        let client = ClientOptions {
-            connect_timeout: duration(
-                "timeouts.connect",
-                t.connect,
-                client_defaults.connect_timeout,
-            ),
-            request_timeout: duration(
-                "timeouts.request",
-                t.request,
-                client_defaults.request_timeout,
-            ),
-            pool_idle_timeout: client_defaults.pool_idle_timeout,
-        };
-        let retry = RetryPolicy::try_new(
-            r.max_attempts.unwrap_or(defaults.max_attempts()),
-            base,
-            cap,
-            deadline,
-        )
-        .unwrap_or_else(|e| {
-            err(e.setting(), e.to_string());
-            defaults
-        });
-
-        let raw_auth = raw.auth.unwrap_or_default();
-        let iam = raw_auth.iam.map(|iam| {
-            check_iam(
-                iam,
-                region.as_deref(),
-                project_id.as_deref(),
-                client,
-                &mut err,
-            )
-        });
-        let auth = AuthSettings {
-            token_file: raw_auth.token_file,
-            ak_file: raw_auth.ak_file,
-            sk_file: raw_auth.sk_file,
-            security_token_file: raw_auth.security_token_file,
-            iam: iam.flatten(),
-        };
-        let keep_results = match raw.keep_results {
-            None => RetentionPolicy::KEEP_ALL,
-            Some(k) => {
-                let age = k.age.map(|a| {
-                    parse_duration(&a).unwrap_or_else(|e| {
-                        err("keep_results.age", e);
-                        Duration::MAX
-                    })
-                });
-                RetentionPolicy::try_new(k.count, age).unwrap_or_else(|e| {
-                    err("keep_results", e.to_string());
-                    RetentionPolicy::KEEP_ALL
-                })
-            }
-        };
-
-        let history_offset_hint = match raw.history_utc_offset.as_deref() {
-            None => None,
-            Some(text) => match parse_offset(text) {
-                Some(offset) => Some(offset),
-                None => {
-                    err(
-                        "history_utc_offset",
-                        format!(
-                            "{text:?} is not a UTC offset from -12:00 to +14:00 like +08:00 or -05:30"
-                        ),
-                    );
-                    None
-                }
-            },
-        };
-
-        if !errors.is_empty() {
-            return Err(ConfigError(errors));
+        if !p.issues.is_empty() {
+            return Err(ConfigError(Issues(p.issues)));
         }
         Ok(Self {
-            plans_dir,
-            results_dir,
-            state_dir: state_dir.clone(),
+            plans_dir: folders.plans,
+            results_dir: folders.results,
+            state_dir: folders.state.clone(),
             endpoint,
             rate,
             burst,
@@ -464,7 +457,7 @@ impl Settings {
                 project_id,
                 unknown_outcome: raw.unknown_outcome.unwrap_or_default(),
                 settle,
-                state_dir: Some(state_dir.clone()),
+                state_dir: Some(folders.state),
                 forbidden_files: secret_paths(&auth, env),
                 history_offset_hint,
             },
@@ -474,6 +467,128 @@ impl Settings {
             max_runs,
         })
     }
+}
+
+/// `endpoint` (a URL) wins over `region` (the SDK's endpoint pattern); neither: `None`, for
+/// `--emulator`.
+fn api_endpoint(
+    text: Option<String>,
+    region: Option<&str>,
+    p: &mut Problems<'_>,
+) -> Option<Endpoint> {
+    match (text, region) {
+        (Some(e), _) => Endpoint::parse(&e)
+            .map_err(|e| p.field("endpoint", e.to_string()))
+            .ok(),
+        (None, Some(r)) => Endpoint::for_region(r)
+            .map_err(|e| p.field("region", e.to_string()))
+            .ok(),
+        (None, None) => None,
+    }
+}
+
+/// `rate`, `burst`, `concurrency`. A value from a flag is named as the flag, so the message
+/// does not point at a line of the config file that did not count.
+fn call_limits(raw: &RawConfig, o: &Overrides, p: &mut Problems<'_>) -> (f64, u32, usize) {
+    let rate = o.rate.or(raw.rate).unwrap_or(5.0);
+    let burst = o.burst.or(raw.burst).unwrap_or(1);
+    let concurrency = o.concurrency.or(raw.concurrency).unwrap_or(8);
+    for (flag, from_flag, problem) in [
+        ("--rate", o.rate.is_some(), Limits::new(rate, 1, 1).err()),
+        (
+            "--burst",
+            o.burst.is_some(),
+            Limits::new(1.0, burst, 1).err(),
+        ),
+        (
+            "--concurrency",
+            o.concurrency.is_some(),
+            Limits::new(1.0, 1, concurrency).err(),
+        ),
+    ] {
+        if let Some(e) = problem {
+            p.setting(from_flag, flag, e.setting(), e.to_string());
+        }
+    }
+    (rate, burst, concurrency)
+}
+
+/// `retry:`; its durations each in range, then checked against each other.
+fn retry_policy(r: RawRetry, p: &mut Problems<'_>) -> RetryPolicy {
+    let defaults = RetryPolicy::default();
+    let base = p.duration("retry.base", r.base, defaults.base());
+    let cap = p.duration("retry.cap", r.cap, defaults.cap());
+    let deadline = p.duration("retry.deadline", r.deadline, defaults.deadline());
+    RetryPolicy::try_new(
+        r.max_attempts.unwrap_or(defaults.max_attempts()),
+        base,
+        cap,
+        deadline,
+    )
+    .unwrap_or_else(|e| {
+        p.field(e.setting(), e.to_string());
+        defaults
+    })
+}
+
+/// `timeouts:`.
+fn client_options(t: RawTimeouts, p: &mut Problems<'_>) -> ClientOptions {
+    let defaults = ClientOptions::default();
+    ClientOptions {
+        connect_timeout: p.duration("timeouts.connect", t.connect, defaults.connect_timeout),
+        request_timeout: p.duration("timeouts.request", t.request, defaults.request_timeout),
+        pool_idle_timeout: defaults.pool_idle_timeout,
+    }
+}
+
+/// `auth:`: the credential files as given, and `auth.iam` checked.
+fn auth_settings(
+    raw: RawAuth,
+    region: Option<&str>,
+    project_id: Option<&str>,
+    client: ClientOptions,
+    p: &mut Problems<'_>,
+) -> AuthSettings {
+    let iam = raw
+        .iam
+        .and_then(|iam| check_iam(iam, region, project_id, client, p));
+    AuthSettings {
+        token_file: raw.token_file,
+        ak_file: raw.ak_file,
+        sk_file: raw.sk_file,
+        security_token_file: raw.security_token_file,
+        iam,
+    }
+}
+
+/// `keep_results:`; everything is kept when it is absent.
+fn retention_policy(raw: Option<RawKeepResults>, p: &mut Problems<'_>) -> RetentionPolicy {
+    let Some(k) = raw else {
+        return RetentionPolicy::KEEP_ALL;
+    };
+    let age = k.age.map(|a| {
+        parse_duration(&a).unwrap_or_else(|e| {
+            p.field("keep_results.age", e);
+            Duration::MAX
+        })
+    });
+    RetentionPolicy::try_new(k.count, age).unwrap_or_else(|e| {
+        p.field("keep_results", e.to_string());
+        RetentionPolicy::KEEP_ALL
+    })
+}
+
+/// `history_utc_offset:`, the operator's hint about the history's time zone.
+fn history_offset(text: Option<&str>, p: &mut Problems<'_>) -> Option<chrono::FixedOffset> {
+    let text = text?;
+    let offset = parse_offset(text);
+    if offset.is_none() {
+        p.field(
+            "history_utc_offset",
+            format!("{text:?} is not a UTC offset from -12:00 to +14:00 like +08:00 or -05:30"),
+        );
+    }
+    offset
 }
 
 /// The range of every duration setting of the config file (the README's table lists them).
@@ -505,42 +620,6 @@ pub const DURATION_RANGES: [(&str, Duration, Duration); 8] = [
     ),
 ];
 
-/// A duration setting: its default when absent; its default and an error (naming `field`)
-/// when it does not parse or lies outside its range in [`DURATION_RANGES`].
-fn duration_setting(
-    field: &str,
-    value: Option<String>,
-    default: Duration,
-    err: &mut dyn FnMut(&str, String),
-) -> Duration {
-    let (min, max) = DURATION_RANGES
-        .iter()
-        .find(|(name, ..)| *name == field)
-        .map_or((Duration::ZERO, Duration::MAX), |(_, min, max)| {
-            (*min, *max)
-        });
-    match value.as_deref().map(parse_duration) {
-        None => default,
-        Some(Ok(d)) if (min..=max).contains(&d) => d,
-        Some(Ok(d)) => {
-            err(
-                field,
-                format!(
-                    "must be from {} to {}, got {}",
-                    human(min),
-                    human(max),
-                    human(d)
-                ),
-            );
-            default
-        }
-        Some(Err(e)) => {
-            err(field, e);
-            default
-        }
-    }
-}
-
 /// A duration in the config file's own units (`0s`, `100ms`, `5m`, `24h`).
 fn human(d: Duration) -> String {
     let ms = d.as_millis();
@@ -568,13 +647,13 @@ fn check_iam(
     region: Option<&str>,
     project_id: Option<&str>,
     options: ClientOptions,
-    err: &mut dyn FnMut(&str, String),
+    p: &mut Problems<'_>,
 ) -> Option<IamConfig> {
     let mut ok = true;
     let mut required = |field: &str, value: Option<String>| {
         let value = value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         if value.is_none() {
-            err(field, "required".into());
+            p.field(field, "required");
             ok = false;
         }
         value.unwrap_or_default()
@@ -583,36 +662,33 @@ fn check_iam(
     let user = required("auth.iam.user", raw.user);
     let password_file = raw.password_file.filter(|p| !p.as_os_str().is_empty());
     if password_file.is_none() {
-        err("auth.iam.password_file", "required".into());
+        p.field("auth.iam.password_file", "required");
         ok = false;
     }
     let project = match (raw.project_id, raw.project_name) {
         (Some(_), Some(_)) => {
-            err(
-                "auth.iam",
-                "give project_id or project_name, not both".into(),
-            );
+            p.field("auth.iam", "give project_id or project_name, not both");
             None
         }
         (Some(id), None) => match crate::api::rules::check_id(&id) {
             Ok(()) => Some(ProjectScope::Id(id)),
             Err(e) => {
-                err("auth.iam.project_id", e);
+                p.field("auth.iam.project_id", e);
                 None
             }
         },
         (None, Some(name)) if !name.trim().is_empty() => Some(ProjectScope::Name(name)),
         (None, Some(_)) => {
-            err("auth.iam.project_name", "must not be empty".into());
+            p.field("auth.iam.project_name", "must not be empty");
             None
         }
         (None, None) => match (project_id, region) {
             (Some(id), _) => Some(ProjectScope::Id(id.to_owned())),
             (None, Some(r)) => Some(ProjectScope::Name(r.to_owned())),
             (None, None) => {
-                err(
+                p.field(
                     "auth.iam",
-                    "give project_id or project_name (or set project_id or region)".into(),
+                    "give project_id or project_name (or set project_id or region)",
                 );
                 None
             }
@@ -620,13 +696,13 @@ fn check_iam(
     };
     let endpoint = match (raw.endpoint, region) {
         (Some(e), _) => Endpoint::parse(&e)
-            .map_err(|e| err("auth.iam.endpoint", e.to_string()))
+            .map_err(|e| p.field("auth.iam.endpoint", e.to_string()))
             .ok(),
         (None, Some(r)) => default_endpoint(r)
-            .map_err(|e| err("auth.iam.endpoint", e.to_string()))
+            .map_err(|e| p.field("auth.iam.endpoint", e.to_string()))
             .ok(),
         (None, None) => {
-            err("auth.iam.endpoint", "required when no region is set".into());
+            p.field("auth.iam.endpoint", "required when no region is set");
             None
         }
     };
@@ -679,61 +755,27 @@ fn parse_offset(text: &str) -> Option<chrono::FixedOffset> {
         .filter(|o| (-12 * 3600..=14 * 3600).contains(&o.local_minus_utc()))
 }
 
-/// The 1-based line and column of a field (`rate`, `retry.base`, `a/b` for either) in a
-/// config file, in block (`retry:` then an indented `base:`) or flow (`retry: {base: 1s}`)
-/// style. Best effort: `None` when not found (the message then names the field only).
-fn locate_field(text: &str, field: &str) -> Option<(usize, usize)> {
-    if field.contains('/') {
-        return field.split('/').find_map(|f| locate_field(text, f));
-    }
-    let lines: Vec<&str> = text.lines().collect();
-    let mut from = 0;
-    let mut min_indent = 0;
-    let mut found: Option<(usize, usize)> = None;
-    for (depth, part) in field.split('.').enumerate() {
-        let key = format!("{part}:");
-        // In a flow mapping on the parent's line.
-        if let Some((line, _)) = found {
-            let text = lines[line - 1];
-            if let Some(brace) = text.find('{') {
-                let flow = &text[brace..];
-                let hit = [format!("{{{key}"), format!(" {key}"), format!(",{key}")]
-                    .iter()
-                    .find_map(|needle| flow.find(needle.as_str()));
-                if let Some(at) = hit {
-                    // +1 past the separator, +1 to be 1-based.
-                    found = Some((line, brace + at + 2));
-                    continue;
-                }
-            }
-        }
-        let hit = lines.iter().enumerate().skip(from).find(|(_, l)| {
-            let indent = l.len() - l.trim_start().len();
-            l.trim_start().starts_with(&key)
-                && (if depth == 0 {
-                    indent == 0
-                } else {
-                    indent >= min_indent
-                })
-        })?;
-        let indent = hit.1.len() - hit.1.trim_start().len();
-        found = Some((hit.0 + 1, indent + 1));
-        from = hit.0 + 1;
-        min_indent = indent + 1;
-    }
-    found
-}
-
+/// Parses the config file's bytes (`Ok` with the defaults for an empty file); a problem is
+/// placed at its line and column with its field path.
 fn parse_config(path: &Path, bytes: &[u8]) -> Result<(RawConfig, String), ConfigError> {
-    let fail = |msg: String| ConfigError(vec![format!("{}: {msg}", path.display())]);
+    let fail = |line: usize, column: usize, message: String| {
+        ConfigError(Issues(vec![Issue::new(path, line, column, "", message)]))
+    };
     if bytes.len() > MAX_CONFIG_BYTES {
-        return Err(fail(format!("larger than {MAX_CONFIG_BYTES} bytes")));
+        return Err(fail(1, 1, config_too_large()));
     }
-    let text = std::str::from_utf8(bytes).map_err(|_| fail("not UTF-8 text".into()))?;
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+        let (line, column) = yaml::position_after(valid);
+        fail(line, column, "not UTF-8 text".into())
+    })?;
     if text.trim().is_empty() {
         return Ok((RawConfig::default(), String::new()));
     }
-    let raw = serde_saphyr::from_str(text).map_err(|e| fail(e.to_string()))?;
+    let raw =
+        serde_saphyr::from_str_with_options::<Option<RawConfig>>(text, yaml::options(&CONFIG_FILE))
+            .map_err(|e| ConfigError(Issues(vec![yaml::issue(path, text, &e, &CONFIG_FILE)])))?
+            .unwrap_or_default();
     Ok((raw, text.to_string()))
 }
 
@@ -981,11 +1023,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod locate_tests {
-    use super::locate_field;
-
-    const TEXT: &str = "rate: 0\nretry:\n  base: soon\n  cap: 1s\ntimeouts: {connect: 1ms, request: 2s}\nendpoint: x\n";
-
+mod placement_tests {
     #[test]
     fn config_errors_name_file_line_and_field() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -998,12 +1036,20 @@ mod locate_tests {
             text.contains(&format!("{}:3:3: retry.base: ", path.display())),
             "{text}"
         );
-        // Out-of-range values are located too.
-        std::fs::write(&path, "burst: 2\nrate: 1e-20\nretry:\n  cap: 25h\n").expect("write");
+        // Out-of-range values are placed too, in block and in flow style.
+        std::fs::write(
+            &path,
+            "burst: 2\nrate: 1e-20\nretry:\n  cap: 25h\ntimeouts: {connect: 1ms, request: 2s}\n",
+        )
+        .expect("write");
         let text = super::Settings::load(Some(&path), &super::Overrides::default(), &|_| None)
             .expect_err("bad")
             .to_string();
-        for needle in ["2:1: rate: must be", "4:3: retry.cap: must be"] {
+        for needle in [
+            "2:1: rate: must be",
+            "4:3: retry.cap: must be",
+            "5:12: timeouts.connect: must be",
+        ] {
             assert!(
                 text.contains(&format!("{}:{needle}", path.display())),
                 "{text}"
@@ -1011,16 +1057,59 @@ mod locate_tests {
         }
     }
 
+    /// A YAML mistake is placed and names the field, like a plan's.
     #[test]
-    fn finds_block_and_flow_fields() {
-        assert_eq!(locate_field(TEXT, "rate"), Some((1, 1)));
-        assert_eq!(locate_field(TEXT, "retry.base"), Some((3, 3)));
-        assert_eq!(locate_field(TEXT, "retry.cap"), Some((4, 3)));
-        assert_eq!(locate_field(TEXT, "timeouts.connect"), Some((5, 12)));
-        assert_eq!(locate_field(TEXT, "timeouts.request"), Some((5, 26)));
-        assert_eq!(locate_field(TEXT, "rate/burst/concurrency"), Some((1, 1)));
-        assert_eq!(locate_field(TEXT, "retry.deadline"), None);
-        assert_eq!(locate_field(TEXT, "burst"), None);
+    fn parse_errors_are_placed_with_their_field() {
+        let path = std::path::Path::new("/etc/deployd/config.yaml");
+        let parse = |yaml: &str| {
+            super::Settings::from_config_bytes(
+                path,
+                yaml.as_bytes(),
+                &super::Overrides::default(),
+                &|_| None,
+            )
+            .expect_err(yaml)
+            .to_string()
+        };
+        let text = parse("rate: 5\nretry:\n  bse: 1s\n");
+        assert!(
+            text.starts_with("/etc/deployd/config.yaml:3:3: retry.bse: unknown field `bse`"),
+            "{text}"
+        );
+        let text = parse("rate: 5\nburst: many\n");
+        assert!(
+            text.starts_with("/etc/deployd/config.yaml:2:8: burst: "),
+            "{text}"
+        );
+        let text = parse("rate: 5\n---\nrate: 6\n");
+        assert!(
+            text.contains("The config file holds a single YAML document"),
+            "{text}"
+        );
+        // Comments only, or null: the defaults.
+        for empty in ["# nothing yet\n", "~\n", ""] {
+            super::Settings::from_config_bytes(
+                path,
+                empty.as_bytes(),
+                &super::Overrides::default(),
+                &|_| None,
+            )
+            .expect(empty);
+        }
+    }
+
+    /// A flag's value is not placed in the file.
+    #[test]
+    fn flag_problems_have_no_place() {
+        let path = std::path::Path::new("c.yaml");
+        let o = super::Overrides {
+            rate: Some(0.0),
+            ..Default::default()
+        };
+        let text = super::Settings::from_config_bytes(path, b"rate: 5\n", &o, &|_| None)
+            .expect_err("bad")
+            .to_string();
+        assert!(text.starts_with("c.yaml: --rate: must be"), "{text}");
     }
 }
 

@@ -382,3 +382,23 @@ fn shape_name(expected: &str) -> &str {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "rate: 0\nretry:\n  base: soon\n  cap: 1s\ntimeouts: {connect: 1ms, request: 2s}\nendpoint: x\n";
+
+    #[test]
+    fn finds_keys_in_block_and_flow_style() {
+        assert_eq!(key_position(TEXT, "rate"), Some((1, 1)));
+        assert_eq!(key_position(TEXT, "retry.base"), Some((3, 3)));
+        assert_eq!(key_position(TEXT, "retry.cap"), Some((4, 3)));
+        assert_eq!(key_position(TEXT, "timeouts.connect"), Some((5, 12)));
+        assert_eq!(key_position(TEXT, "timeouts.request"), Some((5, 26)));
+        assert_eq!(key_position(TEXT, "retry.deadline"), None);
+        assert_eq!(key_position(TEXT, "burst"), None);
+        // A key in a value's text is not a key.
+        assert_eq!(key_position("endpoint: 'rate: 1'\n", "rate"), None);
+    }
+}
