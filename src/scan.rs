@@ -28,12 +28,12 @@ pub struct FolderScanner {
     /// Files known complete (closed after writing, or renamed in) since their last write.
     complete: HashSet<PathBuf>,
     /// Last parse per file, with the file's identity and content hash.
-    cache: HashMap<PathBuf, Cached>,
+    cache: HashMap<PathBuf, KnownFile>,
 }
 
 /// What the scanner remembers of a file it read.
 #[derive(Debug)]
-struct Cached {
+struct KnownFile {
     identity: Option<FileIdentity>,
     sha: String,
     outcome: Result<Valid, Issues>,
@@ -196,7 +196,7 @@ impl FolderScanner {
         let outcome = parse_plan_file(path, &bytes).map(Valid::from);
         self.cache.insert(
             path.to_path_buf(),
-            Cached {
+            KnownFile {
                 identity,
                 sha,
                 outcome: outcome.clone(),

@@ -50,7 +50,7 @@ pub struct RawConfig {
     /// Periodic rescan of the plans folder.
     pub rescan_interval: Option<String>,
     /// Retry policy.
-    pub retry: Option<RawRetry>,
+    pub retry: Option<RawRetrySettings>,
     /// Unknown outcomes without a project id: `fail` or `resend`.
     pub unknown_outcome: Option<UnknownOutcomePolicy>,
     /// How long to wait for a record to show up in the history.
@@ -79,7 +79,7 @@ pub struct RawKeepResults {
 /// `retry:` in the config.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRetry {
+pub struct RawRetrySettings {
     /// Calls per task.
     pub max_attempts: Option<u32>,
     /// First backoff.
@@ -514,7 +514,7 @@ fn call_limits(raw: &RawConfig, o: &Overrides, p: &mut Problems<'_>) -> (f64, u3
 }
 
 /// `retry:`; its durations each in range, then checked against each other.
-fn retry_policy(r: RawRetry, p: &mut Problems<'_>) -> RetryPolicy {
+fn retry_policy(r: RawRetrySettings, p: &mut Problems<'_>) -> RetryPolicy {
     let defaults = RetryPolicy::default();
     let base = p.duration("retry.base", r.base, defaults.base());
     let cap = p.duration("retry.cap", r.cap, defaults.cap());
