@@ -3,9 +3,8 @@
 //! password does not ask IAM again) and bounded reads (an endless answer ends as an unknown
 //! outcome in bounded memory).
 
-use std::io::Read;
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deployd::api::client::{ClientOptions, DeployClient, Endpoint};
@@ -21,38 +20,6 @@ const AK: &str = "ITBOUNDEDKEY00000001";
 const SK: &str = "it-bounded-sk-SECRET";
 const WRONG_SK: &str = "it-bounded-wrong-sk-SECRET";
 const PASSWORD: &str = "it-bounded-pw-SECRET";
-
-fn kill(child: &Child, signal: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok, "kill {signal}");
-}
-
-/// Reads a child's stderr into a shared string, in the background.
-fn capture_stderr(child: &mut Child) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let mut stderr = child.stderr.take().expect("stderr piped");
-    let sink = text.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stderr.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            if let Ok(mut t) = sink.lock() {
-                t.push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        }
-    });
-    text
-}
-
-fn count(text: &Arc<Mutex<String>>, what: &str) -> usize {
-    text.lock().map(|t| t.matches(what).count()).unwrap_or(0)
-}
 
 /// Stops a daemon with SIGTERM and waits for it.
 async fn stop(mut child: Child) {
@@ -119,7 +86,7 @@ async fn a_wrong_sk_never_locks_the_ak_however_many_plans_run_at_once() {
         .expect("spawn");
     let log = capture_stderr(&mut child);
     let results_dir = root.path().join("results");
-    wait_for(30, "eight results", || {
+    wait_for(30, "eight results", async || {
         (0..8).all(|i| results(&results_dir, &format!("p{i}")).len() == 1)
     })
     .await;
@@ -214,7 +181,10 @@ async fn a_reload_asks_iam_again_only_when_the_password_changed() {
         .spawn()
         .expect("spawn");
     let log = capture_stderr(&mut child);
-    wait_for(20, "ready", || count(&log, "daemon ready") == 1).await;
+    wait_for(20, "ready", async || {
+        count_logged(&log, "daemon ready") == 1
+    })
+    .await;
     let results_dir = root.path().join("results");
     // A plan after each reload: each run needs a token.
     let run = |i: usize, task: &str| {
@@ -224,19 +194,19 @@ async fn a_reload_asks_iam_again_only_when_the_password_changed() {
         );
     };
     run(0, T1);
-    wait_for(20, "the first run", || {
+    wait_for(20, "the first run", async || {
         results(&results_dir, "r0").len() == 1
     })
     .await;
     assert_eq!(emulator.stats().token_requests, 1);
     for i in 1..=8 {
         kill(&child, "-HUP");
-        wait_for(20, "the reload", || {
-            count(&log, "configuration reloaded") == i
+        wait_for(20, "the reload", async || {
+            count_logged(&log, "configuration reloaded") == i
         })
         .await;
         run(i, T1);
-        wait_for(20, "the run", || {
+        wait_for(20, "the run", async || {
             results(&results_dir, &format!("r{i}")).len() == 1
         })
         .await;
@@ -252,12 +222,15 @@ async fn a_reload_asks_iam_again_only_when_the_password_changed() {
     // The password is fixed: the next reload asks IAM, and deploys.
     write(&creds.join("pw"), &format!("{PASSWORD}\n"));
     kill(&child, "-HUP");
-    wait_for(20, "the reload", || {
-        count(&log, "configuration reloaded") == 9
+    wait_for(20, "the reload", async || {
+        count_logged(&log, "configuration reloaded") == 9
     })
     .await;
     run(9, T2);
-    wait_for(20, "the run", || results(&results_dir, "r9").len() == 1).await;
+    wait_for(20, "the run", async || {
+        results(&results_dir, "r9").len() == 1
+    })
+    .await;
     stop(child).await;
     let r = &results(&results_dir, "r9")[0];
     assert_eq!(task(r, T2)["status"], "started", "{r}");

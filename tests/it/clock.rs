@@ -13,15 +13,11 @@ use crate::helpers::*;
 /// The zones the service might write record times in.
 const ZONES: [i32; 5] = [-5 * 3600, 0, 5 * 3600 + 45 * 60, 8 * 3600, 14 * 3600];
 
-fn tasks(salt: u32) -> Vec<String> {
-    (0..6).map(|i| format!("{salt:08x}{i:024x}")).collect()
-}
-
 /// One exec against an emulator writing times in `zone` with its clock `offset` seconds ahead
 /// of ours; returns a description of every broken promise.
 async fn case(zone_secs: i32, offset_secs: i64, salt: u32) -> Vec<String> {
     use ScriptedFault::{DropAfter, DropBefore};
-    let t = tasks(salt);
+    let t = task_ids(6, salt);
     let script = vec![
         // The very first answer is lost: the zone is not known yet, and another caller's
         // record with other params sits 20 s before it.

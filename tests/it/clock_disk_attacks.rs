@@ -1,25 +1,10 @@
 //! Reproductions from an attack on the clock and full-disk fixes. The two marked `ignore` are
 //! known limits (see the README), kept to measure a future fix.
 
-use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use deployd::emulator::Emulator;
-
 use crate::helpers::*;
-
-fn spawn_faked(root: &Path, emulator: &Emulator, clock: &Path) -> Child {
-    write(&root.join("config.yaml"), "settle: 1s\n");
-    let mut cmd = daemon_command(root, emulator, "100", "4");
-    with_faked_clock(&mut cmd, clock)
-        .arg("--config")
-        .arg(root.join("config.yaml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn")
-}
 
 fn duplicates(all: &[String]) -> Vec<String> {
     let mut seen = std::collections::BTreeSet::new();
@@ -40,9 +25,9 @@ async fn a_damaged_fires_memory_repeats_no_fire_after_a_set_back() {
         &format!("schedule: \"*/2 * * * * *\"\ntasks:\n  - {T1}\n"),
     );
     let results_dir = root.path().join("results");
-    let mut first = spawn_faked(root.path(), &emulator, &clock);
+    let mut first = spawn_with_faked_clock(root.path(), &emulator, &clock, "settle: 1s\n");
     let _log = capture_stderr(&mut first);
-    wait_for(20, "three fires", || {
+    wait_for(20, "three fires", async || {
         scheduled_for(&results_dir, "tick").len() >= 3
     })
     .await;
@@ -52,9 +37,9 @@ async fn a_damaged_fires_memory_repeats_no_fire_after_a_set_back() {
     write(&root.path().join("state/fires/tick.json"), "[\"2026-");
     write(&clock, "-10s\n");
     let before = scheduled_for(&results_dir, "tick").len();
-    let mut second = spawn_faked(root.path(), &emulator, &clock);
+    let mut second = spawn_with_faked_clock(root.path(), &emulator, &clock, "settle: 1s\n");
     let log = capture_stderr(&mut second);
-    wait_for(30, "fires after the set-back", || {
+    wait_for(30, "fires after the set-back", async || {
         scheduled_for(&results_dir, "tick").len() >= before + 6
     })
     .await;
@@ -82,14 +67,14 @@ async fn a_clock_set_back_more_than_64_fires_repeats_none() {
         &format!("schedule: \"* * * * * *\"\ntasks:\n  - {T1}\n"),
     );
     let results_dir = root.path().join("results");
-    let mut child = spawn_faked(root.path(), &emulator, &clock);
+    let mut child = spawn_with_faked_clock(root.path(), &emulator, &clock, "settle: 1s\n");
     let log = capture_stderr(&mut child);
-    wait_for(120, "70 fires", || {
+    wait_for(120, "70 fires", async || {
         scheduled_for(&results_dir, "tick").len() >= 70
     })
     .await;
     write(&clock, "-80s\n");
-    wait_for(20, "the jump back", || {
+    wait_for(20, "the jump back", async || {
         logged(&log, "the wall clock jumped by -")
     })
     .await;
@@ -144,7 +129,7 @@ async fn a_shared_disk_full_through_a_shutdown_keeps_the_true_status() {
     };
     let mut first = spawn();
     let log = capture_stderr(&mut first);
-    wait_for(20, "ready", || logged(&log, "daemon ready")).await;
+    wait_for(20, "ready", async || logged(&log, "daemon ready")).await;
     let blob = "x".repeat(2500);
     write(
         &root.path().join("staging/once.yaml"),
@@ -156,7 +141,7 @@ async fn a_shared_disk_full_through_a_shutdown_keeps_the_true_status() {
     )
     .expect("mv");
     let runs = disk.join("state/runs");
-    wait_for(20, "the run begun", || {
+    wait_for(20, "the run begun", async || {
         std::fs::read_dir(&runs).is_ok_and(|mut d| d.next().is_some())
     })
     .await;
@@ -167,7 +152,7 @@ async fn a_shared_disk_full_through_a_shutdown_keeps_the_true_status() {
         .arg(format!("of={}", disk.join("filler").display()))
         .stderr(Stdio::null())
         .status();
-    wait_for(20, "the result kept back", || {
+    wait_for(20, "the result kept back", async || {
         logged(
             &log,
             "the result is kept (in memory and in the run journal)",
@@ -180,7 +165,7 @@ async fn a_shared_disk_full_through_a_shutdown_keeps_the_true_status() {
     let mut second = spawn();
     let log2 = capture_stderr(&mut second);
     let results_dir = disk.join("results");
-    wait_for(20, "the result written", || {
+    wait_for(20, "the result written", async || {
         results(&results_dir, "once").len() == 1
     })
     .await;

@@ -3,25 +3,9 @@
 //! ahead and back, is set back 10 s across a restart, and goes a month ahead with retention on.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use deployd::emulator::Emulator;
-
 use crate::helpers::*;
-
-/// The daemon with its wall clock read from `clock` (`+0`, `+1d`, `-10s`).
-fn spawn_faked(root: &Path, emulator: &Emulator, clock: &Path, config: &str) -> Child {
-    write(&root.join("config.yaml"), config);
-    let mut cmd = daemon_command(root, emulator, "100", "4");
-    with_faked_clock(&mut cmd, clock)
-        .arg("--config")
-        .arg(root.join("config.yaml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn")
-}
 
 fn tick_plan(plans: &Path, extra: &str) -> PathBuf {
     let path = plans.join("tick.yaml");
@@ -39,10 +23,10 @@ async fn a_day_ahead_and_back_the_schedule_goes_on_and_says_so() {
     let clock = root.path().join("clock");
     write(&clock, "+0\n");
     tick_plan(&root.path().join("plans"), "");
-    let mut child = spawn_faked(root.path(), &emulator, &clock, "settle: 1s\n");
+    let mut child = spawn_with_faked_clock(root.path(), &emulator, &clock, "settle: 1s\n");
     let log = capture_stderr(&mut child);
     let results_dir = root.path().join("results");
-    wait_for(20, "two fires", || {
+    wait_for(20, "two fires", async || {
         scheduled_for(&results_dir, "tick").len() >= 2
     })
     .await;
@@ -50,11 +34,11 @@ async fn a_day_ahead_and_back_the_schedule_goes_on_and_says_so() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     write(&clock, "+0\n");
     let back_at = results(&results_dir, "tick").len();
-    wait_for(20, "the jump back logged", || {
+    wait_for(20, "the jump back logged", async || {
         logged(&log, "the wall clock jumped by -")
     })
     .await;
-    wait_for(20, "fires after the clock came back", || {
+    wait_for(20, "fires after the clock came back", async || {
         results(&results_dir, "tick").len() >= back_at + 3
     })
     .await;
@@ -77,9 +61,9 @@ async fn set_back_then_restarted_no_fire_time_runs_twice() {
     write(&clock, "+0\n");
     tick_plan(&root.path().join("plans"), "");
     let results_dir = root.path().join("results");
-    let mut first = spawn_faked(root.path(), &emulator, &clock, "settle: 1s\n");
+    let mut first = spawn_with_faked_clock(root.path(), &emulator, &clock, "settle: 1s\n");
     let _log = capture_stderr(&mut first);
-    wait_for(20, "three fires", || {
+    wait_for(20, "three fires", async || {
         scheduled_for(&results_dir, "tick").len() >= 3
     })
     .await;
@@ -88,12 +72,14 @@ async fn set_back_then_restarted_no_fire_time_runs_twice() {
     // Set back 10 s, then a new daemon: the fire times already used are remembered.
     write(&clock, "-10s\n");
     let before = scheduled_for(&results_dir, "tick").len();
-    let mut second = spawn_faked(root.path(), &emulator, &clock, "settle: 1s\n");
+    let mut second = spawn_with_faked_clock(root.path(), &emulator, &clock, "settle: 1s\n");
     let log = capture_stderr(&mut second);
-    wait_for(20, "ready", || logged(&log, "daemon ready")).await;
-    wait_for(30, "fires after the set-back time has caught up", || {
-        scheduled_for(&results_dir, "tick").len() >= before + 2
-    })
+    wait_for(20, "ready", async || logged(&log, "daemon ready")).await;
+    wait_for(
+        30,
+        "fires after the set-back time has caught up",
+        async || scheduled_for(&results_dir, "tick").len() >= before + 2,
+    )
     .await;
     kill(&second, "-TERM");
     let _ = second.wait();
@@ -110,34 +96,34 @@ async fn a_month_ahead_for_a_moment_removes_no_result_by_age() {
     write(&clock, "+0\n");
     tick_plan(&root.path().join("plans"), "");
     let results_dir = root.path().join("results");
-    let mut child = spawn_faked(
+    let mut child = spawn_with_faked_clock(
         root.path(),
         &emulator,
         &clock,
         "settle: 1s\nkeep_results: {age: 7d}\n",
     );
     let log = capture_stderr(&mut child);
-    wait_for(20, "four fires", || {
+    wait_for(20, "four fires", async || {
         results(&results_dir, "tick").len() >= 4
     })
     .await;
     let before = scheduled_for(&results_dir, "tick");
     write(&clock, "+30d\n");
-    wait_for(20, "the jump logged", || {
+    wait_for(20, "the jump logged", async || {
         logged(&log, "the wall clock jumped by +30d")
     })
     .await;
-    wait_for(20, "a fire in the future", || {
+    wait_for(20, "a fire in the future", async || {
         scheduled_for(&results_dir, "tick").len() > before.len()
     })
     .await;
     write(&clock, "+0\n");
-    wait_for(20, "the jump back logged", || {
+    wait_for(20, "the jump back logged", async || {
         logged(&log, "the wall clock jumped by -30d")
     })
     .await;
     let after_back = results(&results_dir, "tick").len();
-    wait_for(20, "fires after the clock came back", || {
+    wait_for(20, "fires after the clock came back", async || {
         results(&results_dir, "tick").len() >= after_back + 2
     })
     .await;

@@ -118,7 +118,7 @@ async fn drop_edit_delete_and_restart() {
 
     // Drop a run-once plan: one run, one result file, records as issued.
     write(&plans.join("web.yaml"), &plan(&[T1, T2], ""));
-    wait_for(10, "first run's result", || {
+    wait_for(10, "first run's result", async || {
         results(&results_dir, "web").len() == 1
     })
     .await;
@@ -131,7 +131,7 @@ async fn drop_edit_delete_and_restart() {
     // scanned after the touch.
     write(&plans.join("web.yaml"), &plan(&[T1, T2], ""));
     write(&plans.join("touch-sentinel.yaml"), &plan(&[T4], ""));
-    wait_for(10, "touch sentinel", || {
+    wait_for(10, "touch sentinel", async || {
         results(&results_dir, "touch-sentinel").len() == 1
     })
     .await;
@@ -143,7 +143,7 @@ async fn drop_edit_delete_and_restart() {
     std::fs::remove_file(plans.join("touch-sentinel.yaml")).expect("rm");
     // Edit: a second run with the new content.
     write(&plans.join("web.yaml"), &plan(&[T1, T2, T3], "name: web\n"));
-    wait_for(10, "second run's result", || {
+    wait_for(10, "second run's result", async || {
         results(&results_dir, "web").len() == 2
     })
     .await;
@@ -153,11 +153,14 @@ async fn drop_edit_delete_and_restart() {
     // Delete, then drop the same content again: it already ran, so nothing happens.
     std::fs::remove_file(plans.join("web.yaml")).expect("rm");
     d.reload.send(()).await.expect("reload");
-    wait_for(10, "the removal seen", || d.status().starts_with("0 plans")).await;
+    wait_for(10, "the removal seen", async || {
+        d.status().starts_with("0 plans")
+    })
+    .await;
     write(&plans.join("web.yaml"), &plan(&[T1, T2, T3], "name: web\n"));
     // A sentinel plan proves the daemon looked at the folder after that.
     write(&plans.join("sentinel.yaml"), &plan(&[T4], ""));
-    wait_for(10, "sentinel run", || {
+    wait_for(10, "sentinel run", async || {
         results(&results_dir, "sentinel").len() == 1
     })
     .await;
@@ -171,7 +174,7 @@ async fn drop_edit_delete_and_restart() {
     // Restart with the same state folder: nothing runs again.
     let d = Daemon::boot(root.path(), &emulator);
     write(&plans.join("sentinel2.yaml"), &plan(&[T4], ""));
-    wait_for(10, "second sentinel run", || {
+    wait_for(10, "second sentinel run", async || {
         results(&results_dir, "sentinel2").len() == 1
     })
     .await;
@@ -189,10 +192,13 @@ async fn mv_from_a_temporary_name_runs_once() {
     let d = Daemon::boot(root.path(), &emulator);
     write(&plans.join("web.yaml.tmp"), &plan(&[T1], ""));
     std::fs::rename(plans.join("web.yaml.tmp"), plans.join("web.yaml")).expect("mv");
-    wait_for(10, "the run", || results(&results_dir, "web").len() == 1).await;
+    wait_for(10, "the run", async || {
+        results(&results_dir, "web").len() == 1
+    })
+    .await;
     // Give the folder a reason to be rescanned, then check nothing else ran.
     write(&plans.join("other.yaml"), &plan(&[T2], ""));
-    wait_for(10, "other run", || {
+    wait_for(10, "other run", async || {
         results(&results_dir, "other").len() == 1
     })
     .await;
@@ -220,7 +226,10 @@ async fn a_plan_written_in_chunks_runs_once_whole() {
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     drop(file);
-    wait_for(10, "the run", || results(&results_dir, "chunks").len() == 1).await;
+    wait_for(10, "the run", async || {
+        results(&results_dir, "chunks").len() == 1
+    })
+    .await;
     let r = &results(&results_dir, "chunks")[0];
     assert_eq!(r["summary"]["total"], 3, "the whole plan ran");
     assert!(
@@ -230,7 +239,7 @@ async fn a_plan_written_in_chunks_runs_once_whole() {
             .exists()
     );
     write(&plans.join("sentinel.yaml"), &plan(&[T4], ""));
-    wait_for(10, "sentinel", || {
+    wait_for(10, "sentinel", async || {
         results(&results_dir, "sentinel").len() == 1
     })
     .await;
@@ -247,19 +256,19 @@ async fn an_invalid_plan_makes_no_call_and_the_daemon_keeps_going() {
     let d = Daemon::boot(root.path(), &emulator);
     write(&plans.join("bad.yaml"), "tasks:\n  - not-an-id\n");
     let report = results_dir.join("_invalid").join("bad.yaml.txt");
-    wait_for(10, "the invalid report", || report.exists()).await;
+    wait_for(10, "the invalid report", async || report.exists()).await;
     let text = std::fs::read_to_string(&report).expect("read");
     assert!(text.contains("bad.yaml:2:5: tasks[0]"), "{text}");
     write(&plans.join("good.yaml"), &plan(&[T1], ""));
-    wait_for(10, "the valid plan's run", || {
+    wait_for(10, "the valid plan's run", async || {
         results(&results_dir, "good").len() == 1
     })
     .await;
     assert_eq!(emulator.log().len(), 1, "only the valid plan made a call");
     // Fixing the file removes the report (and runs it).
     write(&plans.join("bad.yaml"), &plan(&[T2], ""));
-    wait_for(10, "the report removed", || !report.exists()).await;
-    wait_for(10, "the fixed plan's run", || {
+    wait_for(10, "the report removed", async || !report.exists()).await;
+    wait_for(10, "the fixed plan's run", async || {
         results(&results_dir, "bad").len() == 1
     })
     .await;
@@ -277,7 +286,7 @@ async fn a_two_second_schedule_fires_every_two_seconds_and_stops_when_deleted() 
         &plans.join("tick.yaml"),
         &plan(&[T1], "schedule: \"*/2 * * * * *\"\n"),
     );
-    wait_for(15, "three scheduled runs", || {
+    wait_for(15, "three scheduled runs", async || {
         results(&results_dir, "tick").len() >= 3
     })
     .await;
@@ -304,7 +313,7 @@ async fn a_two_second_schedule_fires_every_two_seconds_and_stops_when_deleted() 
     // Once the removal is seen, the count stops growing: wait for a quiet window of 3 s.
     let mut last = results(&results_dir, "tick").len();
     let mut stable_since = tokio::time::Instant::now();
-    wait_for(20, "no more fires after the delete", || {
+    wait_for(20, "no more fires after the delete", async || {
         let now = results(&results_dir, "tick").len();
         if now != last {
             last = now;
@@ -334,28 +343,14 @@ async fn sigterm_in_the_middle_of_a_slow_run_writes_it_as_interrupted() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    wait_for(15, "a few calls", || emulator.log().len() >= 3).await;
+    wait_for(15, "a few calls", async || emulator.log().len() >= 3).await;
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
     let signalled_at = chrono::Utc::now();
-    let exit = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = child.try_wait().expect("wait") {
-                return s;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the daemon did not exit"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })
-    .await
-    .expect("join");
+    let exit = exit_within(&mut child, 20, "the daemon").await;
     assert_eq!(exit.code(), Some(0));
     let runs = results(&results_dir, "slow");
     assert_eq!(runs.len(), 1);
@@ -394,27 +389,23 @@ async fn metrics_show_calls_runs_and_plans() {
         &plans.join("nightly-metered.yaml"),
         &plan(&[T3], "schedule: \"0 30 2 * * *\"\n"),
     );
-    wait_for(10, "the run", || {
+    wait_for(10, "the run", async || {
         results(&results_dir, "metered").len() == 1
     })
     .await;
     let url = format!("http://{addr}/metrics");
     let mut text = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::time::Instant::now() < deadline {
+    wait_for(10, "the run and the next fire in the metrics", async || {
         text = reqwest::get(&url)
             .await
             .expect("GET")
             .text()
             .await
             .expect("body");
-        if text.contains("deployd_runs_total{plan=\"metered\",status=\"succeeded\"} 1")
+        text.contains("deployd_runs_total{plan=\"metered\",status=\"succeeded\"} 1")
             && text.contains("deployd_next_fire_timestamp_seconds{plan=\"nightly-metered\"}")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     for needle in [
         "deployd_runs_total{plan=\"metered\",status=\"succeeded\"} 1",
         "deployd_start_calls_total{outcome=\"started\",status=\"200\"}",
@@ -478,7 +469,7 @@ async fn systemd_notify_sighup_with_a_bad_config_and_sigterm() {
             .iter()
             .any(|m| m.contains(needle))
     };
-    wait_for(15, "READY=1", || has("READY=1")).await;
+    wait_for(15, "READY=1", async || has("READY=1")).await;
     assert!(has("STATUS="), "a status line is sent");
 
     // A bad config on SIGHUP: the daemon keeps the old one and keeps working.
@@ -492,7 +483,7 @@ async fn systemd_notify_sighup_with_a_bad_config_and_sigterm() {
     };
     assert!(kill("-HUP"));
     write(&plans.join("after-hup.yaml"), &plan(&[T1], ""));
-    wait_for(15, "a run after the bad reload", || {
+    wait_for(15, "a run after the bad reload", async || {
         results(&results_dir, "after-hup").len() == 1
     })
     .await;
@@ -567,7 +558,10 @@ async fn saving_in_vim_runs_the_new_content_once() {
     let results_dir = root.path().join("results");
     let d = Daemon::boot(root.path(), &emulator);
     write(&plans.join("web.yaml"), &plan(&[T1], ""));
-    wait_for(10, "first run", || results(&results_dir, "web").len() == 1).await;
+    wait_for(10, "first run", async || {
+        results(&results_dir, "web").len() == 1
+    })
+    .await;
 
     // What vim does on :w (backupcopy=auto): swap file, rename the original to a backup,
     // write a new file, remove the backup.
@@ -580,13 +574,13 @@ async fn saving_in_vim_runs_the_new_content_once() {
     std::fs::remove_file(plans.join("web.yaml~")).expect("rm backup");
     std::fs::remove_file(plans.join(".web.yaml.swp")).expect("rm swap");
 
-    wait_for(10, "the edited plan's run", || {
+    wait_for(10, "the edited plan's run", async || {
         results(&results_dir, "web").len() == 2
     })
     .await;
     assert_eq!(results(&results_dir, "web")[1]["summary"]["total"], 2);
     write(&plans.join("sentinel.yaml"), &plan(&[T4], ""));
-    wait_for(10, "sentinel", || {
+    wait_for(10, "sentinel", async || {
         results(&results_dir, "sentinel").len() == 1
     })
     .await;
@@ -619,14 +613,14 @@ async fn reverting_while_a_run_is_going_does_not_run_the_old_content_twice() {
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let a = plan(&refs, "name: web\nconcurrency: 1\n");
     write(&plans.join("web.yaml"), &a);
-    wait_for(10, "A's run under way", || !emulator.log().is_empty()).await;
+    wait_for(10, "A's run under way", async || !emulator.log().is_empty()).await;
     write(
         &plans.join("web.yaml"),
         &plan(&refs, "name: web\nconcurrency: 1\noverlap: queue\n"),
     );
     // The sentinel's run proves the folder was scanned after B was written.
     write(&plans.join("sentinel.yaml"), &plan(&[T1], ""));
-    wait_for(10, "sentinel", || {
+    wait_for(10, "sentinel", async || {
         results(&results_dir, "sentinel").len() == 1
     })
     .await;
@@ -635,10 +629,13 @@ async fn reverting_while_a_run_is_going_does_not_run_the_old_content_twice() {
         "A is still running: the test needs a slower run"
     );
     write(&plans.join("web.yaml"), &a);
-    wait_for(20, "A's result", || results(&results_dir, "web").len() == 1).await;
+    wait_for(20, "A's result", async || {
+        results(&results_dir, "web").len() == 1
+    })
+    .await;
     // After A's run ended, the waiting run was decided: prove the daemon moved on, then count.
     write(&plans.join("sentinel2.yaml"), &plan(&[T2], ""));
-    wait_for(10, "sentinel2", || {
+    wait_for(10, "sentinel2", async || {
         results(&results_dir, "sentinel2").len() == 1
     })
     .await;

@@ -48,7 +48,7 @@ async fn two_plans_starting_one_task_never_take_each_others_record() {
         .expect("rename");
     }
     let results_dir = root.path().join("results");
-    wait_for(30, "both results", || {
+    wait_for(30, "both results", async || {
         results(&results_dir, "a").len() == 1 && results(&results_dir, "b").len() == 1
     })
     .await;
@@ -84,7 +84,7 @@ async fn a_second_daemon_on_the_same_state_folder_refuses_to_start() {
         .spawn()
         .expect("spawn");
     let first_log = capture_stderr(&mut first);
-    wait_for(20, "the first daemon ready", || {
+    wait_for(20, "the first daemon ready", async || {
         logged(&first_log, "daemon ready")
     })
     .await;
@@ -101,7 +101,10 @@ async fn a_second_daemon_on_the_same_state_folder_refuses_to_start() {
         &format!("tasks:\n  - {T1}\n"),
     );
     let results_dir = root.path().join("results");
-    wait_for(20, "the run", || results(&results_dir, "once").len() == 1).await;
+    wait_for(20, "the run", async || {
+        results(&results_dir, "once").len() == 1
+    })
+    .await;
     kill(&first, "-TERM");
     let _ = first.wait();
     assert_eq!(emulator.log().len(), 1);
@@ -142,7 +145,7 @@ async fn a_reload_cannot_move_the_state_folder() {
         .spawn()
         .expect("spawn");
     let log = capture_stderr(&mut child);
-    wait_for(20, "ready", || logged(&log, "daemon ready")).await;
+    wait_for(20, "ready", async || logged(&log, "daemon ready")).await;
     write(
         &config,
         &format!(
@@ -151,7 +154,7 @@ async fn a_reload_cannot_move_the_state_folder() {
         ),
     );
     kill(&child, "-HUP");
-    wait_for(20, "the refusal", || {
+    wait_for(20, "the refusal", async || {
         logged(&log, "refused, keeping the old configuration")
     })
     .await;
@@ -159,7 +162,7 @@ async fn a_reload_cannot_move_the_state_folder() {
         &root.path().join("plans/once.yaml"),
         &format!("tasks:\n  - {T1}\n"),
     );
-    wait_for(20, "the run", || {
+    wait_for(20, "the run", async || {
         results(&root.path().join("results"), "once").len() == 1
     })
     .await;
@@ -210,7 +213,7 @@ async fn hundreds_of_plans_under_a_low_open_files_limit_all_run_once() {
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
     let log = capture_stderr(&mut child);
-    wait_for(20, "ready", || logged(&log, "daemon ready")).await;
+    wait_for(20, "ready", async || logged(&log, "daemon ready")).await;
     for i in 0..PLANS {
         std::fs::rename(
             staging.join(format!("p{i:03}.yaml")),
@@ -224,7 +227,7 @@ async fn hundreds_of_plans_under_a_low_open_files_limit_all_run_once() {
             .filter(|i| !results(&results_dir, &format!("p{i:03}")).is_empty())
             .count()
     };
-    wait_for(120, "every plan's result", || done() == PLANS).await;
+    wait_for(120, "every plan's result", async || done() == PLANS).await;
     kill(&child, "-TERM");
     let _ = child.wait();
     let text = log.lock().map(|t| t.clone()).unwrap_or_default();
@@ -259,7 +262,7 @@ async fn a_plan_still_open_for_writing_is_not_read_by_a_reload_rescan() {
         .spawn()
         .expect("spawn");
     let log = capture_stderr(&mut child);
-    wait_for(20, "ready", || logged(&log, "daemon ready")).await;
+    wait_for(20, "ready", async || logged(&log, "daemon ready")).await;
     // Half a plan (one task of two), written, and the file left open; then SIGHUP once it
     // has been quiet longer than the settle time.
     let path = plans.join("half.yaml");
@@ -271,7 +274,7 @@ async fn a_plan_still_open_for_writing_is_not_read_by_a_reload_rescan() {
     kill(&child, "-HUP");
     // The reload's full scan sees the file and leaves it alone (it says so), then the rest
     // is written.
-    wait_for(20, "the reload's scan", || {
+    wait_for(20, "the reload's scan", async || {
         logged(&log, "half.yaml is still open for writing")
     })
     .await;
@@ -279,10 +282,13 @@ async fn a_plan_still_open_for_writing_is_not_read_by_a_reload_rescan() {
         .expect("write");
     drop(file);
     let results_dir = root.path().join("results");
-    wait_for(20, "the run", || results(&results_dir, "half").len() == 1).await;
+    wait_for(20, "the run", async || {
+        results(&results_dir, "half").len() == 1
+    })
+    .await;
     // A second run would come within the debounce of the close.
     write(&plans.join("sentinel.yaml"), &format!("tasks:\n  - {T3}\n"));
-    wait_for(20, "sentinel", || {
+    wait_for(20, "sentinel", async || {
         results(&results_dir, "sentinel").len() == 1
     })
     .await;
@@ -316,7 +322,7 @@ async fn a_schedule_edited_just_before_its_fire_loses_no_fire() {
         .spawn()
         .expect("spawn");
     let log = capture_stderr(&mut child);
-    wait_for(20, "ready", || logged(&log, "daemon ready")).await;
+    wait_for(20, "ready", async || logged(&log, "daemon ready")).await;
     // Every other second, a new version is renamed in about 100 ms (the rescan's debounce)
     // before the fire, a little earlier or later each time: the rescan then comes just before,
     // at or just after the fire time.
@@ -345,7 +351,7 @@ async fn a_schedule_edited_just_before_its_fire_loses_no_fire() {
     };
     let want: Vec<String> = fires.iter().map(deployd::results::ts).collect();
     let accounted = |t: &String| scheduled().contains(t) || logged(&log, &format!("fire at {t}"));
-    wait_for(20, "every edited-around fire run or logged", || {
+    wait_for(20, "every edited-around fire run or logged", async || {
         Utc::now() > last + TimeDelta::seconds(1) && want.iter().all(accounted)
     })
     .await;
@@ -381,14 +387,14 @@ async fn a_sigterm_during_crash_recovery_runs_nothing_and_forgets_nothing() {
     };
     let mut first = spawn();
     let log1 = capture_stderr(&mut first);
-    wait_for(20, "ready", || logged(&log1, "daemon ready")).await;
+    wait_for(20, "ready", async || logged(&log1, "daemon ready")).await;
     write(
         &root.path().join("staging/a.yaml"),
         &format!("tasks:\n  - {T1}\n"),
     );
     std::fs::rename(root.path().join("staging/a.yaml"), plans.join("a.yaml")).expect("mv");
     let runs = root.path().join("state/runs");
-    wait_for(20, "a call in flight", || {
+    wait_for(20, "a call in flight", async || {
         std::fs::read_dir(&runs).is_ok_and(|d| {
             d.flatten()
                 .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"intent\"")))
@@ -411,7 +417,7 @@ async fn a_sigterm_during_crash_recovery_runs_nothing_and_forgets_nothing() {
     // The restarted daemon looks a's call up (10 s of settle) and is stopped meanwhile.
     let mut second = spawn();
     let log2 = capture_stderr(&mut second);
-    wait_for(20, "recovery under way", || {
+    wait_for(20, "recovery under way", async || {
         logged(&log2, "runs alive at once")
     })
     .await;
@@ -426,7 +432,7 @@ async fn a_sigterm_during_crash_recovery_runs_nothing_and_forgets_nothing() {
     let mut third = spawn();
     let _log3 = capture_stderr(&mut third);
     let results_dir = root.path().join("results");
-    wait_for(40, "b runs", || results(&results_dir, "b").len() == 1).await;
+    wait_for(40, "b runs", async || results(&results_dir, "b").len() == 1).await;
     kill(&third, "-TERM");
     let _ = third.wait();
     assert_eq!(results(&results_dir, "b")[0]["status"], "succeeded");

@@ -33,9 +33,9 @@ async fn a_result_the_results_folder_refuses_is_written_when_it_takes_it_again()
         .spawn()
         .expect("spawn");
     let log = capture_stderr(&mut child);
-    wait_for(20, "ready", || logged(&log, "daemon ready")).await;
+    wait_for(20, "ready", async || logged(&log, "daemon ready")).await;
     once_plan(root.path(), "once");
-    wait_for(20, "the result kept back", || {
+    wait_for(20, "the result kept back", async || {
         logged(
             &log,
             "the result is kept (in memory and in the run journal)",
@@ -44,7 +44,7 @@ async fn a_result_the_results_folder_refuses_is_written_when_it_takes_it_again()
     .await;
     std::fs::remove_file(&blocked).expect("rm");
     let results_dir = root.path().join("results");
-    wait_for(30, "the result written", || {
+    wait_for(30, "the result written", async || {
         results(&results_dir, "once").len() == 1
     })
     .await;
@@ -80,9 +80,9 @@ async fn a_result_kept_back_at_shutdown_is_written_by_the_next_start_with_its_tr
     };
     let mut first = spawn();
     let log = capture_stderr(&mut first);
-    wait_for(20, "ready", || logged(&log, "daemon ready")).await;
+    wait_for(20, "ready", async || logged(&log, "daemon ready")).await;
     once_plan(root.path(), "once");
-    wait_for(20, "the result kept back", || {
+    wait_for(20, "the result kept back", async || {
         logged(
             &log,
             "the result is kept (in memory and in the run journal)",
@@ -95,11 +95,11 @@ async fn a_result_kept_back_at_shutdown_is_written_by_the_next_start_with_its_tr
     let mut second = spawn();
     let log2 = capture_stderr(&mut second);
     let results_dir = root.path().join("results");
-    wait_for(30, "the result written", || {
+    wait_for(30, "the result written", async || {
         results(&results_dir, "once").len() == 1
     })
     .await;
-    wait_for(20, "ready", || logged(&log2, "daemon ready")).await;
+    wait_for(20, "ready", async || logged(&log2, "daemon ready")).await;
     kill(&second, "-TERM");
     let _ = second.wait();
     let r = &results(&results_dir, "once")[0];
@@ -123,7 +123,7 @@ async fn a_run_that_cannot_begin_is_not_remembered_and_runs_when_it_can() {
         .spawn()
         .expect("spawn");
     let log = capture_stderr(&mut child);
-    wait_for(20, "ready", || logged(&log, "daemon ready")).await;
+    wait_for(20, "ready", async || logged(&log, "daemon ready")).await;
     assert!(
         logged(&log, "it holds no call"),
         "the empty journal is removed"
@@ -133,7 +133,7 @@ async fn a_run_that_cannot_begin_is_not_remembered_and_runs_when_it_can() {
     std::fs::remove_dir_all(&runs).expect("rm runs");
     write(&runs, "not a folder\n");
     once_plan(root.path(), "once");
-    wait_for(20, "a failed beginning", || {
+    wait_for(20, "a failed beginning", async || {
         logged(&log, "the run could not begin")
     })
     .await;
@@ -145,7 +145,10 @@ async fn a_run_that_cannot_begin_is_not_remembered_and_runs_when_it_can() {
     std::fs::remove_file(&runs).expect("rm");
     std::fs::create_dir_all(&runs).expect("mkdir");
     let results_dir = root.path().join("results");
-    wait_for(30, "the run", || results(&results_dir, "once").len() == 1).await;
+    wait_for(30, "the run", async || {
+        results(&results_dir, "once").len() == 1
+    })
+    .await;
     kill(&child, "-TERM");
     let _ = child.wait();
     let r = &results(&results_dir, "once")[0];

@@ -8,18 +8,6 @@ use deployd::emulator::EmulatorConfig;
 
 use crate::helpers::*;
 
-fn ids(n: usize, salt: u32) -> Vec<String> {
-    (0..n).map(|i| format!("{salt:08x}{i:024x}")).collect()
-}
-
-fn plan_of(name: &str, ids: &[String], extra: &str) -> String {
-    let mut text = format!("name: {name}\n{extra}tasks:\n");
-    for id in ids {
-        text.push_str(&format!("  - {id}\n"));
-    }
-    text
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn faults_end_in_one_known_outcome_and_never_a_double_deploy() {
     let config = EmulatorConfig {
@@ -32,7 +20,7 @@ async fn faults_end_in_one_known_outcome_and_never_a_double_deploy() {
     };
     let emulator = start_emulator(config).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let tasks = ids(40, 1);
+    let tasks = task_ids(40, 1);
     write(
         &dir.path().join("faults.yaml"),
         &plan_of(
@@ -121,7 +109,7 @@ async fn the_same_rate_on_both_sides_gets_no_429() {
     })
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let tasks = ids(40, 2);
+    let tasks = task_ids(40, 2);
     write(&dir.path().join("rate.yaml"), &plan_of("rate", &tasks, ""));
     let mut cmd = exec_command(dir.path(), "rate.yaml", &emulator, false);
     cmd.args(["--rate", "20", "--concurrency", "8"]);
@@ -147,7 +135,7 @@ async fn a_rate_set_too_high_settles_instead_of_storming() {
     })
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let tasks = ids(60, 3);
+    let tasks = task_ids(60, 3);
     write(
         &dir.path().join("hot.yaml"),
         &plan_of(
@@ -186,7 +174,7 @@ async fn sigkill_mid_run_then_restart_writes_it_interrupted_and_starts_nothing_t
     let root = tempfile::tempdir().expect("tempdir");
     let plans = root.path().join("plans");
     let results_dir = root.path().join("results");
-    let tasks = ids(20, 4);
+    let tasks = task_ids(20, 4);
     write(&plans.join("crash.yaml"), &plan_of("crash", &tasks, ""));
     let spawn = || {
         daemon_command(root.path(), &emulator, "3", "2")
@@ -196,7 +184,7 @@ async fn sigkill_mid_run_then_restart_writes_it_interrupted_and_starts_nothing_t
             .expect("spawn")
     };
     let mut first = spawn();
-    wait_for(20, "a few calls", || emulator.log().len() >= 4).await;
+    wait_for(20, "a few calls", async || emulator.log().len() >= 4).await;
     first.kill().expect("SIGKILL");
     let _ = first.wait();
     let killed_at = chrono::Utc::now();
@@ -206,7 +194,7 @@ async fn sigkill_mid_run_then_restart_writes_it_interrupted_and_starts_nothing_t
     );
 
     let mut second = spawn();
-    wait_for(20, "the recovered result", || {
+    wait_for(20, "the recovered result", async || {
         results(&results_dir, "crash").len() == 1
     })
     .await;
@@ -214,9 +202,9 @@ async fn sigkill_mid_run_then_restart_writes_it_interrupted_and_starts_nothing_t
     // sentinel plan dropped now runs only after the folder was scanned.
     write(
         &plans.join("sentinel.yaml"),
-        &plan_of("sentinel", &ids(1, 5), ""),
+        &plan_of("sentinel", &task_ids(1, 5), ""),
     );
-    wait_for(20, "sentinel", || {
+    wait_for(20, "sentinel", async || {
         results(&results_dir, "sentinel").len() == 1
     })
     .await;
@@ -269,7 +257,7 @@ async fn sigkill_mid_run_then_restart_writes_it_interrupted_and_starts_nothing_t
 async fn after_one_refused_authentication_the_run_stops_calling() {
     let emulator = start_emulator(emulator_config()).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let tasks = ids(8, 6);
+    let tasks = task_ids(8, 6);
     write(&dir.path().join("auth.yaml"), &plan_of("auth", &tasks, ""));
     let mut cmd = exec_command(dir.path(), "auth.yaml", &emulator, false);
     cmd.args(["--rate", "100", "--concurrency", "1"])
@@ -306,7 +294,7 @@ async fn a_crash_while_following_reports_the_started_tasks_as_started() {
     let root = tempfile::tempdir().expect("tempdir");
     let plans = root.path().join("plans");
     let results_dir = root.path().join("results");
-    let tasks = ids(4, 7);
+    let tasks = task_ids(4, 7);
     write(
         &plans.join("followed.yaml"),
         &plan_of("followed", &tasks, "follow: true\nfollow_timeout: 1h\n"),
@@ -320,12 +308,12 @@ async fn a_crash_while_following_reports_the_started_tasks_as_started() {
     };
     let mut first = spawn();
     // Every task started and is now being followed (the deployments run for 10 minutes).
-    wait_for(20, "all tasks started", || emulator.log().len() == 4).await;
-    wait_for(20, "following", || emulator.stats().total > 4).await;
+    wait_for(20, "all tasks started", async || emulator.log().len() == 4).await;
+    wait_for(20, "following", async || emulator.stats().total > 4).await;
     first.kill().expect("SIGKILL");
     let _ = first.wait();
     let mut second = spawn();
-    wait_for(30, "the recovered result", || {
+    wait_for(30, "the recovered result", async || {
         results(&results_dir, "followed").len() == 1
     })
     .await;

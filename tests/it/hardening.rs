@@ -7,16 +7,6 @@ use std::process::{Command, Stdio};
 
 use crate::helpers::*;
 
-/// Exit status, stdout and stderr of a finished command.
-fn run(mut cmd: Command) -> (Option<i32>, String, String) {
-    let out = cmd.output().expect("the binary runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `deployd COMMAND --plans-dir root/plans --results-dir .. --state-dir .. ARGS...`
 /// (`args[0]` is the command).
 fn with_folders(root: &Path, args: &[&str]) -> Command {
@@ -39,7 +29,7 @@ fn out_of_range_settings_exit_78_naming_the_setting() {
     let root = root.path();
     write(&root.join("plans/p.yaml"), &format!("tasks: [{T1}]\n"));
 
-    let (code, _, stderr) = run(with_folders(
+    let (code, _, stderr) = run_to_end(with_folders(
         root,
         &["run", "--emulator", "--rate", "1e-20"],
     ));
@@ -58,7 +48,7 @@ fn out_of_range_settings_exit_78_naming_the_setting() {
         if command == "exec" {
             cmd.arg(root.join("plans/p.yaml"));
         }
-        let (code, _, stderr) = run(cmd);
+        let (code, _, stderr) = run_to_end(cmd);
         assert_eq!(code, Some(78), "{command}: {stderr}");
         for needle in [
             ":2:1: rate: must be",
@@ -72,7 +62,7 @@ fn out_of_range_settings_exit_78_naming_the_setting() {
         assert!(!stderr.contains("panicked"), "{command}: {stderr}");
     }
 
-    let (code, _, stderr) = run(with_folders(
+    let (code, _, stderr) = run_to_end(with_folders(
         root,
         &[
             "exec",
@@ -123,7 +113,7 @@ async fn a_reload_with_an_out_of_range_rate_keeps_the_daemon_running() {
     let pid = child.id().to_string();
     // The daemon is up once it ran a first plan.
     write(&plans.join("first.yaml"), &format!("tasks: [{T1}]\n"));
-    wait_for(15, "the first plan's run", || {
+    wait_for(15, "the first plan's run", async || {
         results(&results_dir, "first").len() == 1
     })
     .await;
@@ -138,7 +128,7 @@ async fn a_reload_with_an_out_of_range_rate_keeps_the_daemon_running() {
     };
     assert!(kill("-HUP"));
     write(&plans.join("after-hup.yaml"), &format!("tasks: [{T2}]\n"));
-    wait_for(15, "a run after the bad reload", || {
+    wait_for(15, "a run after the bad reload", async || {
         results(&results_dir, "after-hup").len() == 1
     })
     .await;
@@ -177,7 +167,7 @@ fn check_reports_a_plan_file_name_that_is_not_utf8() {
     .expect("write");
     let mut cmd = deployd();
     cmd.arg("check").arg(&plans);
-    let (code, stdout, stderr) = run(cmd);
+    let (code, stdout, stderr) = run_to_end(cmd);
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     let line = stdout
         .lines()
@@ -206,7 +196,7 @@ async fn the_daemon_reports_a_plan_file_name_that_is_not_utf8() {
         .expect("spawn");
     let pid = child.id().to_string();
     write(&plans.join("first.yaml"), &format!("tasks: [{T1}]\n"));
-    wait_for(15, "the first plan's run", || {
+    wait_for(15, "the first plan's run", async || {
         results(&results_dir, "first").len() == 1
     })
     .await;
@@ -216,13 +206,13 @@ async fn the_daemon_reports_a_plan_file_name_that_is_not_utf8() {
     std::fs::write(&staging, format!("name: cafe\ntasks: [{T2}]\n")).expect("write");
     std::fs::rename(&staging, &bad).expect("mv");
     let report = results_dir.join("_invalid").join("caf\u{FFFD}.yaml.txt");
-    wait_for(15, "the invalid report", || report.exists()).await;
+    wait_for(15, "the invalid report", async || report.exists()).await;
     let text = std::fs::read_to_string(&report).expect("read");
     assert!(text.contains("not valid UTF-8"), "{text}");
     // Renamed to a proper name: it runs, and the report goes.
     std::fs::rename(&bad, plans.join("cafe.yaml")).expect("mv");
-    wait_for(15, "the report removed", || !report.exists()).await;
-    wait_for(15, "the renamed plan's run", || {
+    wait_for(15, "the report removed", async || !report.exists()).await;
+    wait_for(15, "the renamed plan's run", async || {
         results(&results_dir, "cafe").len() == 1
     })
     .await;
@@ -282,7 +272,7 @@ fn next_shows_last_sundays_weekday_steps_and_rare_dates() {
     }
     let mut cmd = deployd();
     cmd.arg("next").arg(&plans).args(["--count", "6"]);
-    let (code, stdout, stderr) = run(cmd);
+    let (code, stdout, stderr) = run_to_end(cmd);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
 
     let last_sundays = next_fires(&stdout, "last-sunday");

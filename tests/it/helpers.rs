@@ -86,16 +86,82 @@ pub fn results(dir: &Path, plan: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Waits until `cond` holds, polling; panics with `what` after `secs` seconds.
-pub async fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+/// Waits until `cond` holds, polling every 20 ms; panics with `what` after `secs` seconds.
+/// The one way tests wait: on a condition, with a deadline, never a bare sleep.
+pub async fn wait_for(secs: u64, what: &str, mut cond: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !cond() {
+    while !cond().await {
         assert!(
             tokio::time::Instant::now() < deadline,
             "timed out waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits for a child's exit; kills it and fails with `what` after `secs` seconds.
+pub async fn exit_within(
+    child: &mut std::process::Child,
+    secs: u64,
+    what: &str,
+) -> std::process::ExitStatus {
+    let mut status = None;
+    let waited = tokio::time::timeout(
+        Duration::from_secs(secs),
+        wait_for(secs + 1, what, async || {
+            status = child.try_wait().expect("wait");
+            status.is_some()
+        }),
+    )
+    .await;
+    match (waited, status) {
+        (Ok(()), Some(status)) => status,
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {secs} s");
+        }
+    }
+}
+
+/// Runs a command to its end: (exit code, stdout, stderr).
+pub fn run_to_end(mut cmd: Command) -> (Option<i32>, String, String) {
+    let out = cmd.output().expect("the binary runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A finished command's stdout then stderr, as text.
+pub fn both_streams(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `n` distinct task ids (32 hex digits), `salt` first so that tests sharing an emulator or
+/// a history do not share ids.
+pub fn task_ids(n: usize, salt: u32) -> Vec<String> {
+    (0..n).map(|i| format!("{salt:08x}{i:024x}")).collect()
+}
+
+/// A plan named `name` over `ids`, with `extra` YAML lines (schedule, retry, params) before
+/// its tasks.
+pub fn plan_of(name: &str, ids: &[String], extra: &str) -> String {
+    let mut text = format!("name: {name}\n{extra}tasks:\n");
+    for id in ids {
+        text.push_str(&format!("  - {id}\n"));
+    }
+    text
+}
+
+/// How many times the captured text holds `what`.
+pub fn count_logged(text: &std::sync::Arc<std::sync::Mutex<String>>, what: &str) -> usize {
+    text.lock().map(|t| t.matches(what).count()).unwrap_or(0)
 }
 
 /// Record ids the emulator issued, per task id.
@@ -216,4 +282,23 @@ pub fn scheduled_for(results_dir: &Path, plan: &str) -> Vec<String> {
         .iter()
         .filter_map(|r| r["scheduled_for"].as_str().map(str::to_string))
         .collect()
+}
+
+/// The daemon over `root` with `config` and its wall clock read from the libfaketime file
+/// `clock` (`+0`, `+1d`, `-10s`); stderr piped for [`capture_stderr`].
+pub fn spawn_with_faked_clock(
+    root: &Path,
+    emulator: &Emulator,
+    clock: &Path,
+    config: &str,
+) -> std::process::Child {
+    write(&root.join("config.yaml"), config);
+    let mut cmd = daemon_command(root, emulator, "100", "4");
+    with_faked_clock(&mut cmd, clock)
+        .arg("--config")
+        .arg(root.join("config.yaml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn")
 }

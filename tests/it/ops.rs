@@ -37,15 +37,6 @@ impl Folders {
     }
 }
 
-fn run(mut cmd: std::process::Command) -> (Option<i32>, String, String) {
-    let out = cmd.output().expect("the binary runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The table row of `plan`.
 fn row<'a>(table: &'a str, plan: &str) -> &'a str {
     table
@@ -73,7 +64,7 @@ fn status_after_exec_shows_the_last_run_and_the_next_fire() {
 
     let mut exec = f.with_folders(&["exec", "--emulator"]);
     exec.arg(f.path("plans/web.yaml"));
-    let (code, stdout, stderr) = run(exec);
+    let (code, stdout, stderr) = run_to_end(exec);
     assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
     let results = results(&f.path("results"), "web");
     assert_eq!(results.len(), 1);
@@ -82,7 +73,7 @@ fn status_after_exec_shows_the_last_run_and_the_next_fire() {
     let zone = "Europe/Berlin".parse().expect("zone");
     let schedule = Schedule::parse(NIGHTLY, zone).expect("schedule");
     let before = schedule.next_after(Utc::now()).expect("a fire time");
-    let (code, table, stderr) = run(f.with_folders(&["status"]));
+    let (code, table, stderr) = run_to_end(f.with_folders(&["status"]));
     let after = schedule.next_after(Utc::now()).expect("a fire time");
     assert_eq!(code, Some(0), "{table}\n{stderr}");
 
@@ -108,7 +99,7 @@ fn status_after_exec_shows_the_last_run_and_the_next_fire() {
     assert!(table.contains("broken.yaml: "), "{table}");
     assert!(table.contains("gone.yaml: plans/gone.yaml:2:3"), "{table}");
 
-    let (code, json, stderr) = run(f.with_folders(&["status", "--json"]));
+    let (code, json, stderr) = run_to_end(f.with_folders(&["status", "--json"]));
     assert_eq!(code, Some(0), "{stderr}");
     let v: Value = serde_json::from_str(&json).expect("JSON");
     let plans = v["plans"].as_array().expect("plans");
@@ -166,7 +157,7 @@ fn status_works_before_any_run_and_fails_on_unreadable_folders() {
     );
     let mut cmd = deployd();
     cmd.arg("status").arg("--config").arg(f.path("config.yaml"));
-    let (code, table, stderr) = run(cmd);
+    let (code, table, stderr) = run_to_end(cmd);
     assert_eq!(code, Some(0), "{table}\n{stderr}");
     assert!(row(&table, "web").contains("never"), "{table}");
     assert!(
@@ -176,7 +167,7 @@ fn status_works_before_any_run_and_fails_on_unreadable_folders() {
 
     // A results "folder" that is a file cannot be read: exit 1, and still a table.
     write(&f.path("results"), "not a folder");
-    let (code, table, stderr) = run(f.with_folders(&["status"]));
+    let (code, table, stderr) = run_to_end(f.with_folders(&["status"]));
     assert_eq!(code, Some(1), "{table}\n{stderr}");
     assert!(
         stderr.contains("cannot read the results folder"),
@@ -186,7 +177,7 @@ fn status_works_before_any_run_and_fails_on_unreadable_folders() {
 
     let mut cmd = deployd();
     cmd.args(["status", "--plans-dir"]).arg(f.path("nowhere"));
-    let (code, _, stderr) = run(cmd);
+    let (code, _, stderr) = run_to_end(cmd);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("cannot read the plans folder"), "{stderr}");
 
@@ -194,7 +185,7 @@ fn status_works_before_any_run_and_fails_on_unreadable_folders() {
     write(&f.path("bad.yaml"), "keep_results: {count: 0}\n");
     let mut cmd = deployd();
     cmd.arg("status").arg("--config").arg(f.path("bad.yaml"));
-    let (code, _, stderr) = run(cmd);
+    let (code, _, stderr) = run_to_end(cmd);
     assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("keep_results"), "{stderr}");
 }
@@ -206,7 +197,7 @@ fn completions_name_every_command() {
     for shell in ["bash", "zsh", "fish"] {
         let mut cmd = deployd();
         cmd.args(["generate", "completions", shell]);
-        let (code, script, stderr) = run(cmd);
+        let (code, script, stderr) = run_to_end(cmd);
         assert_eq!(code, Some(0), "{shell}: {stderr}");
         assert!(script.len() > 1000, "{shell}: {script}");
         for c in COMMANDS {
@@ -221,7 +212,7 @@ fn completions_name_every_command() {
     let mut cmd = deployd();
     cmd.args(["generate", "completions", "bash", "--out"])
         .arg(out.path());
-    let (code, printed, stderr) = run(cmd);
+    let (code, printed, stderr) = run_to_end(cmd);
     assert_eq!(code, Some(0), "{stderr}");
     let file = out.path().join("deployd.bash");
     assert_eq!(printed.trim(), file.display().to_string());
@@ -236,7 +227,7 @@ fn completions_name_every_command() {
 fn man_pages_cover_every_command() {
     let mut cmd = deployd();
     cmd.args(["generate", "man"]);
-    let (code, page, stderr) = run(cmd);
+    let (code, page, stderr) = run_to_end(cmd);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         page.starts_with(".ie") || page.contains(".TH deployd 1"),
@@ -252,7 +243,7 @@ fn man_pages_cover_every_command() {
     let out = tempfile::tempdir().expect("tempdir");
     let mut cmd = deployd();
     cmd.args(["generate", "man", "--out"]).arg(out.path());
-    let (code, _, stderr) = run(cmd);
+    let (code, _, stderr) = run_to_end(cmd);
     assert_eq!(code, Some(0), "{stderr}");
     let page = |name: &str| std::fs::read_to_string(out.path().join(name));
     assert!(

@@ -154,7 +154,10 @@ async fn recovery_after_a_host_clock_step_finds_the_deployed_task() {
             .map(|e| e.path())
             .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("\"intent\"")))
     };
-    wait_for(20, "the intent in the journal", || journal().is_some()).await;
+    wait_for(20, "the intent in the journal", async || {
+        journal().is_some()
+    })
+    .await;
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     let path = journal().expect("journal");
@@ -200,7 +203,7 @@ async fn recovery_after_a_host_clock_step_finds_the_deployed_task() {
         .stderr(Stdio::null());
     let mut daemon = daemon.spawn().expect("spawn daemon");
     let results_dir = root.join("results");
-    wait_for(30, "the recovered result", || {
+    wait_for(30, "the recovered result", async || {
         !results(&results_dir, "crashy").is_empty()
     })
     .await;
@@ -338,7 +341,7 @@ async fn a_run_waiting_for_max_runs_runs_the_current_version() {
         .spawn()
         .expect("spawn");
     let log = capture_stderr(&mut child);
-    wait_for(20, "the blocker started", || {
+    wait_for(20, "the blocker started", async || {
         records_by_task(&emulator.log()).contains_key(T2)
     })
     .await;
@@ -353,11 +356,14 @@ async fn a_run_waiting_for_max_runs_runs_the_current_version() {
         std::fs::rename(&tmp, plans.join("p.yaml")).expect("rename");
     };
     put("1");
-    wait_for(20, "p waits its turn", || logged(&log, "waits its turn")).await;
+    wait_for(20, "p waits its turn", async || {
+        logged(&log, "waits its turn")
+    })
+    .await;
     put("2");
     let edited_at = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    wait_for(30, "p ran", || {
+    wait_for(30, "p ran", async || {
         records_by_task(&emulator.log()).contains_key(T1)
     })
     .await;

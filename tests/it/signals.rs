@@ -8,31 +8,6 @@ use deployd::emulator::EmulatorConfig;
 
 use crate::helpers::*;
 
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok, "kill {sig}");
-}
-
-/// Waits for a child's exit with a deadline; kills it and fails on timeout.
-async fn exits_within(child: &mut std::process::Child, secs: u64, what: &str) -> i32 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status.code().unwrap_or(-1);
-        }
-        if tokio::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: still running after {secs} s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_then_sigterm_always_stops_the_daemon() {
     let emulator = start_emulator(emulator_config()).await;
@@ -45,10 +20,13 @@ async fn sighup_then_sigterm_always_stops_the_daemon() {
             .spawn()
             .expect("spawn");
         let log = capture_stderr(&mut child);
-        wait_for(20, "ready", || logged(&log, "daemon ready")).await;
-        signal(child.id(), "-HUP");
-        signal(child.id(), "-TERM");
-        let code = exits_within(&mut child, 15, &format!("trial {trial}")).await;
+        wait_for(20, "ready", async || logged(&log, "daemon ready")).await;
+        kill(&child, "-HUP");
+        kill(&child, "-TERM");
+        let code = exit_within(&mut child, 15, &format!("trial {trial}"))
+            .await
+            .code()
+            .unwrap_or(-1);
         assert_eq!(code, 0, "trial {trial}");
     }
 }
@@ -72,7 +50,7 @@ async fn a_sighup_flood_skips_no_fire() {
         .spawn()
         .expect("spawn");
     let log = capture_stderr(&mut child);
-    wait_for(20, "ready", || logged(&log, "daemon ready")).await;
+    wait_for(20, "ready", async || logged(&log, "daemon ready")).await;
     let pid = child.id();
     let flood = std::thread::spawn(move || {
         let until = std::time::Instant::now() + Duration::from_secs(6);
@@ -92,12 +70,12 @@ async fn a_sighup_flood_skips_no_fire() {
         .await
         .expect("join");
     let results_dir = root.path().join("results");
-    wait_for(20, "runs during the flood", || {
+    wait_for(20, "runs during the flood", async || {
         results(&results_dir, "tick").len() >= 5
     })
     .await;
-    signal(pid, "-TERM");
-    assert_eq!(exits_within(&mut child, 20, "stop").await, 0);
+    kill(&child, "-TERM");
+    assert_eq!(exit_within(&mut child, 20, "stop").await.code(), Some(0));
     let text = log.lock().map(|t| t.clone()).unwrap_or_default();
     assert!(sent > 50, "a flood: {sent} SIGHUPs");
     let skipped = text.matches("the previous run is still going").count();

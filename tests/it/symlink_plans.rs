@@ -24,18 +24,18 @@ async fn a_swapped_plans_link_is_followed() {
         .expect("spawn");
     let log = capture_stderr(&mut child);
     let results_dir = root.path().join("results");
-    wait_for(20, "the old plan fires", || {
+    wait_for(20, "the old plan fires", async || {
         results(&results_dir, "old").len() >= 2
     })
     .await;
     // The swap: a new link renamed over the old one.
     std::os::unix::fs::symlink("rev2", root.path().join("plans.tmp")).expect("link");
     std::fs::rename(root.path().join("plans.tmp"), root.path().join("plans")).expect("mv");
-    wait_for(20, "the new plan runs", || {
+    wait_for(20, "the new plan runs", async || {
         results(&results_dir, "new").len() == 1
     })
     .await;
-    wait_for(20, "the old plan is removed", || {
+    wait_for(20, "the old plan is removed", async || {
         logged(&log, "plan removed")
     })
     .await;
@@ -44,11 +44,11 @@ async fn a_swapped_plans_link_is_followed() {
     // A sentinel dropped into the new target runs: the loop went on for a while.
     write(&rev2.join(".s.tmp"), &format!("tasks:\n  - {T3}\n"));
     std::fs::rename(rev2.join(".s.tmp"), rev2.join("sentinel.yaml")).expect("mv");
-    wait_for(20, "sentinel", || {
+    wait_for(20, "sentinel", async || {
         results(&results_dir, "sentinel").len() == 1
     })
     .await;
-    wait_for(20, "two seconds' worth of fires", || {
+    wait_for(20, "two seconds' worth of fires", async || {
         emulator.log().iter().filter(|l| l.task_id == T3).count() == 1
             && logged(&log, "now leads to")
     })

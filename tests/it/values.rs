@@ -9,18 +9,6 @@ use deployd::emulator::EmulatorConfig;
 
 use crate::helpers::*;
 
-fn ids(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{:032x}", 0x9_0000 + i)).collect()
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn mkfifo(path: &Path) {
     let ok = Command::new("mkfifo")
         .arg(path)
@@ -30,26 +18,10 @@ fn mkfifo(path: &Path) {
     assert!(ok);
 }
 
-/// Waits for a child process to exit, failing after `secs`.
-async fn exit_within(mut child: std::process::Child, secs: u64) -> std::process::ExitStatus {
-    tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(s) = child.try_wait().expect("wait") {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "did not exit within {secs} s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })
-    .await
-    .expect("join")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn issue_9_every_task_of_a_run_is_sent_the_value_read_when_it_started() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let tasks = ids(40);
+    let tasks = task_ids(40, 9);
     let mut plan = String::from(
         "name: snap\nparams:\n  - {key: version, value_from: {file: version.txt}}\ntasks:\n",
     );
@@ -64,16 +36,16 @@ async fn issue_9_every_task_of_a_run_is_sent_the_value_read_when_it_started() {
         ..emulator_config()
     })
     .await;
-    let child = exec_command(dir.path(), "snap.yaml", &emulator, true)
+    let mut child = exec_command(dir.path(), "snap.yaml", &emulator, true)
         .args(["--rate", "1000", "--burst", "10", "--concurrency", "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    wait_for(15, "the first calls", || emulator.log().len() >= 2).await;
+    wait_for(15, "the first calls", async || emulator.log().len() >= 2).await;
     write(&dir.path().join("version.txt"), "2.0.0\n");
     let calls_before_the_change = emulator.log().len();
-    let status = exit_within(child, 30).await;
+    let status = exit_within(&mut child, 30, "the exec").await;
     assert_eq!(status.code(), Some(0));
     assert!(
         calls_before_the_change < tasks.len(),
@@ -111,7 +83,7 @@ async fn issue_10_proc_self_environ_and_dev_zero_are_refused_by_check_and_exec()
         .arg(&plan_path)
         .env("DEPLOYD_TOKEN", TOKEN);
     let out = output(check).await;
-    let shown = text(&out);
+    let shown = both_streams(&out);
     assert_eq!(out.status.code(), Some(1), "{shown}");
     let p = plan_path.display();
     for expected in [
@@ -129,9 +101,9 @@ async fn issue_10_proc_self_environ_and_dev_zero_are_refused_by_check_and_exec()
 
     let emulator = start_emulator(emulator_config()).await;
     let out = output(exec_command(dir.path(), "leak.yaml", &emulator, true)).await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("/proc/self/environ is under /proc"));
-    assert!(!text(&out).contains(TOKEN));
+    assert_eq!(out.status.code(), Some(1), "{}", both_streams(&out));
+    assert!(both_streams(&out).contains("/proc/self/environ is under /proc"));
+    assert!(!both_streams(&out).contains(TOKEN));
     assert!(emulator.log().is_empty(), "no call made");
     assert!(results(&dir.path().join("results"), "leak").is_empty());
 }
@@ -149,7 +121,7 @@ async fn issue_10_a_fifo_fails_its_task_at_once_and_the_daemon_stops_promptly() 
         ),
     );
     std::fs::create_dir_all(plans.join("values")).expect("mkdir");
-    let child = daemon_command(root.path(), &emulator, "100", "4")
+    let mut child = daemon_command(root.path(), &emulator, "100", "4")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -157,7 +129,7 @@ async fn issue_10_a_fifo_fails_its_task_at_once_and_the_daemon_stops_promptly() 
     let results_dir = root.path().join("results");
     let failed_with = |needle: &'static str| {
         let results_dir = results_dir.clone();
-        move || {
+        async move || {
             results(&results_dir, "fifo").iter().any(|r| {
                 task(r, T1)["error_msg"]
                     .as_str()
@@ -213,7 +185,7 @@ async fn issue_10_a_fifo_fails_its_task_at_once_and_the_daemon_stops_promptly() 
         .status()
         .expect("kill");
     assert!(kill.success());
-    let status = exit_within(child, 10).await;
+    let status = exit_within(&mut child, 10, "the daemon").await;
     assert_eq!(status.code(), Some(0));
     assert!(
         signalled.elapsed() < Duration::from_secs(5),
@@ -235,14 +207,14 @@ async fn issue_10_a_plan_over_the_params_budget_is_refused_at_load() {
         plan.push_str(&format!("  - {{key: p{k}, value: \"{value}\"}}\n"));
     }
     plan.push_str("tasks:\n");
-    for t in ids(1000) {
+    for t in task_ids(1000, 9) {
         plan.push_str(&format!("  - {t}\n"));
     }
     write(&dir.path().join("huge.yaml"), &plan);
     let mut check = deployd();
     check.arg("check").arg(dir.path().join("huge.yaml"));
     let out = output(check).await;
-    let shown = text(&out);
+    let shown = both_streams(&out);
     assert_eq!(out.status.code(), Some(1), "{shown}");
     let expected = format!(
         "{}:54:3: tasks: the plan's params take more than the budget of 67108864 bytes (64 MiB)",
@@ -252,7 +224,7 @@ async fn issue_10_a_plan_over_the_params_budget_is_refused_at_load() {
 
     let emulator = start_emulator(emulator_config()).await;
     let out = output(exec_command(dir.path(), "huge.yaml", &emulator, true)).await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", both_streams(&out));
     assert!(emulator.log().is_empty());
     assert!(
         !dir.path().join("state/runs").exists()

@@ -71,16 +71,13 @@ impl fmt::Display for Tally {
     }
 }
 
-fn ids(n: usize, salt: u32) -> Vec<String> {
-    (0..n).map(|i| format!("{salt:08x}{i:024x}")).collect()
-}
-
-fn plan_of(name: &str, ids: &[String], extra: &str) -> String {
-    let mut text = format!("name: {name}\n{extra}params:\n  - {{key: v, value: \"1\"}}\ntasks:\n");
-    for id in ids {
-        text.push_str(&format!("  - {id}\n"));
-    }
-    text
+/// A plan with one plan-level param, so that every record carries params to compare.
+fn plan_with_param(name: &str, ids: &[String], extra: &str) -> String {
+    plan_of(
+        name,
+        ids,
+        &format!("{extra}params:\n  - {{key: v, value: \"1\"}}\n"),
+    )
 }
 
 fn emulator_in(zone: i32, clock: i64, faults: EmulatorConfig) -> EmulatorConfig {
@@ -169,12 +166,12 @@ async fn faults(zone: i32, clock: i64, salt: u32) -> Tally {
         },
     ))
     .await;
-    let tasks = ids(30, salt);
+    let tasks = task_ids(30, salt);
     let foreign = foreign_records(&emulator, &tasks);
     let dir = tempfile::tempdir().expect("tempdir");
     write(
         &dir.path().join("faults.yaml"),
-        &plan_of(
+        &plan_with_param(
             "faults",
             &tasks,
             "retry: {max_attempts: 10, base: 10ms, cap: 100ms, deadline: 2m}\n",
@@ -214,12 +211,12 @@ async fn crash(zone: i32, clock: i64, salt: u32) -> Tally {
         },
     ))
     .await;
-    let tasks = ids(16, salt);
+    let tasks = task_ids(16, salt);
     let foreign = foreign_records(&emulator, &tasks);
     let root = tempfile::tempdir().expect("tempdir");
     write(
         &root.path().join("plans/crash.yaml"),
-        &plan_of("crash", &tasks, ""),
+        &plan_with_param("crash", &tasks, ""),
     );
     write(&root.path().join("config.yaml"), "settle: 1s\n");
     let spawn = || {
@@ -232,12 +229,12 @@ async fn crash(zone: i32, clock: i64, salt: u32) -> Tally {
             .expect("spawn")
     };
     let mut first = spawn();
-    wait_for(30, "a few calls", || emulator.log().len() >= 5).await;
+    wait_for(30, "a few calls", async || emulator.log().len() >= 5).await;
     first.kill().expect("SIGKILL");
     let _ = first.wait();
     let mut second = spawn();
     let results_dir = root.path().join("results");
-    wait_for(60, "the recovered result", || {
+    wait_for(60, "the recovered result", async || {
         results(&results_dir, "crash").len() == 1
     })
     .await;
