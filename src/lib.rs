@@ -55,6 +55,7 @@ pub mod daemon;
 pub mod duration;
 pub mod emulator;
 pub mod executor;
+pub mod ha;
 pub mod issue;
 pub mod journal;
 pub mod metrics;

@@ -11,6 +11,7 @@ mod delivery;
 mod disk;
 mod exec;
 mod faults;
+mod ha;
 mod hardening;
 mod helpers;
 mod ops;
