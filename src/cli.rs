@@ -144,6 +144,10 @@ pub struct Folders {
     /// State folder [default: state, or $STATE_DIRECTORY/state].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// High availability: the PostgreSQL database the nodes share
+    /// (postgres://USER@HOST:PORT/DATABASE?sslmode=verify-full; no password in it).
+    #[arg(long, value_name = "URL", env = "DEPLOYD_HA_POSTGRES")]
+    pub ha_postgres: Option<String>,
 }
 
 impl Folders {
@@ -153,6 +157,7 @@ impl Folders {
             plans_dir: self.plans_dir.clone(),
             results_dir: self.results_dir.clone(),
             state_dir: self.state_dir.clone(),
+            ha_postgres: self.ha_postgres.clone(),
             ..Overrides::default()
         }
     }

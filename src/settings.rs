@@ -13,6 +13,8 @@ use crate::duration::parse_duration;
 use crate::executor::limits::Limits;
 use crate::executor::retry::{MAX_RETRY_DURATION, RetryPolicy};
 use crate::executor::{ExecutorSettings, UnknownOutcomePolicy};
+use crate::ha;
+use crate::ha::config::{Database, HaSettings};
 use crate::issue::{Issue, Issues};
 use crate::retention::RetentionPolicy;
 use crate::yaml;
@@ -64,6 +66,24 @@ pub struct RawConfig {
     pub auth: Option<RawAuth>,
     /// How many result files to keep per plan.
     pub keep_results: Option<RawKeepResults>,
+    /// High availability: the cluster's database and this node.
+    pub ha: Option<RawHa>,
+}
+
+/// `ha:` in the config.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHa {
+    /// `postgres://USER@HOST:PORT/DATABASE?sslmode=...`, without a password.
+    pub postgres: Option<String>,
+    /// File holding the database password.
+    pub password_file: Option<PathBuf>,
+    /// This node's name; default the host name.
+    pub node: Option<String>,
+    /// How long a silent leader keeps the lead.
+    pub lease: Option<String>,
+    /// How late a fire missed during a takeover may be and still run.
+    pub catch_up: Option<String>,
 }
 
 /// `keep_results:` in the config: `{count: N, age: "30d"}`, either or both.
@@ -170,6 +190,8 @@ pub struct Overrides {
     pub burst: Option<u32>,
     /// `--concurrency`.
     pub concurrency: Option<usize>,
+    /// `--ha-postgres` (or `DEPLOYD_HA_POSTGRES`).
+    pub ha_postgres: Option<String>,
 }
 
 /// Validated settings.
@@ -203,6 +225,8 @@ pub struct Settings {
     pub keep_results: RetentionPolicy,
     /// Runs alive at once; `None`: sized from the open-files limit at start-up.
     pub max_runs: Option<usize>,
+    /// High availability; `None`: the single-host daemon, no database.
+    pub ha: Option<HaSettings>,
 }
 
 /// The largest `max_runs` accepted.
@@ -438,6 +462,7 @@ impl Settings {
         );
         let keep_results = retention_policy(raw.keep_results.take(), &mut p);
         let history_offset_hint = history_offset(raw.history_utc_offset.as_deref(), &mut p);
+        let ha = ha_settings(raw.ha.take(), o.ha_postgres.as_deref(), &mut p);
 
         if !p.issues.is_empty() {
             return Err(ConfigError(Issues(p.issues)));
@@ -458,13 +483,14 @@ impl Settings {
                 unknown_outcome: raw.unknown_outcome.unwrap_or_default(),
                 settle,
                 state_dir: Some(folders.state),
-                forbidden_files: secret_paths(&auth, env),
+                forbidden_files: secret_paths(&auth, ha.as_ref(), env),
                 history_offset_hint,
             },
             client,
             auth,
             keep_results,
             max_runs,
+            ha,
         })
     }
 }
@@ -578,6 +604,42 @@ fn retention_policy(raw: Option<RawKeepResults>, p: &mut Problems<'_>) -> Retent
     })
 }
 
+/// `ha:` (or `--ha-postgres`, which alone turns it on). The node defaults to the host name.
+fn ha_settings(raw: Option<RawHa>, flag: Option<&str>, p: &mut Problems<'_>) -> Option<HaSettings> {
+    if raw.is_none() && flag.is_none() {
+        return None;
+    }
+    let raw = raw.unwrap_or_default();
+    let lease = p.duration("ha.lease", raw.lease, ha::config::DEFAULT_LEASE);
+    let catch_up = p.duration("ha.catch_up", raw.catch_up, ha::config::DEFAULT_CATCH_UP);
+    let node = match raw.node {
+        Some(n) => n,
+        None => ha::config::host_name().unwrap_or_default(),
+    };
+    if let Err(e) = ha::config::check_node(&node) {
+        p.field("ha.node", e);
+    }
+    let database = match (flag, raw.postgres) {
+        (Some(url), _) => Database::parse(url)
+            .map_err(|e| p.flag("--ha-postgres", e))
+            .ok(),
+        (None, Some(url)) => Database::parse(&url)
+            .map_err(|e| p.field("ha.postgres", e))
+            .ok(),
+        (None, None) => {
+            p.field("ha.postgres", "required: the database the nodes share");
+            None
+        }
+    }?;
+    Some(HaSettings {
+        database,
+        password_file: raw.password_file.filter(|f| !f.as_os_str().is_empty()),
+        node,
+        lease,
+        catch_up,
+    })
+}
+
 /// `history_utc_offset:`, the operator's hint about the history's time zone.
 fn history_offset(text: Option<&str>, p: &mut Problems<'_>) -> Option<chrono::FixedOffset> {
     let text = text?;
@@ -593,7 +655,7 @@ fn history_offset(text: Option<&str>, p: &mut Problems<'_>) -> Option<chrono::Fi
 
 /// The range of every duration setting of the config file (the README's table lists them).
 /// `retry.*` are also checked against each other by [`RetryPolicy::try_new`].
-pub const DURATION_RANGES: [(&str, Duration, Duration); 8] = [
+pub const DURATION_RANGES: [(&str, Duration, Duration); 10] = [
     ("shutdown_grace", Duration::ZERO, Duration::from_secs(3600)),
     (
         "rescan_interval",
@@ -618,6 +680,12 @@ pub const DURATION_RANGES: [(&str, Duration, Duration); 8] = [
         Duration::from_millis(100),
         Duration::from_secs(3600),
     ),
+    (
+        "ha.lease",
+        ha::config::LEASE_RANGE.0,
+        ha::config::LEASE_RANGE.1,
+    ),
+    ("ha.catch_up", Duration::ZERO, ha::config::MAX_CATCH_UP),
 ];
 
 /// A duration in the config file's own units (`0s`, `100ms`, `5m`, `24h`).
@@ -720,7 +788,11 @@ fn check_iam(
 }
 
 /// deployd's own secret files and the systemd credentials folder: plans may not read them.
-fn secret_paths(auth: &AuthSettings, env: &dyn Fn(&str) -> Option<String>) -> Vec<PathBuf> {
+fn secret_paths(
+    auth: &AuthSettings,
+    ha: Option<&HaSettings>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<PathBuf> {
     let credentials = env("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     let files = [
         &auth.token_file,
@@ -731,7 +803,8 @@ fn secret_paths(auth: &AuthSettings, env: &dyn Fn(&str) -> Option<String>) -> Ve
     .into_iter()
     .flatten()
     .cloned()
-    .chain(auth.iam.as_ref().map(|iam| iam.password_file.clone()));
+    .chain(auth.iam.as_ref().map(|iam| iam.password_file.clone()))
+    .chain(ha.and_then(|ha| ha.password_file.clone()));
     let files = files.chain(env("DEPLOYD_TOKEN_FILE").map(PathBuf::from));
     let mut out: Vec<PathBuf> = files
         .map(|f| match &credentials {
@@ -1019,6 +1092,82 @@ mod tests {
     #[test]
     fn unknown_fields_are_errors() {
         assert!(serde_saphyr::from_str::<RawConfig>("rat: 5\n").is_err());
+    }
+}
+
+#[cfg(test)]
+mod ha_tests {
+    use super::*;
+
+    fn load(yaml: &str, o: &Overrides) -> Result<Settings, String> {
+        Settings::from_config_bytes(Path::new("c.yaml"), yaml.as_bytes(), o, &|_| None)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn ha_is_off_without_a_database_and_defaults_follow_the_contract() {
+        assert!(
+            load("rate: 5\n", &Overrides::default())
+                .expect("valid")
+                .ha
+                .is_none()
+        );
+        let s = load(
+            "ha:\n  postgres: postgres://deployd@db:5432/deployd?sslmode=verify-full\n  node: web-1\n",
+            &Overrides::default(),
+        )
+        .expect("valid");
+        let ha = s.ha.expect("on");
+        assert_eq!(ha.node, "web-1");
+        assert_eq!(ha.lease, Duration::from_secs(15));
+        assert_eq!(ha.catch_up, Duration::from_secs(300));
+        assert_eq!(ha.database.sslmode, crate::ha::config::SslMode::VerifyFull);
+        // The flag alone turns it on; the node is the host's name.
+        let o = Overrides {
+            ha_postgres: Some("postgres://deployd@db/deployd".into()),
+            ..Default::default()
+        };
+        let ha = load("", &o).expect("valid").ha.expect("on");
+        assert_eq!(Some(ha.node), crate::ha::config::host_name());
+    }
+
+    #[test]
+    fn ha_mistakes_are_placed_and_never_show_a_password() {
+        let e = load(
+            "rate: 5\nha:\n  postgres: postgres://u:hunter2@db/d\n  lease: 1s\n  node: two words\n",
+            &Overrides::default(),
+        )
+        .expect_err("bad");
+        for needle in [
+            "c.yaml:3:3: ha.postgres: holds a password",
+            "c.yaml:4:3: ha.lease: must be from 5s to 5m",
+            "c.yaml:5:3: ha.node: holds ' '",
+        ] {
+            assert!(e.contains(needle), "{needle} missing in {e}");
+        }
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = load("ha: {node: a}\n", &Overrides::default()).expect_err("no database");
+        assert!(e.contains("ha.postgres: required"), "{e}");
+        let o = Overrides {
+            ha_postgres: Some("mysql://db".into()),
+            ..Default::default()
+        };
+        let e = load("", &o).expect_err("bad flag");
+        assert!(e.starts_with("c.yaml: --ha-postgres: "), "{e}");
+    }
+
+    #[test]
+    fn plans_cannot_read_the_database_password() {
+        let s = load(
+            "ha: {postgres: 'postgres://u@db/d', password_file: /etc/deployd/pg-password}\n",
+            &Overrides::default(),
+        )
+        .expect("valid");
+        assert!(
+            s.executor
+                .forbidden_files
+                .contains(&PathBuf::from("/etc/deployd/pg-password"))
+        );
     }
 }
 

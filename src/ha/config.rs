@@ -195,6 +195,14 @@ pub struct HaSettings {
     pub catch_up: Duration,
 }
 
+/// The host's name (the kernel's, as `hostname` prints it), the default node name.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
 /// Checks a node name: 1 to [`NODE_MAX`] letters, digits, `.`, `-` or `_` (a host name fits).
 pub fn check_node(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > NODE_MAX {
