@@ -30,6 +30,17 @@ pub async fn run(args: RunArgs) -> Exit {
             return Exit::Config;
         }
     };
+    if let Some(ha) = &settings.ha {
+        // Running as a single host while the operator asked for a cluster could run a fire on
+        // two hosts: refuse until the cluster mode is in this build.
+        let e = format!(
+            "ha: is set (database {}), but this deployd cannot run as a cluster node yet; remove ha: to run it as a single host",
+            ha.database
+        );
+        error!("{e}");
+        eprintln!("deployd: {e}");
+        return Exit::Config;
+    }
     let Target { executor, emulator } = match connect(&mut settings, common.emulator).await {
         Ok(t) => t,
         Err(e) => {
