@@ -2,7 +2,7 @@
 //! written), and what each holds. Unchanged content (same SHA-256) is not parsed again. A file
 //! still being written is reported as `Unsettled`, so a half-written plan never runs.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -73,6 +73,9 @@ pub struct Scan {
     /// event vouching for the file: written before the daemon started, or while events were
     /// lost) `/proc` shows a writer.
     pub being_written: Vec<PathBuf>,
+    /// Named files no longer there ([`FolderScanner::scan_named`] only; a full scan's `seen`
+    /// says it by leaving them out).
+    pub gone: Vec<PathBuf>,
 }
 
 impl FolderScanner {
@@ -111,57 +114,56 @@ impl FolderScanner {
     /// errors on one file become that file's issue.
     pub fn scan(&mut self, dir: &Path, full: bool) -> std::io::Result<Scan> {
         let files = plan_files_in(dir)?;
-        let now = Instant::now();
-        let wall = SystemTime::now();
+        let mut pass = Pass::new(self);
         let mut seen = BTreeMap::new();
-        let mut recheck_at: Option<Instant> = None;
-        let mut later =
-            |at: Instant| recheck_at = Some(recheck_at.map_or(at, |r: Instant| r.min(at)));
-        self.open_writes
-            .retain(|_, at| now.duration_since(*at) < PENDING_WRITE_MAX);
-        // Files open for writing by any process we can see, read from /proc once per scan
-        // and only when some file has no event vouching for it.
-        let mut writers: Option<HashSet<(u64, u64)>> = None;
-        let mut being_written = Vec::new();
         for path in files {
-            if let Some(at) = self.open_writes.get(&path) {
-                // Still open for writing: look again once it is closed, or after a while.
-                later(*at + QUIET.max(now.duration_since(*at)));
-                seen.insert(path.clone(), Seen::Unsettled);
-                being_written.push(path);
-                continue;
-            }
-            if !self.complete.contains(&path) {
-                // No event vouches for this file: it must have been quiet for a moment.
-                let age = std::fs::metadata(&path)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|m| wall.duration_since(m).ok())
-                    .unwrap_or(QUIET);
-                if age < QUIET {
-                    later(now + (QUIET - age));
-                    seen.insert(path, Seen::Unsettled);
-                    continue;
-                }
-                // Quiet, but maybe still open: a writer that paused is not done.
-                let writers = writers.get_or_insert_with(open_for_writing);
-                if file_key(&path).is_some_and(|k| writers.contains(&k)) {
-                    later(now + QUIET);
-                    seen.insert(path.clone(), Seen::Unsettled);
-                    being_written.push(path);
-                    continue;
-                }
-            }
-            let outcome = self.read(&path, full);
-            seen.insert(path, Seen::Read(outcome));
+            let look = pass.look(self, &path, full);
+            seen.insert(path, look);
         }
         self.cache.retain(|p, _| seen.contains_key(p));
         self.complete.retain(|p| seen.contains_key(p));
         Ok(Scan {
             seen,
-            recheck_at,
-            being_written,
+            recheck_at: pass.recheck_at,
+            being_written: pass.being_written,
+            gone: Vec::new(),
         })
+    }
+
+    /// Looks at the named files of `dir` only (the paths hints named; only their file names
+    /// count), at the cost of a few `stat`s each whatever the folder's size. A file that is no
+    /// longer there (or is now a folder) is in [`Scan::gone`]. What a hint cannot tell (a
+    /// change without an event) is left to the periodic full scan.
+    pub fn scan_named(&mut self, dir: &Path, names: &BTreeSet<PathBuf>) -> Scan {
+        let mut pass = Pass::new(self);
+        let mut seen = BTreeMap::new();
+        let mut gone = Vec::new();
+        for hinted in names {
+            let Some(name) = hinted.file_name() else {
+                continue;
+            };
+            if !is_plan_file_name(&name.to_string_lossy()) {
+                continue;
+            }
+            let path = dir.join(name);
+            // What `plan_files_in` would list: any entry but a folder (or a link to one).
+            let absent = std::fs::symlink_metadata(&path).is_err();
+            if absent || std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+                self.cache.remove(&path);
+                self.complete.remove(&path);
+                self.open_writes.remove(&path);
+                gone.push(path);
+                continue;
+            }
+            let look = pass.look(self, &path, false);
+            seen.insert(path, look);
+        }
+        Scan {
+            seen,
+            recheck_at: pass.recheck_at,
+            being_written: pass.being_written,
+            gone,
+        }
     }
 
     fn read(&mut self, path: &Path, full: bool) -> Result<Valid, Issues> {
@@ -203,6 +205,68 @@ impl FolderScanner {
             },
         );
         outcome
+    }
+}
+
+/// One scan's shared view: the time it started, when to look again, which files are being
+/// written, and the `/proc` view of writers (read once, and only if some file needs it).
+struct Pass {
+    now: Instant,
+    wall: SystemTime,
+    recheck_at: Option<Instant>,
+    being_written: Vec<PathBuf>,
+    writers: Option<HashSet<(u64, u64)>>,
+}
+
+impl Pass {
+    fn new(scanner: &mut FolderScanner) -> Self {
+        let now = Instant::now();
+        scanner
+            .open_writes
+            .retain(|_, at| now.duration_since(*at) < PENDING_WRITE_MAX);
+        Self {
+            now,
+            wall: SystemTime::now(),
+            recheck_at: None,
+            being_written: Vec::new(),
+            writers: None,
+        }
+    }
+
+    fn later(&mut self, at: Instant) {
+        self.recheck_at = Some(self.recheck_at.map_or(at, |r| r.min(at)));
+    }
+
+    /// One plan file: unsettled (being written, or too fresh to trust without an event) or
+    /// read.
+    fn look(&mut self, scanner: &mut FolderScanner, path: &Path, full: bool) -> Seen {
+        let now = self.now;
+        if let Some(at) = scanner.open_writes.get(path).copied() {
+            // Still open for writing: look again once it is closed, or after a while.
+            self.later(at + QUIET.max(now.duration_since(at)));
+            self.being_written.push(path.to_path_buf());
+            return Seen::Unsettled;
+        }
+        if !scanner.complete.contains(path) {
+            // No event vouches for this file: it must have been quiet for a moment.
+            let age = std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| self.wall.duration_since(m).ok())
+                .unwrap_or(QUIET);
+            if age < QUIET {
+                self.later(now + (QUIET - age));
+                return Seen::Unsettled;
+            }
+            // Quiet, but maybe still open: a writer that paused is not done.
+            let writers = self.writers.get_or_insert_with(open_for_writing);
+            if file_key(path).is_some_and(|k| writers.contains(&k)) {
+                self.later(now + QUIET);
+                self.being_written.push(path.to_path_buf());
+                return Seen::Unsettled;
+            }
+        }
+        Seen::Read(scanner.read(path, full))
     }
 }
 
@@ -316,6 +380,42 @@ mod tests {
             &dir.join(OsStr::from_bytes(b"caf\xe9.txt"))
         ));
         assert!(concerns_plans(dir, &dir.join("cafe.yaml")));
+    }
+
+    /// A look at named files reads those only: a file not named is not even listed, a named
+    /// file that went is gone, a named folder is not a plan, and settledness still holds.
+    #[tokio::test]
+    async fn a_named_look_reads_only_the_named_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b, c, d) = (
+            dir.path().join("a.yaml"),
+            dir.path().join("b.yaml"),
+            dir.path().join("c.yaml"),
+            dir.path().join("d.yaml"),
+        );
+        std::fs::write(&a, PLAN).expect("write");
+        std::fs::write(&b, PLAN).expect("write");
+        std::fs::create_dir(&d).expect("mkdir");
+        let mut scanner = FolderScanner::new();
+        scanner.note(a.clone(), HintKind::RenamedIn);
+        scanner.note(c.clone(), HintKind::Gone);
+        // Hints may name the file under another spelling of the folder: the name counts.
+        let names: BTreeSet<PathBuf> = [
+            PathBuf::from("/elsewhere/a.yaml"),
+            c.clone(),
+            d.clone(),
+            dir.path().join("notes.txt"),
+        ]
+        .into();
+        let scan = scanner.scan_named(dir.path(), &names);
+        assert!(read_ok(&scan, &a), "named and complete: read");
+        assert!(!scan.seen.contains_key(&b), "not named: not looked at");
+        assert_eq!(scan.gone, vec![c.clone(), d.clone()]);
+        // A named file still being written is unsettled, as in a full scan.
+        scanner.note(b.clone(), HintKind::Written);
+        let scan = scanner.scan_named(dir.path(), &[b.clone()].into());
+        assert!(matches!(scan.seen.get(&b), Some(Seen::Unsettled)));
+        assert_eq!(scan.being_written, vec![b]);
     }
 
     #[tokio::test]

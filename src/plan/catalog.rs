@@ -117,9 +117,22 @@ impl Catalog {
     /// Applies a scan of the whole folder (`seen` holds every plan file present) and returns
     /// what changed.
     pub fn apply(&mut self, seen: BTreeMap<PathBuf, Seen>) -> Diff {
+        self.files.retain(|f, _| seen.contains_key(f));
+        self.update(seen)
+    }
+
+    /// Applies a look at some files only: `seen` for those present, `gone` for those no longer
+    /// there; every other file is as it was.
+    pub fn apply_named(&mut self, seen: BTreeMap<PathBuf, Seen>, gone: &[PathBuf]) -> Diff {
+        for file in gone {
+            self.files.remove(file);
+        }
+        self.update(seen)
+    }
+
+    fn update(&mut self, seen: BTreeMap<PathBuf, Seen>) -> Diff {
         let mut diff = Diff::default();
         // 1. Update the per-file view.
-        self.files.retain(|f, _| seen.contains_key(f));
         for (file, seen) in seen {
             let Seen::Read(outcome) = seen else {
                 continue;
@@ -270,6 +283,50 @@ mod tests {
 
     fn names(plans: &[Arc<Plan>]) -> Vec<&str> {
         plans.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    /// A look at some files changes those only, and gives the same diff a full scan would.
+    #[test]
+    fn a_named_look_changes_only_the_named_files() {
+        let mut full = Catalog::new();
+        let mut named = Catalog::new();
+        let start = || {
+            scan(vec![
+                ("a.yaml", Seen::Read(Ok(plan("a", "a.yaml", "1")))),
+                ("b.yaml", Seen::Read(Ok(plan("b", "b.yaml", "1")))),
+            ])
+        };
+        full.apply(start());
+        named.apply(start());
+        // b changed, c arrived, a was deleted.
+        let d_full = full.apply(scan(vec![
+            ("b.yaml", Seen::Read(Ok(plan("b", "b.yaml", "2")))),
+            ("c.yaml", Seen::Read(Ok(plan("c", "c.yaml", "1")))),
+        ]));
+        let d_named = named.apply_named(
+            scan(vec![
+                ("b.yaml", Seen::Read(Ok(plan("b", "b.yaml", "2")))),
+                ("c.yaml", Seen::Read(Ok(plan("c", "c.yaml", "1")))),
+            ]),
+            &[PathBuf::from("a.yaml")],
+        );
+        for d in [&d_full, &d_named] {
+            assert_eq!(names(&d.added), ["c"]);
+            assert_eq!(d.changed.len(), 1);
+            assert_eq!(names(&d.removed), ["a"]);
+        }
+        // Files not named stay as they were.
+        let d = named.apply_named(BTreeMap::new(), &[]);
+        assert!(d.is_empty());
+        assert_eq!(named.active().count(), 2);
+        // A name taken by a newcomer while its incumbent is not looked at stays the incumbent's.
+        let d = named.apply_named(
+            scan(vec![("d.yaml", Seen::Read(Ok(plan("b", "d.yaml", "9"))))]),
+            &[],
+        );
+        assert!(d.added.is_empty() && d.changed.is_empty(), "{d:?}");
+        assert_eq!(named.file_of("b"), Some(Path::new("b.yaml")));
+        assert!(named.invalid_files().contains_key(Path::new("d.yaml")));
     }
 
     #[test]
