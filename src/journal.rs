@@ -306,8 +306,10 @@ impl TaskTrail {
 /// An unfinished run read back from its journal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unfinished {
-    /// Where the store keeps the journal (its file for the state folder): for messages, and
-    /// for [`crate::store::Store::close_unfinished`].
+    /// The store's own key of the journal, for [`crate::store::Store::close_unfinished`]: its
+    /// file name in the state folder, its run id in a database.
+    pub key: String,
+    /// Where the journal is, for messages (its file's path for the state folder).
     pub location: String,
     /// The header.
     pub header: RunHeader,
@@ -395,10 +397,10 @@ impl Replay {
         }
     }
 
-    /// The unfinished run the entries describe, found at `location`; `Ok(None)` when they
-    /// hold nothing (no header and no call: a journal whose run could not begin), an error
-    /// when calls are there without a readable header.
-    pub fn finish(self, location: String) -> Result<Option<Unfinished>, String> {
+    /// The unfinished run the entries describe, kept under `key` at `location` (see
+    /// [`Unfinished`]); `Ok(None)` when they hold nothing (no header and no call: a journal
+    /// whose run could not begin), an error when calls are there without a readable header.
+    pub fn finish(self, key: String, location: String) -> Result<Option<Unfinished>, String> {
         let Self {
             header,
             mut trails,
@@ -448,6 +450,7 @@ impl Replay {
             }
         }
         Ok(Some(Unfinished {
+            key,
             location,
             header,
             trails,
@@ -488,13 +491,16 @@ mod tests {
     #[test]
     fn nothing_or_calls_without_a_header() {
         assert_eq!(
-            Replay::new().finish("j".into()),
+            Replay::new().finish("k".into(), "j".into()),
             Ok(None),
             "empty: holds no call"
         );
         let mut r = Replay::new();
         r.push(intent(1, Utc::now(), None));
-        assert!(r.finish("j".into()).is_err(), "a call without its header");
+        assert!(
+            r.finish("k".into(), "j".into()).is_err(),
+            "a call without its header"
+        );
     }
 
     #[test]
@@ -512,8 +518,11 @@ mod tests {
             skew_lo_ms: Some(2_000),
         });
         r.push(intent(2, t0, Some(3_000)));
-        let u = r.finish("j".into()).expect("read").expect("a run");
-        assert_eq!(u.location, "j");
+        let u = r
+            .finish("k".into(), "j".into())
+            .expect("read")
+            .expect("a run");
+        assert_eq!((u.key.as_str(), u.location.as_str()), ("k", "j"));
         let trail = &u.trails["a"];
         assert_eq!(
             trail.calls,

@@ -206,6 +206,15 @@ pub fn unfinished(runs_dir: &Path) -> (Vec<Unfinished>, Vec<String>) {
         .collect();
     paths.sort();
     for path in paths {
+        // The store's key is the file name (deployd names them `<run id>.jsonl`): it must
+        // lead back to this very file when the run is closed.
+        if path.file_name().and_then(|n| n.to_str()).is_none() {
+            problems.push(format!(
+                "{}: not a run journal's name (not UTF-8)",
+                path.display()
+            ));
+            continue;
+        }
         match read_one(&path) {
             Ok(Some(u)) => found.push(u),
             Ok(None) => {}
@@ -229,7 +238,11 @@ fn read_one(path: &Path) -> Result<Option<Unfinished>, String> {
         };
         replay.push(entry);
     }
-    let Some(mut run) = replay.finish(path.display().to_string())? else {
+    let key = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some(mut run) = replay.finish(key, path.display().to_string())? else {
         // No header and no call (a disk that filled up as it was created): it goes, once.
         drop(file);
         match std::fs::remove_file(path) {
@@ -429,6 +442,7 @@ mod tests {
         assert!(problems.is_empty());
         let u = &found[0];
         assert_eq!(u.location, location);
+        assert_eq!(u.key, "r1.jsonl");
         assert_eq!(u.header.plan, "web");
         assert_eq!(
             u.trails["a"].calls,
@@ -483,7 +497,7 @@ mod tests {
         let (found, problems) = unfinished(dir.path());
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(found[0].result.as_ref().map(|r| &r.run_id), Some(&h.run_id));
-        remove(Path::new(&found[0].location)).expect("closed");
+        remove(&dir.path().join(&found[0].key)).expect("closed");
         assert!(!beside.exists() && !dir.path().join("r7.jsonl").exists());
     }
 

@@ -252,7 +252,7 @@ impl Store for FolderStore {
     }
 
     async fn close_unfinished(&self, run: &Unfinished) -> Result<(), StoreError> {
-        journal::remove(Path::new(&run.location))
+        journal::remove(&self.runs_dir().join(&run.key))
     }
 
     fn learned_zone(&self) -> Result<Option<LearnedZone>, StoreError> {
