@@ -82,7 +82,6 @@ pub fn default_max_runs() -> usize {
         .clamp(2, 256)
 }
 
-/// The `failed` result of a run that could not begin: every task uncalled, with the cause.
 /// Waits for a store call made by the controller's synchronous decisions (arrival, fires,
 /// retries). They need the answer before deciding, and the call is short (a file read or a
 /// durable write; on a database, the round trip the decision needs anyway): this worker blocks
@@ -92,6 +91,7 @@ fn wait_for<F: std::future::Future>(call: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(call))
 }
 
+/// The `failed` result of a run that could not begin: every task uncalled, with the cause.
 fn not_begun(pending: &Pending, cause: &str) -> crate::results::RunReport {
     use crate::results::{RunReport, TaskReport, TaskStatus};
     let now = Utc::now();
