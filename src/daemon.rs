@@ -29,7 +29,8 @@ use crate::plan::{Overlap, Plan};
 use crate::results::{RunId, Trigger, write_atomic};
 use crate::scan::{FolderScanner, concerns_plans};
 use crate::settings::Settings;
-use crate::state::StateStore;
+use crate::store::folder::FolderStore;
+use crate::store::{Claim, SharedStore};
 use crate::watcher::{FolderWatcher, Hint};
 
 /// Hints are collected this long before a rescan, so a burst of events costs one scan.
@@ -79,6 +80,15 @@ pub fn default_max_runs() -> usize {
     usize::try_from(soft.saturating_sub(reserve) / 8)
         .unwrap_or(256)
         .clamp(2, 256)
+}
+
+/// Waits for a store call made by the controller's synchronous decisions (arrival, fires,
+/// retries). They need the answer before deciding, and the call is short (a file read or a
+/// durable write; on a database, the round trip the decision needs anyway): this worker blocks
+/// for it while the runtime's other workers go on. Needs the multi-threaded runtime, which
+/// `deployd run` uses.
+fn wait_for<F: std::future::Future>(call: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(call))
 }
 
 /// The `failed` result of a run that could not begin: every task uncalled, with the cause.
@@ -154,7 +164,7 @@ struct RunSlots {
 struct Controller {
     settings: Settings,
     executor: Executor,
-    store: StateStore,
+    store: SharedStore,
     catalog: Catalog,
     scanner: FolderScanner,
     armed: BTreeMap<String, Armed>,
@@ -190,9 +200,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let DaemonParts { settings, executor } = parts;
-    let store = StateStore::open(&settings.state_dir).context("cannot open the state folder")?;
+    let folder = FolderStore::open(&settings.state_dir).context("cannot open the state folder")?;
     // Held until this function returns: a second daemon on the folder refuses to start.
-    let _state_lock = store.lock_for_daemon()?;
+    let _state_lock = folder.lock_for_daemon()?;
+    let store: SharedStore = Arc::new(folder.with_results(&settings.results_dir));
     std::fs::create_dir_all(&settings.results_dir).with_context(|| {
         format!(
             "cannot create the results folder {}",
@@ -246,7 +257,7 @@ pub async fn run(
     );
     // Before anything fires: runs a crash left unfinished get their result files.
     crate::recovery::recover(
-        &c.settings.state_dir,
+        c.store.as_ref(),
         &c.settings.results_dir,
         &c.executor,
         &control.shutdown,
@@ -615,7 +626,7 @@ impl Controller {
 
     /// A run-once plan appeared or changed: run it unless this content already ran.
     fn arrival(&mut self, plan: Arc<Plan>, change: &str) {
-        match self.store.ran_once(&plan.name, &plan.sha256) {
+        match wait_for(self.store.ran_once(&plan.name, &plan.sha256)) {
             Ok(Some(run_id)) => info!(
                 plan = %plan.name,
                 "plan {change}: this content already ran (run {run_id}); not running it again. To run it again, change the plan, or use `deployd exec`"
@@ -669,15 +680,15 @@ impl Controller {
         }
     }
 
-    /// The fire times of a plan already used, from memory or the state folder.
+    /// The fire times of a plan already used, from memory or the store.
     fn used_fires(&mut self, plan: &str) -> Vec<DateTime<Utc>> {
         if let Some(used) = self.fires_used.get(plan) {
             return used.clone();
         }
-        let used = match self.store.fired(plan) {
+        let used = match wait_for(self.store.fired(plan)) {
             Ok(used) => used,
-            Err(crate::state::StateError::Corrupt {
-                path,
+            Err(crate::store::StoreError::Corrupt {
+                what,
                 why,
                 modified,
             }) => {
@@ -686,11 +697,9 @@ impl Controller {
                 let floor = modified.unwrap_or_else(Utc::now);
                 warn!(
                     plan,
-                    "the fire times already used ({}) are damaged ({why}); no fire at or before {} runs, and the file is kept aside as .damaged",
-                    path.display(),
+                    "the fire times already used ({what}) are damaged ({why}); no fire at or before {} runs, and the file is kept aside as .damaged",
                     crate::results::ts(&floor)
                 );
-                let _ = std::fs::rename(&path, path.with_extension("json.damaged"));
                 self.fires_floor.insert(plan.to_string(), floor);
                 Vec::new()
             }
@@ -715,9 +724,9 @@ impl Controller {
     fn use_fire(&mut self, plan: &str, at: DateTime<Utc>) -> Vec<DateTime<Utc>> {
         let mut used = self.used_fires(plan);
         used.push(at);
-        let excess = used.len().saturating_sub(crate::state::FIRES_KEPT);
+        let excess = used.len().saturating_sub(crate::store::FIRES_KEPT);
         used.drain(..excess);
-        if let Err(e) = self.store.record_fired(plan, &used) {
+        if let Err(e) = wait_for(self.store.claim_fire(plan, at)) {
             warn!(
                 plan,
                 "cannot keep the fire time used in the state folder ({e}); a restart with the clock set back could repeat it"
@@ -858,7 +867,7 @@ impl Controller {
         let name = pending.plan.name.clone();
         let handle = self.runs.spawn(async move {
             let values = executor.snapshot(&req).await;
-            let journal = match executor.open_journal(&req, &values) {
+            let journal = match executor.open_journal(&req, &values).await {
                 Ok(j) => j,
                 Err(e) => {
                     let cause = format!("the run journal cannot be created ({e})");
@@ -868,21 +877,31 @@ impl Controller {
             if stop.stop.is_cancelled() {
                 // A shutdown came before the first call: not a run that ran.
                 if let Some(j) = journal
-                    && let Err(e) = j.finish()
+                    && let Err(e) = j.discard().await
                 {
                     warn!("{e}");
                 }
                 return RunEnd::NotBegun(pending, "the daemon is shutting down".into());
             }
-            if req.trigger == Trigger::Arrival
-                && let Err(e) = store.record_once(&req.plan.name, &req.plan.sha256, &req.run_id)
-            {
+            let claimed = match req.trigger {
+                Trigger::Arrival => store.claim_once(&req.plan.name, &req.plan.sha256, &req.run_id).await,
+                _ => Ok(Claim::Won),
+            };
+            let not_begun = match claimed {
+                Ok(Claim::Won) => None,
+                // Only another process on the same store could have run it meanwhile.
+                Ok(Claim::Taken(by)) => Some(format!(
+                    "this content already ran (run {})",
+                    by.map_or_else(|| "unknown".into(), |id| id.to_string())
+                )),
+                Err(e) => Some(format!("the run cannot be recorded in the state folder ({e})")),
+            };
+            if let Some(cause) = not_begun {
                 if let Some(j) = journal
-                    && let Err(e) = j.finish()
+                    && let Err(e) = j.discard().await
                 {
                     warn!("{e}");
                 }
-                let cause = format!("the run cannot be recorded in the state folder ({e})");
                 return RunEnd::NotBegun(pending, cause);
             }
             let finished = executor
@@ -1022,7 +1041,7 @@ impl Controller {
                 ..pending
             };
             if pending.trigger == Trigger::Arrival {
-                match self.store.ran_once(&name, &pending.plan.sha256) {
+                match wait_for(self.store.ran_once(&name, &pending.plan.sha256)) {
                     Ok(None) => {}
                     Ok(Some(run_id)) => {
                         info!(plan = %name, "this content already ran (run {run_id}); not running it again");

@@ -7,7 +7,7 @@
 //! checked there, before any call. The daemon ([`daemon`]) keeps a [`plan::catalog::Catalog`]
 //! of the loaded plans, fed by [`scan`] (what is in the folder, and is it finished being
 //! written?) on hints from [`watcher`], a periodic timer and SIGHUP. It fires scheduled plans at
-//! the times [`schedule`] computes and run-once plans on arrival (remembered in [`state`]).
+//! the times [`schedule`] computes and run-once plans on arrival (remembered in the [`store`]).
 //!
 //! A run is the [`executor`]: it resolves params, starts the tasks concurrently through the
 //! account-wide [`executor::limits`] (GCRA rate, calls in flight, 429 slow lane), retries what
@@ -31,9 +31,9 @@
 //! | [`api`] | API field rules, wire bytes, the HTTP client, error parsing, bounded answer reads, the credential guard |
 //! | [`auth`] | AK/SK signing (pure) and IAM token refresh |
 //! | [`executor`] | one run of one plan: limits, retries, history lookups, following |
-//! | [`journal`], [`recovery`] | crash safety: per-run intent journal, finishing interrupted runs |
+//! | [`journal`], [`recovery`] | crash safety: the per-run intent journal's entries (pure), finishing interrupted runs |
 //! | [`results`], [`retention`] | result files: model, atomic write, pruning |
-//! | [`state`] | the run-once memory |
+//! | [`store`] | the durable state behind one seam: run-once memory, used fires, run journals, learned facts, result index; the state folder implements it |
 //! | [`scan`], [`watcher`] | the plans folder: settledness, content hashes, notify hints |
 //! | [`daemon`] | the controller loop: catalog, schedules, runs, shutdown |
 //! | [`settings`] | the config file and flags, validated |
@@ -68,7 +68,7 @@ pub mod schedule;
 pub mod secret;
 pub mod settings;
 pub mod signals;
-pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod wall_clock;
 pub mod watcher;

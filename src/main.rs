@@ -37,7 +37,7 @@ async fn main() -> ExitCode {
             commands::emulator::emulator(args).await
         }
         Command::Schema => commands::schema::schema(),
-        Command::Status(args) => commands::status::status(&args),
+        Command::Status(args) => commands::status::status(&args).await,
         Command::Generate(args) => commands::generate::generate(&args),
     };
     exit.into()

@@ -2,7 +2,7 @@
 //! run journal becomes an `interrupted` result file. Tasks that had finished keep their
 //! outcome; calls without an answer (or with an unknown one) are looked up in the task's
 //! history; tasks never called are `skipped`. Such a run is not resumed: a half-done deploy is
-//! for a person to look at.
+//! for a person to look at. The journals come from the [`crate::store`], whichever it is.
 
 use std::path::Path;
 
@@ -12,17 +12,18 @@ use tracing::{error, info, warn};
 
 use crate::executor::Executor;
 use crate::executor::reconcile::{Lookup, Reconciler, Since};
-use crate::journal::{CallClass, TaskTrail, Unfinished, unfinished};
+use crate::journal::{CallClass, TaskTrail, Unfinished};
 use crate::results::{RunReport, RunStatus, TaskReport, TaskStatus, write_report};
+use crate::store::Store;
 
-/// Writes the result of every unfinished run found under `state_dir`; returns how many.
+/// Writes the result of every unfinished run the store holds; returns how many.
 pub async fn recover(
-    state_dir: &Path,
+    store: &dyn Store,
     results_dir: &Path,
     exec: &Executor,
     stop: &CancellationToken,
 ) -> usize {
-    let (runs, problems) = unfinished(state_dir);
+    let (runs, problems) = store.unfinished().await;
     for p in problems {
         error!("unreadable run journal left as it is: {p}");
     }
@@ -38,10 +39,10 @@ pub async fn recover(
             match write_report(results_dir, report) {
                 Ok(path) => {
                     info!(plan = %report.plan, run_id = %report.run_id, status = ?report.status, "wrote the result a full disk had kept back to {}", path.display());
-                    if let Err(e) = std::fs::remove_file(&run.path) {
-                        error!("cannot remove the run journal {}: {e}", run.path.display());
+                    // `e` names the journal: "run journal PATH: cause".
+                    if let Err(e) = store.close_unfinished(&run).await {
+                        error!("cannot remove the {e}");
                     }
-                    let _ = std::fs::remove_file(crate::journal::result_beside(&run.path));
                     done += 1;
                 }
                 Err(e) => {
@@ -67,8 +68,8 @@ pub async fn recover(
                     "finished a run interrupted by a crash: result written to {}",
                     path.display()
                 );
-                if let Err(e) = std::fs::remove_file(&run.path) {
-                    error!("cannot remove the run journal {}: {e}", run.path.display());
+                if let Err(e) = store.close_unfinished(&run).await {
+                    error!("cannot remove the {e}");
                 }
                 done += 1;
             }

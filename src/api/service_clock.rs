@@ -5,16 +5,14 @@
 //! older ones; until the zone is learned, every real offset (UTC-12 to UTC+14) is possible.
 //!
 //! The pure arithmetic (intervals, rounding, candidate tests) is free functions with unit
-//! tests; [`ServiceClock`] keeps the samples, the witnesses and the learned zone (persisted in
-//! the state folder) behind a mutex.
+//! tests; [`ServiceClock`] keeps the samples, the witnesses and the learned zone (persisted
+//! among the store's learned facts) behind a mutex.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeDelta, Utc};
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 /// The westmost real UTC offset (Baker Island, UTC-12).
@@ -36,8 +34,6 @@ const MAX_SAMPLES: usize = 64;
 const MAX_WITNESSES: usize = 64;
 /// A witness older than this is not used to learn the zone by a status query.
 const WITNESS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
-/// The file in the state folder that keeps the learned zone.
-pub const ZONE_FILE: &str = "service-zone.json";
 
 /// `t + d`, saturating at chrono's limits (times may come from a damaged journal or a hostile
 /// answer: arithmetic never panics).
@@ -197,16 +193,7 @@ pub struct Witness {
     pub created_hi: DateTime<Utc>,
 }
 
-/// The learned zone as kept in the state folder.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LearnedZone {
-    /// Seconds east of UTC.
-    pub utc_offset_secs: i32,
-    /// When it was learned.
-    pub learned_at: DateTime<Utc>,
-    /// The record that proved it.
-    pub record_id: String,
-}
+pub use crate::store::LearnedZone;
 
 /// What this process knows of the service's clock. Shared by every call.
 #[derive(Debug, Default)]
@@ -223,7 +210,7 @@ struct Inner {
     witnesses: VecDeque<(Instant, Witness)>,
     zone: Option<LearnedZone>,
     hint: Option<FixedOffset>,
-    store: Option<PathBuf>,
+    store: Option<crate::store::SharedStore>,
     warned_skew: Option<TimeDelta>,
     /// The zone an earlier process learned, not trusted until confirmed.
     stored: Option<LearnedZone>,
@@ -238,17 +225,18 @@ impl ServiceClock {
         Self::default()
     }
 
-    /// Keeps the learned zone in `state_dir` (and reads what an earlier process learned);
-    /// `hint` is the configured offset, only compared with what is learned.
-    pub fn attach_store(&self, state_dir: &std::path::Path, hint: Option<FixedOffset>) {
-        let path = state_dir.join(ZONE_FILE);
-        let stored = std::fs::read(&path)
+    /// Keeps the learned zone in `store`'s learned facts (and reads what an earlier process
+    /// learned); `hint` is the configured offset, only compared with what is learned.
+    pub fn attach_store(&self, store: crate::store::SharedStore, hint: Option<FixedOffset>) {
+        // A fact that cannot be read is as good as none: it is only a hint.
+        let stored = store
+            .learned_zone()
             .ok()
-            .and_then(|b| serde_json::from_slice::<LearnedZone>(&b).ok())
+            .flatten()
             .filter(|z| (MIN_OFFSET_SECS..=MAX_OFFSET_SECS).contains(&z.utc_offset_secs));
         let mut inner = self.lock();
         inner.hint = hint;
-        inner.store = Some(path);
+        inner.store = Some(store);
         if inner.zone.is_none()
             && inner.stored.is_none()
             && let Some(z) = stored
@@ -447,9 +435,8 @@ impl ServiceClock {
             learned_at: Utc::now(),
             record_id: record_id.to_string(),
         };
-        if let Some(path) = &inner.store
-            && let Ok(bytes) = serde_json::to_vec_pretty(&learned)
-            && let Err(e) = crate::results::write_atomic(path, &bytes, 0o640)
+        if let Some(store) = &inner.store
+            && let Err(e) = store.keep_learned_zone(&learned)
         {
             warn!("cannot keep the learned zone in the state folder: {e}");
         }
@@ -788,7 +775,10 @@ mod tests {
     fn the_learned_zone_survives_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = ServiceClock::new();
-        clock.attach_store(dir.path(), FixedOffset::east_opt(8 * 3600));
+        let store = || -> crate::store::SharedStore {
+            std::sync::Arc::new(crate::store::folder::FolderStore::at(dir.path()))
+        };
+        clock.attach_store(store(), FixedOffset::east_opt(8 * 3600));
         clock.observe(
             t("2026-12-01T10:00:00.100Z"),
             t("2026-12-01T10:00:00.200Z"),
@@ -813,7 +803,7 @@ mod tests {
         // A new process reads it, but trusts it only once one of its own records confirms
         // it (the folder may come from another host, the service may have changed).
         let again = ServiceClock::new();
-        again.attach_store(dir.path(), None);
+        again.attach_store(store(), None);
         assert_eq!(again.zone(), None);
         again.observe(
             t("2026-12-01T11:00:00.100Z"),

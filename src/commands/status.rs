@@ -2,26 +2,29 @@
 //! and plans folders. Read-only: it creates, changes and removes nothing, so an operator can
 //! run it beside the daemon (as a member of the group that may read its folders).
 //!
-//! Where each column comes from: the last run is the newest `RESULTS/<plan>/<run id>.json`
-//! (run ids sort by start time); the next fire of a scheduled plan is computed from the plan
-//! file by the daemon's own loader and schedule code; whether a run-once plan's current content
-//! already ran is the state folder's `once/<plan>/<sha256>` memory; invalid plan files are the
-//! daemon's `RESULTS/_invalid/*.txt` reports plus whatever the loader finds wrong now.
+//! Where each column comes from: the last run is the newest in the store's index of results
+//! (the state folder's is the results folder: `RESULTS/<plan>/<run id>.json`); the next fire
+//! of a scheduled plan is computed from the plan file by the daemon's own loader and schedule
+//! code; whether a run-once plan's current content already ran is the store's run-once
+//! memory; invalid plan files are the daemon's `RESULTS/_invalid/*.txt` reports plus whatever
+//! the loader finds wrong now.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{Exit, process_env};
 use crate::cli::StatusArgs;
 use crate::plan::Plan;
 use crate::plan::load::check_paths;
 use crate::results::ts;
-use crate::retention::run_id_start;
 use crate::settings::Settings;
+use crate::store::Store;
+use crate::store::folder::FolderStore;
+pub use crate::store::{Counts, LastRun};
 
 /// Everything `deployd status` shows.
 #[derive(Debug, Clone, Serialize)]
@@ -64,36 +67,6 @@ pub struct PlanStatus {
     pub next: Next,
 }
 
-/// The fields of a result file that `status` shows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LastRun {
-    /// Run id.
-    pub run_id: String,
-    /// `succeeded`, `partial`, `failed` or `interrupted`.
-    pub status: String,
-    /// `schedule`, `arrival` or `manual`.
-    pub trigger: String,
-    /// Start (RFC 3339 UTC).
-    pub started_at: DateTime<Utc>,
-    /// End (RFC 3339 UTC).
-    pub finished_at: DateTime<Utc>,
-    /// Task counts.
-    pub summary: Counts,
-}
-
-/// Task counts of a run.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct Counts {
-    /// Tasks in the plan.
-    pub total: usize,
-    /// Tasks started.
-    pub started: usize,
-    /// Tasks failed.
-    pub failed: usize,
-    /// Tasks skipped.
-    pub skipped: usize,
-}
-
 /// When a plan runs next.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -130,7 +103,7 @@ pub struct InvalidFile {
 }
 
 /// Runs `deployd status`.
-pub fn status(args: &StatusArgs) -> Exit {
+pub async fn status(args: &StatusArgs) -> Exit {
     let settings = match Settings::load(
         args.folders.config.as_deref(),
         &args.folders.overrides(),
@@ -147,7 +120,8 @@ pub fn status(args: &StatusArgs) -> Exit {
         &settings.results_dir,
         &settings.state_dir,
         Utc::now(),
-    );
+    )
+    .await;
     if args.json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),
@@ -169,14 +143,16 @@ pub fn status(args: &StatusArgs) -> Exit {
     }
 }
 
-/// Reads the three folders. Missing results and state folders mean nothing ran yet; a missing
+/// Reads the three folders (the state and results folders through the state folder's store,
+/// which creates nothing). Missing results and state folders mean nothing ran yet; a missing
 /// or unreadable plans folder, and any folder that exists but cannot be read, is an error.
-pub fn gather(
+pub async fn gather(
     plans_dir: &Path,
     results_dir: &Path,
     state_dir: &Path,
     now: DateTime<Utc>,
 ) -> StatusReport {
+    let store = FolderStore::at(state_dir).with_results(results_dir);
     let mut errors = Vec::new();
 
     // Plans loaded now, by name.
@@ -206,43 +182,16 @@ pub fn gather(
     }
 
     // Plans with results, by name.
-    let mut with_results: BTreeSet<String> = BTreeSet::new();
-    match std::fs::read_dir(results_dir) {
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => errors.push(format!(
-            "cannot read the results folder {}: {e}",
-            results_dir.display()
-        )),
-        Ok(entries) => {
-            for entry in entries.flatten() {
-                let Ok(name) = entry.file_name().into_string() else {
-                    continue;
-                };
-                if name.starts_with('.')
-                    || name == crate::results::INVALID_DIR
-                    || !entry.path().is_dir()
-                {
-                    continue;
-                }
-                with_results.insert(name);
-            }
-        }
-    }
+    let with_results = store.plans_with_results().await.unwrap_or_else(|e| {
+        errors.push(e.to_string());
+        Vec::new()
+    });
 
     let names: BTreeSet<String> = loaded.keys().cloned().chain(with_results).collect();
-    let plans = names
-        .into_iter()
-        .map(|name| {
-            plan_status(
-                &name,
-                loaded.get(&name),
-                results_dir,
-                state_dir,
-                now,
-                &mut errors,
-            )
-        })
-        .collect();
+    let mut plans = Vec::with_capacity(names.len());
+    for name in names {
+        plans.push(plan_status(&store, &name, loaded.get(&name), now, &mut errors).await);
+    }
 
     let invalid = invalid_files(results_dir, check_issues, &mut errors);
     StatusReport {
@@ -256,32 +205,21 @@ pub fn gather(
     }
 }
 
-fn plan_status(
+async fn plan_status(
+    store: &dyn Store,
     name: &str,
     plan: Option<&Plan>,
-    results_dir: &Path,
-    state_dir: &Path,
     now: DateTime<Utc>,
     errors: &mut Vec<String>,
 ) -> PlanStatus {
-    let dir = results_dir.join(name);
-    let mut run_ids = match result_run_ids(&dir) {
-        Ok(ids) => ids,
-        Err(e) => {
-            errors.push(format!("cannot read {}: {e}", dir.display()));
-            Vec::new()
-        }
-    };
-    run_ids.sort();
-    let (last_run, last_run_error) = match run_ids.last() {
+    let runs = store.plan_runs(name).await.unwrap_or_else(|e| {
+        errors.push(e.to_string());
+        crate::store::PlanRuns::default()
+    });
+    let (last_run, last_run_error) = match runs.last {
         None => (None, None),
-        Some(id) => {
-            let path = dir.join(format!("{id}.json"));
-            match read_last_run(&path) {
-                Ok(run) => (Some(run), None),
-                Err(e) => (None, Some(format!("{}: {e}", path.display()))),
-            }
-        }
+        Some(Ok(run)) => (Some(run), None),
+        Some(Err(e)) => (None, Some(e)),
     };
     let next = match plan {
         None => Next::NotLoaded,
@@ -291,11 +229,13 @@ fn plan_status(
                 Some(t) => Next::Schedule { at: ts(&t) },
                 None => Next::NoFireTime,
             },
-            None => match ran_once(state_dir, name, &p.sha256) {
-                Ok(Some(run_id)) => Next::OnChange { run_id },
+            None => match store.ran_once(name, &p.sha256).await {
+                Ok(Some(run_id)) => Next::OnChange {
+                    run_id: run_id.to_string(),
+                },
                 Ok(None) => Next::Pending,
                 Err(e) => {
-                    errors.push(e);
+                    errors.push(e.to_string());
                     Next::Pending
                 }
             },
@@ -308,140 +248,8 @@ fn plan_status(
         timezone: plan.and_then(|p| p.schedule.as_ref().map(|s| s.timezone().to_string())),
         last_run,
         last_run_error,
-        results: run_ids.len(),
+        results: runs.count,
         next,
-    }
-}
-
-/// Run ids of the result files in a plan's results folder (missing folder: none).
-fn result_run_ids(dir: &Path) -> std::io::Result<Vec<String>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut ids = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
-        if let Some(id) = name.strip_suffix(".json")
-            && run_id_start(id).is_some()
-            && entry.path().is_file()
-        {
-            ids.push(id.to_string());
-        }
-    }
-    Ok(ids)
-}
-
-/// Bytes of a result file read at most to find the fields `status` shows. The daemon writes
-/// them first, before `tasks` (which can be large: 10,000 tasks with their params), so a few
-/// hundred bytes normally suffice; a file that does not give them within this is reported.
-pub const RESULT_READ_LIMIT: u64 = 4 << 20;
-
-/// The fields `status` shows of a result file, parsed from its start: reading stops at
-/// `tasks` once they are all known, and never goes beyond [`RESULT_READ_LIMIT`] bytes, so a
-/// huge (or endless) file costs neither time nor memory.
-fn read_last_run(path: &Path) -> Result<LastRun, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let reader = std::io::BufReader::new(file.take(RESULT_READ_LIMIT));
-    let found = std::cell::RefCell::new(None);
-    let mut de = serde_json::Deserializer::from_reader(reader);
-    let parsed = serde::Deserializer::deserialize_map(&mut de, HeadVisitor { found: &found });
-    if let Some(head) = found.into_inner() {
-        return Ok(head);
-    }
-    match parsed {
-        Ok(head) => Ok(head),
-        Err(e) if e.is_eof() && size > RESULT_READ_LIMIT => Err(format!(
-            "not read: {size} bytes, and its summary is not within the first {} MiB",
-            RESULT_READ_LIMIT >> 20
-        )),
-        Err(e) => Err(format!("not a result file: {e}")),
-    }
-}
-
-/// Collects the fields of [`LastRun`] from a result file's top-level object, and stops at
-/// `tasks` (through `found`, with an error that ends the parse) once they are all known.
-struct HeadVisitor<'a> {
-    found: &'a std::cell::RefCell<Option<LastRun>>,
-}
-
-impl<'de> serde::de::Visitor<'de> for HeadVisitor<'_> {
-    type Value = LastRun;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a result file (a JSON object)")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<LastRun, A::Error> {
-        use serde::de::{Error, IgnoredAny};
-        let mut run_id = None;
-        let mut status = None;
-        let mut trigger = None;
-        let mut started_at = None;
-        let mut finished_at = None;
-        let mut summary = None;
-        while let Some(key) = map.next_key::<String>()? {
-            match key.as_str() {
-                "run_id" => run_id = Some(map.next_value()?),
-                "status" => status = Some(map.next_value()?),
-                "trigger" => trigger = Some(map.next_value()?),
-                "started_at" => started_at = Some(map.next_value()?),
-                "finished_at" => finished_at = Some(map.next_value()?),
-                "summary" => summary = Some(map.next_value()?),
-                "tasks"
-                    if run_id.is_some()
-                        && status.is_some()
-                        && trigger.is_some()
-                        && started_at.is_some()
-                        && finished_at.is_some()
-                        && summary.is_some() =>
-                {
-                    *self.found.borrow_mut() = Some(LastRun {
-                        run_id: run_id.take().unwrap_or_default(),
-                        status: status.take().unwrap_or_default(),
-                        trigger: trigger.take().unwrap_or_default(),
-                        started_at: started_at.take().unwrap_or_default(),
-                        finished_at: finished_at.take().unwrap_or_default(),
-                        summary: summary.take().unwrap_or(Counts {
-                            total: 0,
-                            started: 0,
-                            failed: 0,
-                            skipped: 0,
-                        }),
-                    });
-                    // Everything needed is known: the tasks are not read.
-                    return Err(A::Error::custom("enough read"));
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(LastRun {
-            run_id: run_id.ok_or_else(|| A::Error::missing_field("run_id"))?,
-            status: status.ok_or_else(|| A::Error::missing_field("status"))?,
-            trigger: trigger.ok_or_else(|| A::Error::missing_field("trigger"))?,
-            started_at: started_at.ok_or_else(|| A::Error::missing_field("started_at"))?,
-            finished_at: finished_at.ok_or_else(|| A::Error::missing_field("finished_at"))?,
-            summary: summary.ok_or_else(|| A::Error::missing_field("summary"))?,
-        })
-    }
-}
-
-/// The run that ran this content of a run-once plan, from `STATE/once/<plan>/<sha256>` (the
-/// layout `crate::state::StateStore` writes; read directly so that `status` creates nothing).
-fn ran_once(state_dir: &Path, plan: &str, sha256: &str) -> Result<Option<String>, String> {
-    let path = state_dir.join("once").join(plan).join(sha256);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(text.trim().to_string())),
-        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
 }
 
@@ -668,8 +476,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn every_source_is_shown() {
+    #[tokio::test]
+    async fn every_source_is_shown() {
         let root = tempfile::tempdir().expect("tempdir");
         let (plans, results, state) = (
             root.path().join("plans"),
@@ -704,7 +512,7 @@ mod tests {
             "old.yaml:1:1: tasks: x\nmore\n",
         );
 
-        let r = gather(&plans, &results, &state, now());
+        let r = gather(&plans, &results, &state, now()).await;
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         let names: Vec<&str> = r.plans.iter().map(|p| p.plan.as_str()).collect();
         assert_eq!(names, ["gone", "nightly", "off", "web"]);
@@ -743,11 +551,12 @@ mod tests {
             .plan
             .sha256
             .clone();
-        write(
-            &state.join("once/web").join(&sha),
-            "20260501T080000Z-00100001\n",
-        );
-        let r = gather(&plans, &results, &state, now());
+        let id = crate::results::RunId::from_string("20260501T080000Z-00100001".into());
+        FolderStore::at(&state)
+            .claim_once("web", &sha, &id)
+            .await
+            .expect("remembered");
+        let r = gather(&plans, &results, &state, now()).await;
         assert_eq!(
             r.plans[3].next,
             Next::OnChange {
@@ -773,8 +582,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn nothing_yet_is_fine_but_a_missing_plans_folder_is_not() {
+    #[tokio::test]
+    async fn nothing_yet_is_fine_but_a_missing_plans_folder_is_not() {
         let root = tempfile::tempdir().expect("tempdir");
         let plans = root.path().join("plans");
         std::fs::create_dir(&plans).expect("mkdir");
@@ -783,7 +592,8 @@ mod tests {
             &root.path().join("r"),
             &root.path().join("s"),
             now(),
-        );
+        )
+        .await;
         assert!(r.errors.is_empty() && r.plans.is_empty() && r.invalid.is_empty());
         assert!(render_table(&r, now()).contains("no plans and no results yet"));
 
@@ -792,14 +602,15 @@ mod tests {
             &root.path().join("r"),
             &root.path().join("s"),
             now(),
-        );
+        )
+        .await;
         assert_eq!(r.errors.len(), 1);
         assert!(r.errors[0].contains("plans folder"), "{:?}", r.errors);
     }
 
     /// Issue 11: a 4 GiB newest result file took 17 s and 4.2 GB to show one line.
-    #[test]
-    fn a_huge_newest_result_is_read_only_as_far_as_its_summary() {
+    #[tokio::test]
+    async fn a_huge_newest_result_is_read_only_as_far_as_its_summary() {
         let root = tempfile::tempdir().expect("tempdir");
         let plans = root.path().join("plans");
         std::fs::create_dir(&plans).expect("mkdir");
@@ -816,7 +627,7 @@ mod tests {
             .expect("open");
         file.set_len(4 << 30).expect("sparse file");
         let started = std::time::Instant::now();
-        let r = gather(&plans, &results, &root.path().join("s"), now());
+        let r = gather(&plans, &results, &root.path().join("s"), now()).await;
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
         let last = r.plans[0].last_run.as_ref().expect("read");
         assert_eq!((last.status.as_str(), last.summary.started), ("partial", 3));
@@ -826,13 +637,13 @@ mod tests {
         let mut text = String::from("{\"tasks\": [");
         text.push_str(&" ".repeat(5 << 20));
         write(&path, &text);
-        let r = gather(&plans, &results, &root.path().join("s"), now());
+        let r = gather(&plans, &results, &root.path().join("s"), now()).await;
         let error = r.plans[0].last_run_error.as_deref().expect("reported");
         assert!(error.contains("not within the first 4 MiB"), "{error}");
     }
 
-    #[test]
-    fn a_corrupt_newest_result_is_reported_not_fatal() {
+    #[tokio::test]
+    async fn a_corrupt_newest_result_is_reported_not_fatal() {
         let root = tempfile::tempdir().expect("tempdir");
         let plans = root.path().join("plans");
         std::fs::create_dir(&plans).expect("mkdir");
@@ -841,7 +652,7 @@ mod tests {
             &results.join("web/20260501T080000Z-1.json"),
             "{\"truncated\": ",
         );
-        let r = gather(&plans, &results, &root.path().join("s"), now());
+        let r = gather(&plans, &results, &root.path().join("s"), now()).await;
         assert!(r.errors.is_empty());
         assert!(r.plans[0].last_run.is_none());
         assert!(

@@ -28,12 +28,13 @@ use crate::api::client::DeployClient;
 use crate::api::rules::ParamType;
 use crate::api::types::{CallInfo, StartOutcome};
 use crate::api::wire::{StartBody, WireParam};
-use crate::journal::{CallClass, Entry, RunHeader, RunJournal};
+use crate::journal::{CallClass, Entry, RunHeader};
 use crate::plan::{ParamValue, Plan, Task};
 use crate::results::{
     RecordRef, ReportParam, RunId, RunReport, TaskReport, TaskStatus, Trigger, WriteError,
     write_report,
 };
+use crate::store::{RunJournal, SharedStore, StoreError};
 use limits::Limits;
 use reconcile::{Lookup, Reconciler, Since};
 use retry::RetryPolicy;
@@ -60,7 +61,8 @@ pub struct ExecutorSettings {
     pub unknown_outcome: UnknownOutcomePolicy,
     /// How long a record may take to show up in the history after an unknown outcome.
     pub settle: Duration,
-    /// Where run journals go (`STATE/runs/`); `None` runs without one (no crash recovery).
+    /// The state folder: the store the executor journals runs in (`None`: no journal, no crash
+    /// recovery).
     pub state_dir: Option<PathBuf>,
     /// The configured zone of the history's `start_time` values: only a hint, compared with
     /// the zone learned from the service's answers ([`crate::api::service_clock`]).
@@ -128,23 +130,37 @@ pub struct Executor {
     settings: Arc<ExecutorSettings>,
     known_records: Arc<reconcile::KnownRecords>,
     task_locks: Arc<task_locks::TaskLocks>,
+    /// Where runs are journaled and learned facts kept; `None`: no journal.
+    store: Option<SharedStore>,
 }
 
 impl Executor {
     /// An executor sharing `limits` with every other user of the same account.
     pub fn new(client: DeployClient, limits: Arc<Limits>, settings: ExecutorSettings) -> Self {
-        if let Some(state_dir) = &settings.state_dir {
-            client
-                .clock()
-                .attach_store(state_dir, settings.history_offset_hint);
-        }
+        let store = settings
+            .state_dir
+            .as_deref()
+            .map(|dir| Arc::new(crate::store::folder::FolderStore::at(dir)) as SharedStore);
         Self {
             client,
             limits,
             settings: Arc::new(settings),
             known_records: Arc::new(reconcile::KnownRecords::default()),
             task_locks: Arc::new(task_locks::TaskLocks::default()),
+            store: None,
         }
+        .with_store(store)
+    }
+
+    /// This executor journaling its runs in `store` (and keeping learned facts there).
+    pub fn with_store(mut self, store: Option<SharedStore>) -> Self {
+        if let Some(store) = &store {
+            self.client
+                .clock()
+                .attach_store(store.clone(), self.settings.history_offset_hint);
+        }
+        self.store = store;
+        self
     }
 
     /// This executor (built from a reloaded config) carrying on `old`'s memory of known
@@ -155,8 +171,8 @@ impl Executor {
         self.known_records = old.known_records.clone();
         self.task_locks = old.task_locks.clone();
         let clock = old.client.clock().clone();
-        if let Some(state_dir) = &self.settings.state_dir {
-            clock.attach_store(state_dir, self.settings.history_offset_hint);
+        if let Some(store) = &self.store {
+            clock.attach_store(store.clone(), self.settings.history_offset_hint);
         }
         self.client = self.client.with_clock(clock);
         // A credential the API refused stays refused, and IAM is not asked again with a
@@ -193,7 +209,7 @@ impl Executor {
         observer: Arc<dyn RunObserver>,
     ) -> FinishedRun {
         let values = self.snapshot(&req).await;
-        let journal = self.open_journal(&req, &values);
+        let journal = self.open_journal(&req, &values).await;
         self.run_with_journal(req, values, journal, stop, observer)
             .await
     }
@@ -219,7 +235,7 @@ impl Executor {
         &self,
         req: RunRequest,
         values: Arc<values::Snapshot>,
-        journal: Result<Option<RunJournal>, crate::journal::JournalError>,
+        journal: Result<Option<RunJournal>, StoreError>,
         stop: StopTokens,
         observer: Arc<dyn RunObserver>,
     ) -> FinishedRun {
@@ -331,13 +347,13 @@ impl Executor {
         .await
     }
 
-    /// Creates the journal of a run (`None` without a state folder), its header durable.
-    pub fn open_journal(
+    /// Creates the journal of a run (`None` without a store), its header durable.
+    pub async fn open_journal(
         &self,
         req: &RunRequest,
         values: &values::Snapshot,
-    ) -> Result<Option<RunJournal>, crate::journal::JournalError> {
-        let Some(state_dir) = &self.settings.state_dir else {
+    ) -> Result<Option<RunJournal>, StoreError> {
+        let Some(store) = &self.store else {
             return Ok(None);
         };
         let mut header = RunHeader {
@@ -358,7 +374,7 @@ impl Executor {
             task_params: Vec::new(),
         };
         header.share_params();
-        RunJournal::create(state_dir, &header).map(Some)
+        store.create_journal(&header).await.map(Some)
     }
 }
 
@@ -386,12 +402,10 @@ impl FinishedRun {
     pub async fn persist(self, results_dir: &Path) -> Result<PathBuf, (WriteError, FinishedRun)> {
         match write_report(results_dir, &self.report) {
             Ok(path) => {
-                if let Some(j) = self.journal {
-                    let kept = crate::journal::result_beside(j.path());
-                    if let Err(e) = j.finish() {
-                        warn!("{e}");
-                    }
-                    let _ = std::fs::remove_file(kept);
+                if let Some(j) = self.journal
+                    && let Err(e) = j.finish(&self.report).await
+                {
+                    warn!("{e}");
                 }
                 Ok(path)
             }
@@ -406,13 +420,7 @@ impl FinishedRun {
                             // A journal that failed once takes nothing more: the result goes
                             // beside it, in its own file, once there is room.
                             debug!("{e}");
-                            let kept = crate::journal::result_beside(j.path());
-                            match serde_json::to_vec(&run.report)
-                                .map_err(|e| e.to_string())
-                                .and_then(|b| {
-                                    crate::results::write_atomic(&kept, &b, 0o640)
-                                        .map_err(|e| e.to_string())
-                                }) {
+                            match j.keep_result(&run.report).await {
                                 Ok(()) => run.result_journaled = true,
                                 Err(e) => {
                                     debug!("the result cannot be kept beside the journal yet: {e}")

@@ -17,6 +17,7 @@ mod helpers;
 mod ops;
 mod reconcile_attacks;
 mod signals;
+mod store;
 mod symlink_plans;
 mod values;
 mod zones;
