@@ -40,7 +40,7 @@ pub async fn recover(
                 Ok(path) => {
                     info!(plan = %report.plan, run_id = %report.run_id, status = ?report.status, "wrote the result a full disk had kept back to {}", path.display());
                     // `e` names the journal: "run journal PATH: cause".
-                    if let Err(e) = store.close_unfinished(&run).await {
+                    if let Err(e) = store.close_unfinished(&run, report).await {
                         error!("cannot remove the {e}");
                     }
                     done += 1;
@@ -68,7 +68,7 @@ pub async fn recover(
                     "finished a run interrupted by a crash: result written to {}",
                     path.display()
                 );
-                if let Err(e) = store.close_unfinished(&run).await {
+                if let Err(e) = store.close_unfinished(&run, &report).await {
                     error!("cannot remove the {e}");
                 }
                 done += 1;

@@ -112,6 +112,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The database could not be used (a database store only).
+    #[error("database: {0}")]
+    Database(String),
     /// The journal refused an entry because this process no longer holds the lead (a database
     /// store's fencing): the call it announced must not be made, and the process steps down.
     /// The state folder never answers this (one daemon per folder, by its lock).
@@ -211,9 +214,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// journal that holds no call is removed.
     async fn unfinished(&self) -> (Vec<Unfinished>, Vec<String>);
 
-    /// Closes an unfinished run whose result is now written: its journal (and any result
-    /// kept beside it) goes.
-    async fn close_unfinished(&self, run: &Unfinished) -> Result<(), StoreError>;
+    /// Closes an unfinished run whose result (`result`) is now written: its journal (and any
+    /// result kept beside it) goes; a store that indexes results keeps `result`.
+    async fn close_unfinished(
+        &self,
+        run: &Unfinished,
+        result: &RunReport,
+    ) -> Result<(), StoreError>;
 
     /// The zone of the service's record times an earlier process learned, if any.
     ///

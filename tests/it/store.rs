@@ -67,8 +67,12 @@ impl Store for Deposed {
     async fn unfinished(&self) -> (Vec<Unfinished>, Vec<String>) {
         self.0.unfinished().await
     }
-    async fn close_unfinished(&self, run: &Unfinished) -> Result<(), StoreError> {
-        self.0.close_unfinished(run).await
+    async fn close_unfinished(
+        &self,
+        run: &Unfinished,
+        result: &deployd::results::RunReport,
+    ) -> Result<(), StoreError> {
+        self.0.close_unfinished(run, result).await
     }
     fn learned_zone(&self) -> Result<Option<LearnedZone>, StoreError> {
         self.0.learned_zone()

@@ -251,7 +251,11 @@ impl Store for FolderStore {
         journal::unfinished(&self.runs_dir())
     }
 
-    async fn close_unfinished(&self, run: &Unfinished) -> Result<(), StoreError> {
+    async fn close_unfinished(
+        &self,
+        run: &Unfinished,
+        _result: &crate::results::RunReport,
+    ) -> Result<(), StoreError> {
         journal::remove(&self.runs_dir().join(&run.key))
     }
 
