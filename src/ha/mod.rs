@@ -1,9 +1,10 @@
 //! High availability on PostgreSQL: several hosts, one schedule (CONTRACT "High
 //! availability", `HA.md`). The settings ([`config`]), the connection ([`connect`]), the
 //! schema and its migrations ([`schema`]) and the lease that makes one node the leader
-//! ([`lease`]). Without `ha:` none of this runs and no database is needed.
+//! ([`lease`]), and the state in the database ([`store`]). Without `ha:` none of this runs and no database is needed.
 
 pub mod config;
 pub mod connect;
 pub mod lease;
 pub mod schema;
+pub mod store;

@@ -207,3 +207,249 @@ async fn one_holder_at_a_time_and_the_epoch_grows_at_each_change() {
     assert_eq!((holder.as_str(), epoch), ("a", 3));
     assert!(left > 0.0 && left <= 0.6, "{left}");
 }
+
+mod store {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use chrono::Utc;
+    use deployd::ha::lease::{self, LeaseTiming};
+    use deployd::ha::schema;
+    use deployd::ha::store::{Connection, Fence, PgStore};
+    use deployd::journal::{Entry, RunHeader};
+    use deployd::results::{RunId, RunReport, TaskReport, TaskStatus, Trigger};
+    use deployd::store::{Claim, LearnedZone, Store, StoreError};
+    use tokio::time::Instant;
+
+    use super::TestDb;
+    use crate::helpers::wait_for;
+
+    const TIMING: LeaseTiming = LeaseTiming {
+        lease: Duration::from_secs(2),
+    };
+
+    /// A node over the test database: its store and its fence, leading when `lead`.
+    async fn node(db: &TestDb, name: &str, lead: bool) -> (PgStore, Arc<Fence>) {
+        let conn = Arc::new(Connection::new(db.database.clone(), None, name));
+        let fence = Arc::new(Fence::new(name));
+        if lead {
+            let client = conn.client().await.expect("connect");
+            let mut held = None;
+            wait_for(10, "the lead", async || {
+                held = lease::try_acquire(&*client, name, TIMING, Instant::now())
+                    .await
+                    .expect("sql");
+                held.is_some()
+            })
+            .await;
+            let held = held.expect("held");
+            fence.lead(held.epoch, held.calls_until);
+        }
+        let store = PgStore::open(conn, fence.clone()).await.expect("open");
+        (store, fence)
+    }
+
+    async fn migrated() -> Option<TestDb> {
+        let db = TestDb::create().await?;
+        schema::migrate(&mut db.client().await)
+            .await
+            .expect("migrate");
+        Some(db)
+    }
+
+    fn header(run_id: &RunId) -> RunHeader {
+        RunHeader {
+            run_id: run_id.clone(),
+            plan: "web".into(),
+            plan_file: "web.yaml".into(),
+            plan_sha256: "ab".into(),
+            trigger: Trigger::Schedule,
+            scheduled_for: None,
+            started_at: Utc::now(),
+            tasks: vec![TaskReport::new("a", TaskStatus::Skipped, vec![])],
+            params: Vec::new(),
+            task_params: Vec::new(),
+        }
+    }
+
+    fn report(run_id: &RunId, status: &str) -> RunReport {
+        serde_json::from_value(serde_json::json!({
+            "plan": "web", "plan_file": "web.yaml", "plan_sha256": "ab",
+            "run_id": run_id.as_str(), "trigger": "schedule", "scheduled_for": null,
+            "started_at": "2026-11-28T01:30:00.012Z", "finished_at": "2026-11-28T01:30:02.480Z",
+            "status": status,
+            "summary": {"total": 1, "started": 1, "failed": 0, "skipped": 0},
+            "tasks": []
+        }))
+        .expect("a report")
+    }
+
+    fn intent(attempt: u32) -> Entry {
+        Entry::Intent {
+            task_id: "a".into(),
+            attempt,
+            sent_at: Utc::now(),
+            skew_lo_ms: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn claims_hold_once_across_nodes_and_need_the_lead() {
+        let Some(db) = migrated().await else {
+            return;
+        };
+        let (leader, _) = node(&db, "a", true).await;
+        let (follower, _) = node(&db, "b", false).await;
+        let id = RunId::new(Utc::now());
+        assert_eq!(
+            leader.claim_once("web", "ab", &id).await.expect("claim"),
+            Claim::Won
+        );
+        assert_eq!(
+            leader
+                .claim_once("web", "ab", &RunId::new(Utc::now()))
+                .await
+                .expect("claim"),
+            Claim::Taken(Some(id.clone()))
+        );
+        assert_eq!(
+            follower.ran_once("web", "ab").await.expect("read"),
+            Some(id),
+            "every node reads the cluster's memory"
+        );
+        let at = Utc::now();
+        assert_eq!(
+            leader.claim_fire("tick", at).await.expect("claim"),
+            Claim::Won
+        );
+        assert_eq!(
+            leader.claim_fire("tick", at).await.expect("claim"),
+            Claim::Taken(None)
+        );
+        let fired = follower.fired("tick").await.expect("fired");
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].timestamp(), at.timestamp());
+        // A node that does not lead claims nothing.
+        let e = follower
+            .claim_fire("tick", at + chrono::TimeDelta::seconds(2))
+            .await
+            .expect_err("fenced");
+        assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_lost_lead_fences_the_journal_and_the_next_leader_recovers_the_run() {
+        let Some(db) = migrated().await else {
+            return;
+        };
+        let (old, old_fence) = node(&db, "a", true).await;
+        let id = RunId::new(Utc::now());
+        let journal = old.create_journal(&header(&id)).await.expect("journal");
+        // Entries sent together are written together, and all are durable.
+        let entries: Vec<Entry> = (1..=20).map(intent).collect();
+        let appends: Vec<_> = entries.iter().map(|e| journal.append(e)).collect();
+        for done in futures_join(appends).await {
+            done.expect("appended");
+        }
+        // "a" falls silent past its lease; "b" takes over with a higher epoch.
+        let (new, new_fence) = node(&db, "b", true).await;
+        assert!(new_fence.epoch() > old_fence.epoch());
+        // "a" still believes it leads (a SIGSTOP): the database refuses its entry.
+        old_fence.lead(
+            old_fence.epoch().expect("epoch"),
+            Instant::now() + TIMING.lease,
+        );
+        let e = journal.append(&intent(21)).await.expect_err("fenced");
+        assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
+        assert_eq!(old_fence.current(), None, "the fenced node steps down");
+        let e = old
+            .create_journal(&header(&RunId::new(Utc::now())))
+            .await
+            .expect_err("fenced");
+        assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
+
+        // The new leader finds the old lead's run with every call it announced.
+        let (runs, problems) = new.unfinished().await;
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(runs.len(), 1);
+        let run = &runs[0];
+        assert_eq!(run.header.run_id, id);
+        assert_eq!(
+            run.trails["a"].calls.len(),
+            20,
+            "the fenced 21st is not there"
+        );
+        let result = report(&id, "interrupted");
+        new.close_unfinished(run, &result).await.expect("close");
+        assert!(new.unfinished().await.0.is_empty());
+        // The old leader's late result does not overwrite the recovery's.
+        journal
+            .finish(&report(&id, "succeeded"))
+            .await
+            .expect("late finish is harmless");
+        let runs = new.plan_runs("web").await.expect("index");
+        assert_eq!(runs.count, 1);
+        let last = runs.last.expect("a last run").expect("readable");
+        assert_eq!(
+            (last.run_id.as_str(), last.status.as_str()),
+            (id.as_str(), "interrupted")
+        );
+        assert_eq!(new.plans_with_results().await.expect("plans"), ["web"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_learned_zone_is_shared_by_the_nodes() {
+        let Some(db) = migrated().await else {
+            return;
+        };
+        let (a, _) = node(&db, "a", false).await;
+        assert_eq!(a.learned_zone().expect("zone"), None);
+        let zone = LearnedZone {
+            utc_offset_secs: 8 * 3600,
+            learned_at: Utc::now(),
+            record_id: "r".into(),
+        };
+        a.keep_learned_zone(&zone).expect("kept");
+        let mut seen = None;
+        wait_for(10, "the zone written behind", async || {
+            let (b, _) = node(&db, "b", false).await;
+            seen = b.learned_zone().expect("zone");
+            seen.is_some()
+        })
+        .await;
+        assert_eq!(seen.map(|z| z.utc_offset_secs), Some(8 * 3600));
+    }
+
+    async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+        let mut out = Vec::new();
+        let mut set = Vec::new();
+        for f in futures {
+            set.push(Box::pin(f));
+        }
+        // Polled together, so that their entries queue at once.
+        let mut pending: Vec<_> = set.into_iter().map(Some).collect();
+        let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut all = true;
+            for (i, slot) in pending.iter_mut().enumerate() {
+                if let Some(f) = slot {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => {
+                            results[i] = Some(v);
+                            *slot = None;
+                        }
+                        std::task::Poll::Pending => all = false,
+                    }
+                }
+            }
+            if all {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        out.extend(results.into_iter().flatten());
+        out
+    }
+}
