@@ -1,7 +1,7 @@
 //! The daemon's wiring and its one controller loop.
 //!
-//! Theory of operation: a single controller task owns the catalog of plans, the armed
-//! schedules and the set of runs in progress. Everything else sends it messages: the folder
+//! Theory of operation: a single controller task owns the catalog of plans, the scheduler
+//! and the set of runs in progress. Everything else sends it messages: the folder
 //! watcher (hints), the signal futures (stop, reload), finished runs (their join handles).
 //! The controller sleeps until the earliest of: the scheduler's next wake-up (a fire time, a
 //! run to try again), a due rescan, or one minute (so a wall-clock jump or a suspend is
@@ -47,6 +47,7 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 const STARTUP_SETTLE: Duration = Duration::from_secs(5);
 /// How often a result the results folder refused is tried again.
 const UNWRITTEN_RETRY: Duration = Duration::from_secs(10);
+
 /// How a run's task ended.
 enum RunEnd {
     /// It ran and wrote its result.
@@ -95,6 +96,7 @@ pub struct Control {
     pub watchdog: Option<(Duration, Box<dyn FnMut() + Send>)>,
 }
 
+/// The controller's state: what it wires together.
 struct Controller {
     settings: Settings,
     executor: Executor,
@@ -561,6 +563,8 @@ impl Controller {
     /// Spawns the run. In its task, the run reads its values, opens its journal, then (run-once
     /// plans) records the content as run, and only then calls: a run that could not begin is
     /// not remembered as run, and comes back to the scheduler to be tried again.
+    // This is the seam for a high-availability leader: its task would claim `run.claim()`
+    // first, and end with `RunOutcome::NotRun` when another node holds the claim.
     fn launch(&mut self, run: Due) {
         let started_at = Utc::now();
         let req = RunRequest {

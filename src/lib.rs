@@ -35,7 +35,9 @@
 //! | [`results`], [`retention`] | result files: model, atomic write, pruning |
 //! | [`state`] | the run-once memory |
 //! | [`scan`], [`watcher`] | the plans folder: settledness, content hashes, notify hints |
-//! | [`daemon`] | the controller loop: catalog, schedules, runs, shutdown |
+//! | [`scheduler`] | when plans run (pure): fires, overlap, admission, begin retries, used fire times |
+//! | [`finish`] | the one way a run ends: result file, journal, metrics, retention |
+//! | [`daemon`] | the wiring: catalog, watcher, signals, spawning runs, applying the scheduler's actions, shutdown |
 //! | [`settings`] | the config file and flags, validated |
 //! | [`metrics`], [`telemetry`], [`signals`] | Prometheus, logging, signal handlers |
 //! | [`wall_clock`] | jumps of the host's clock: detected, logged, distrusted for a while |
