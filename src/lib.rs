@@ -35,7 +35,9 @@
 //! | [`results`], [`retention`] | result files: model, atomic write, pruning |
 //! | [`store`] | the durable state behind one seam: run-once memory, used fires, run journals, learned facts, result index; the state folder implements it |
 //! | [`scan`], [`watcher`] | the plans folder: settledness, content hashes, notify hints |
-//! | [`daemon`] | the controller loop: catalog, schedules, runs, shutdown |
+//! | [`scheduler`] | when plans run (pure): fires, overlap, admission, begin retries, used fire times |
+//! | [`finish`] | the one way a run ends: result file, journal, metrics, retention |
+//! | [`daemon`] | the wiring: catalog, watcher, signals, spawning runs, applying the scheduler's actions, shutdown |
 //! | [`settings`] | the config file and flags, validated |
 //! | [`metrics`], [`telemetry`], [`signals`] | Prometheus, logging, signal handlers |
 //! | [`wall_clock`] | jumps of the host's clock: detected, logged, distrusted for a while |
@@ -55,6 +57,7 @@ pub mod daemon;
 pub mod duration;
 pub mod emulator;
 pub mod executor;
+pub mod finish;
 pub mod ha;
 pub mod issue;
 pub mod journal;
@@ -65,6 +68,7 @@ pub mod results;
 pub mod retention;
 pub mod scan;
 pub mod schedule;
+pub mod scheduler;
 pub mod secret;
 pub mod settings;
 pub mod signals;

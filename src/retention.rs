@@ -235,6 +235,28 @@ pub fn prune(
     Ok(removed)
 }
 
+/// Applies `keep` to one plan's result files after one of its runs wrote `just_written`, at
+/// the current time, by age only while the wall clock is trusted (not just after a jump);
+/// logs what it removed or why it could not.
+pub fn prune_results(results_dir: &Path, plan: &str, keep: &RetentionPolicy, just_written: &str) {
+    match prune(
+        results_dir,
+        plan,
+        keep,
+        SystemTime::now(),
+        crate::wall_clock::trusted(),
+        Some(just_written),
+    ) {
+        Ok(removed) if !removed.is_empty() => tracing::info!(
+            plan,
+            removed = removed.len(),
+            "old result files removed (keep_results)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(plan, "{e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

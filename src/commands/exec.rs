@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{Exit, connect, load_settings};
 use crate::cli::ExecArgs;
 use crate::executor::{RunObserver, RunRequest, StopTokens};
+use crate::finish::{Attempt, finish_run};
 use crate::plan::load::load_plan_file;
 use crate::results::{RunId, RunReport, TaskReport, TaskStatus, Trigger};
 
@@ -75,24 +76,20 @@ pub async fn exec(args: ExecArgs) -> Exit {
     signals.abort();
 
     let report = finished.report.clone();
-    let written = finished
-        .persist(&settings.results_dir)
-        .await
-        .map_err(|(e, _kept)| e);
+    let written = finish_run(
+        finished,
+        &settings.results_dir,
+        &settings.keep_results,
+        Attempt::First,
+    )
+    .await;
     print_summary(&report, elapsed.as_secs_f64());
     match written {
-        Ok(path) => {
-            println!("result: {}", path.display());
-            crate::daemon::prune_results(
-                &settings.results_dir,
-                &report.plan,
-                &settings.keep_results,
-                report.run_id.as_str(),
-            );
-        }
-        Err(e) => {
+        Ok(path) => println!("result: {}", path.display()),
+        Err(kept) => {
             eprintln!(
-                "deployd: {e}; the result is kept in the run journal, and the daemon's next start writes it"
+                "deployd: {}; the result is kept in the run journal, and the daemon's next start writes it",
+                kept.error
             );
             return Exit::Failed;
         }

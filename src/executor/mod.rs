@@ -13,7 +13,7 @@ pub mod retry;
 pub mod task_locks;
 pub mod values;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -28,12 +28,10 @@ use crate::api::client::DeployClient;
 use crate::api::rules::ParamType;
 use crate::api::types::{CallInfo, StartOutcome};
 use crate::api::wire::{StartBody, WireParam};
+pub use crate::finish::FinishedRun;
 use crate::journal::{CallClass, Entry, RunHeader};
 use crate::plan::{ParamValue, Plan, Task};
-use crate::results::{
-    RecordRef, ReportParam, RunId, RunReport, TaskReport, TaskStatus, Trigger, WriteError,
-    write_report,
-};
+use crate::results::{RecordRef, ReportParam, RunId, RunReport, TaskReport, TaskStatus, Trigger};
 use crate::store::{RunJournal, SharedStore, StoreError};
 use limits::Limits;
 use reconcile::{Lookup, Reconciler, Since};
@@ -382,57 +380,6 @@ impl Executor {
 /// average, plus a little, so that an outage does not turn into `max_attempts` times the calls.
 pub fn retry_budget(tasks: usize) -> u32 {
     u32::try_from(tasks.saturating_add(10)).unwrap_or(u32::MAX)
-}
-
-/// A run's report and its journal.
-#[derive(Debug)]
-pub struct FinishedRun {
-    /// The report.
-    pub report: RunReport,
-    /// The journal, finished once the report is written.
-    pub journal: Option<RunJournal>,
-    /// Whether the report is already in the journal (its file could not be written once).
-    pub result_journaled: bool,
-}
-
-impl FinishedRun {
-    /// Writes the result file, then removes the journal. If the write fails (a full results
-    /// disk), the result goes into the journal and the run comes back (`Err`) to be written
-    /// again later; a crash meanwhile leaves the next start to write it, with its true status.
-    pub async fn persist(self, results_dir: &Path) -> Result<PathBuf, (WriteError, FinishedRun)> {
-        match write_report(results_dir, &self.report) {
-            Ok(path) => {
-                if let Some(j) = self.journal
-                    && let Err(e) = j.finish(&self.report).await
-                {
-                    warn!("{e}");
-                }
-                Ok(path)
-            }
-            Err(e) => {
-                let mut run = self;
-                if !run.result_journaled
-                    && let Some(j) = &run.journal
-                {
-                    match j.append(&Entry::Result(Box::new(run.report.clone()))).await {
-                        Ok(()) => run.result_journaled = true,
-                        Err(e) => {
-                            // A journal that failed once takes nothing more: the result goes
-                            // beside it, in its own file, once there is room.
-                            debug!("{e}");
-                            match j.keep_result(&run.report).await {
-                                Ok(()) => run.result_journaled = true,
-                                Err(e) => {
-                                    debug!("the result cannot be kept beside the journal yet: {e}")
-                                }
-                            }
-                        }
-                    }
-                }
-                Err((e, run))
-            }
-        }
-    }
 }
 
 /// State one run's tasks share.
