@@ -230,16 +230,20 @@ pub fn prune(
         }
     }
     if !removed.is_empty() {
-        tracing::info!(plan, removed = removed.len(), "old result files removed");
+        tracing::info!(
+            plan,
+            removed = removed.len(),
+            "old result files removed (keep_results)"
+        );
     }
     Ok(removed)
 }
 
 /// Applies `keep` to one plan's result files after one of its runs wrote `just_written`, at
 /// the current time, by age only while the wall clock is trusted (not just after a jump);
-/// logs what it removed or why it could not.
+/// logs why it could not ([`prune`] logs what it removed).
 pub fn prune_results(results_dir: &Path, plan: &str, keep: &RetentionPolicy, just_written: &str) {
-    match prune(
+    if let Err(e) = prune(
         results_dir,
         plan,
         keep,
@@ -247,13 +251,7 @@ pub fn prune_results(results_dir: &Path, plan: &str, keep: &RetentionPolicy, jus
         crate::wall_clock::trusted(),
         Some(just_written),
     ) {
-        Ok(removed) if !removed.is_empty() => tracing::info!(
-            plan,
-            removed = removed.len(),
-            "old result files removed (keep_results)"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(plan, "{e}"),
+        tracing::warn!(plan, "{e}");
     }
 }
 

@@ -763,6 +763,13 @@ impl Scheduler {
 
     fn shut_down(&mut self, s: &mut Step<'_>) {
         self.stopping = true;
+        // Every fire is accounted for: the runs waiting for a run slot, to be tried again, or
+        // behind their plan's running run (`overlap: queue`, a changed run-once plan).
+        let queued: Vec<Due> = self
+            .slots
+            .values_mut()
+            .filter_map(|slots| slots.queued.take())
+            .collect();
         let waiting: Vec<Due> = self
             .admission
             .drain(..)
@@ -771,6 +778,7 @@ impl Scheduler {
                     .into_iter()
                     .map(|(_, r)| r),
             )
+            .chain(queued)
             .collect();
         for run in waiting {
             s.note(Note::NotStarted {

@@ -459,6 +459,26 @@ fn overlap_queue_keeps_one_fire_waiting_and_drops_the_next() {
     assert!(starts(&sim.ended(queued, RunOutcome::Ended)).is_empty());
 }
 
+/// A fire waiting behind its plan's run at shutdown is reported, not dropped in silence.
+#[test]
+fn a_queued_fire_at_shutdown_is_reported_not_started() {
+    let mut sim = Sim::new(8, "2026-06-01T10:00:30Z");
+    let p = cron("p", "1", "0 * * * * *", Overlap::Queue);
+    sim.add(&[&p]);
+    let first = only_start(&sim.pass_to("2026-06-01T10:01:00Z"));
+    assert!(starts(&sim.pass_to("2026-06-01T10:02:00Z")).is_empty());
+    let actions = sim.event(Event::ShuttingDown);
+    assert_eq!(
+        notes(&actions),
+        [Note::NotStarted {
+            plan: "p".into(),
+            scheduled_for: Some(t("2026-06-01T10:02:00Z")),
+            why: NotStartedReason::Waiting,
+        }]
+    );
+    assert!(starts(&sim.ended(first, RunOutcome::Ended)).is_empty());
+}
+
 #[test]
 fn overlap_queue_runs_the_waiting_fire_on_the_version_of_its_turn() {
     let mut sim = Sim::new(8, "2026-06-01T10:00:30Z");
