@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::api::body::{BodyError, IAM_LIMIT, read_limited};
-use crate::api::client::{ClientOptions, Endpoint, EndpointError};
+use crate::api::endpoint::{ClientOptions, Endpoint, EndpointError};
 use crate::api::errors::parse_error_body;
 use crate::secret::Secret;
 
@@ -43,7 +43,7 @@ pub enum ProjectScope {
     Name(String),
 }
 
-/// Validated `auth.iam` settings (see `crate::settings`).
+/// Validated `auth.iam` settings (built by `crate::settings`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IamConfig {
     /// IAM endpoint, e.g. `https://iam.cn-north-4.myhuaweicloud.com`.
