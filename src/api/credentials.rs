@@ -122,6 +122,14 @@ impl Credentials {
         }
     }
 
+    /// Makes the requests these credentials send themselves (IAM tokens) go through `pacer`,
+    /// the account's limits; a no-op for fixed tokens and AK/SK, which send nothing.
+    pub fn pace_with(&self, pacer: Arc<dyn crate::api::pace::Pacer>) {
+        if let Self::Iam(source) = self {
+            source.pace_with(pacer);
+        }
+    }
+
     /// Adds the auth headers to `req.headers` and returns the query string to send.
     pub async fn prepare(&self, req: RequestToSign<'_>) -> Result<Prepared, AuthError> {
         match self {

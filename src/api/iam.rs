@@ -25,7 +25,8 @@ use tokio::time::Instant;
 
 use crate::api::body::{BodyError, IAM_LIMIT, read_limited};
 use crate::api::endpoint::{ClientOptions, Endpoint, EndpointError};
-use crate::api::errors::parse_error_body;
+use crate::api::errors::{parse_error_body, parse_retry_after};
+use crate::api::pace::Pacer;
 use crate::secret::Secret;
 
 /// The smallest refresh margin for long-lived tokens.
@@ -170,6 +171,9 @@ struct Inner {
     timeout: Duration,
     state: StdMutex<State>,
     fetches: AtomicU64,
+    /// The account's limits, which token requests go through like every other call (set by
+    /// the limited client that uses these credentials; none in tests of the source alone).
+    pacer: StdMutex<Option<Arc<dyn Pacer>>>,
 }
 
 impl std::fmt::Debug for IamTokenSource {
@@ -208,6 +212,7 @@ impl IamTokenSource {
                 timeout: config.options.connect_timeout + config.options.request_timeout,
                 state: StdMutex::new(State::default()),
                 fetches: AtomicU64::new(0),
+                pacer: StdMutex::new(None),
             }),
         })
     }
@@ -220,6 +225,17 @@ impl IamTokenSource {
     /// `domain/user`, for logs.
     pub fn who(&self) -> String {
         self.inner.who()
+    }
+
+    /// Makes every later token request take its turn in `pacer` and report its answer there
+    /// (a 429 slows every caller down and its `Retry-After` pauses them). The last one set
+    /// wins: a reload with new limits hands them over to a source it kept.
+    pub fn pace_with(&self, pacer: Arc<dyn Pacer>) {
+        *self
+            .inner
+            .pacer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(pacer);
     }
 
     /// How many token requests were sent to IAM so far.
@@ -327,7 +343,20 @@ impl Inner {
 
     /// One token request, its outcome recorded in the state and handed to every waiter.
     async fn fly(self: Arc<Self>, tx: watch::Sender<FlightResult>) {
-        let result = tokio::time::timeout(self.timeout, self.fetch())
+        let pacer = self
+            .pacer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        // The wait for a turn (a `Retry-After` pause in force) counts in the request's time:
+        // callers wait for the flight no longer than that.
+        let paced_fetch = async {
+            if let Some(pacer) = &pacer {
+                pacer.turn().await;
+            }
+            self.fetch(pacer.as_deref()).await
+        };
+        let result = tokio::time::timeout(self.timeout, paced_fetch)
             .await
             .unwrap_or_else(|_| Err(self.no_answer()));
         let mut state = self.state();
@@ -375,8 +404,8 @@ impl Inner {
         tx.send_replace(Some(shared));
     }
 
-    /// One token request.
-    async fn fetch(&self) -> Result<Cached, IamError> {
+    /// One token request; its answer is reported to `pacer`.
+    async fn fetch(&self, pacer: Option<&dyn Pacer>) -> Result<Cached, IamError> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let scope = match &self.project {
             ProjectScope::Id(id) => json!({"id": id}),
@@ -410,6 +439,14 @@ impl Inner {
             .await
             .map_err(transport)?;
         let status = response.status();
+        if let Some(pacer) = pacer {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, Utc::now()));
+            pacer.answered(Some(status.as_u16()), retry_after);
+        }
         let subject = response
             .headers()
             .get("x-subject-token")

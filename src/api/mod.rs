@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod errors;
 pub mod guard;
 pub mod iam;
+pub mod pace;
 pub mod rules;
 pub mod service_clock;
 pub mod types;
