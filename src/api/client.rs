@@ -1,6 +1,10 @@
-//! The HTTP client of the CodeArts Deploy API: endpoint rules, timeouts, authentication
-//! headers, and turning every answer (or its absence) into a classified outcome. It never
-//! retries: the executor decides. It never logs a secret.
+//! The HTTP client of the CodeArts Deploy API: authentication headers, bounded answer reads,
+//! the credential guard, and turning every answer (or its absence) into a classified outcome.
+//! It never retries: the executor decides. It never logs a secret.
+//!
+//! It does not pace itself either: the daemon makes every call through the executor's limited
+//! client (`executor::limited::LimitedClient`), which wraps this one in the account's limits.
+//! The call methods here are its transport, and what the tests of the wire use.
 
 use std::time::Duration;
 

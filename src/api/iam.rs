@@ -601,6 +601,73 @@ mod tests {
         Arc::new(IamTokenSource::new(&config, Secret::new(password)).expect("builds"))
     }
 
+    /// Records what token requests tell the account's limits.
+    #[derive(Default)]
+    struct Recorder {
+        turns: AtomicU64,
+        answers: StdMutex<Vec<(Option<u16>, Option<Duration>)>>,
+    }
+
+    impl Pacer for Recorder {
+        fn turn(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+            self.turns.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {})
+        }
+
+        fn answered(&self, status: Option<u16>, retry_after: Option<Duration>) {
+            self.answers
+                .lock()
+                .expect("lock")
+                .push((status, retry_after));
+        }
+    }
+
+    #[tokio::test]
+    async fn token_requests_take_their_turn_and_report_their_answer() {
+        let emu = emulator(Duration::from_secs(3600)).await;
+        let src = source(&emu, "pw-SECRET");
+        let recorder = Arc::new(Recorder::default());
+        src.pace_with(recorder.clone());
+        src.token().await.expect("a token");
+        assert_eq!(recorder.turns.load(Ordering::SeqCst), 1);
+        assert_eq!(*recorder.answers.lock().expect("lock"), [(Some(201), None)]);
+
+        // A throttled IAM: its 429 and Retry-After reach the limits.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 8192];
+            let _ = stream.read(&mut buf).await;
+            let body = r#"{"error_code":"APIGW.0308","error_msg":"throttled"}"#;
+            let raw = format!(
+                "HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(raw.as_bytes()).await;
+        });
+        let config = IamConfig {
+            endpoint: Endpoint::parse(&format!("http://{addr}")).expect("endpoint"),
+            domain: "acme".into(),
+            user: "bob".into(),
+            password_file: PathBuf::new(),
+            project: ProjectScope::Name("cn-north-4".into()),
+            options: ClientOptions::default(),
+        };
+        let throttled = IamTokenSource::new(&config, Secret::new("pw")).expect("builds");
+        let recorder = Arc::new(Recorder::default());
+        throttled.pace_with(recorder.clone());
+        let err = throttled.token().await.expect_err("throttled");
+        assert!(err.retryable(), "{err}");
+        assert_eq!(
+            *recorder.answers.lock().expect("lock"),
+            [(Some(429), Some(Duration::from_secs(7)))]
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_callers_share_one_request() {
         let emu = emulator(Duration::from_secs(3600)).await;

@@ -160,3 +160,60 @@ impl StartTurn<'_> {
         outcome
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::client::{ClientOptions, Endpoint};
+    use crate::api::credentials::Credentials;
+    use crate::emulator::{
+        DEFAULT_PROJECT_ID, DEFAULT_TOKEN, Emulator, EmulatorConfig, ScriptedFault,
+    };
+    use crate::secret::Secret;
+    use std::time::Duration;
+
+    /// A query answered 429 is throttling like a start answered 429: the pace halves for
+    /// every caller and the next start call waits out its `Retry-After`.
+    #[tokio::test]
+    async fn a_query_answered_429_slows_and_pauses_the_next_start() {
+        let task = "a".repeat(32);
+        let emulator = Emulator::start(
+            EmulatorConfig {
+                query_script: vec![(task.clone(), ScriptedFault::Throttled(2))],
+                ..EmulatorConfig::default()
+            },
+            "127.0.0.1:0".parse().expect("address"),
+        )
+        .await
+        .expect("emulator");
+        let client = DeployClient::new(
+            Endpoint::parse(&emulator.base_url()).expect("endpoint"),
+            Credentials::Token(Secret::new(DEFAULT_TOKEN)),
+            ClientOptions::default(),
+        )
+        .expect("client");
+        let calls = LimitedClient::new(client, Arc::new(Limits::new(100.0, 1, 4).expect("limits")));
+        let today = chrono::Utc::now().date_naive();
+        let err = calls
+            .history_page(DEFAULT_PROJECT_ID, &task, 1, 10, today, today)
+            .await
+            .expect_err("throttled");
+        assert_eq!(err.info.http_status, Some(429));
+        assert_eq!(err.info.retry_after, Some(Duration::from_secs(2)));
+        assert_eq!(calls.limits().pace(), 0.5);
+
+        let waited = std::time::Instant::now();
+        let turn = calls.start_turn(None).await.expect("credentials work");
+        assert!(
+            waited.elapsed() >= Duration::from_millis(1900),
+            "the start waited out Retry-After: {:?}",
+            waited.elapsed()
+        );
+        assert!(matches!(
+            turn.start(&task, "{}").await,
+            StartOutcome::Started { .. }
+        ));
+        // A success gives a little of the pace back.
+        assert!(calls.limits().pace() > 0.5);
+    }
+}
