@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::api::client::{ClientOptions, Endpoint};
-use crate::auth::iam::{IamConfig, ProjectScope, default_endpoint};
+use crate::api::credentials::AuthSettings;
+use crate::api::endpoint::{ClientOptions, Endpoint};
+use crate::api::iam::{IamConfig, ProjectScope, default_endpoint};
 use crate::duration::parse_duration;
 use crate::executor::limits::Limits;
 use crate::executor::retry::{MAX_RETRY_DURATION, RetryPolicy};
@@ -152,21 +153,6 @@ pub struct RawIam {
     pub project_id: Option<String>,
     /// IAM endpoint; default `https://iam.{region}.myhuaweicloud.com`.
     pub endpoint: Option<String>,
-}
-
-/// Validated `auth:` settings: secret file paths and the IAM user (never a secret itself).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct AuthSettings {
-    /// File holding an IAM token.
-    pub token_file: Option<PathBuf>,
-    /// File holding the access key id.
-    pub ak_file: Option<PathBuf>,
-    /// File holding the secret key.
-    pub sk_file: Option<PathBuf>,
-    /// File holding an STS security token.
-    pub security_token_file: Option<PathBuf>,
-    /// IAM password authentication.
-    pub iam: Option<IamConfig>,
 }
 
 /// Flags that override the config file.

@@ -1,170 +1,30 @@
-//! The HTTP client of the CodeArts Deploy API: endpoint rules, timeouts, authentication
-//! headers, and turning every answer (or its absence) into a classified outcome. It never
-//! retries: the executor decides. It never logs a secret.
+//! The HTTP client of the CodeArts Deploy API: authentication headers, bounded answer reads,
+//! the credential guard, and turning every answer (or its absence) into a classified outcome.
+//! It never retries: the executor decides. It never logs a secret.
+//!
+//! It does not pace itself either: the daemon makes every call through the executor's limited
+//! client (`executor::limited::LimitedClient`), which wraps this one in the account's limits.
+//! The call methods here are its transport, and what the tests of the wire use.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{Method, StatusCode};
 
 use crate::api::body::{self, BodyError};
 use crate::api::credentials::{Credentials, RequestToSign};
+// The client's input values live in a leaf module (the IAM source and the settings use them
+// too); re-exported so that a caller building a client needs one import.
+pub use crate::api::endpoint::{ClientOptions, Endpoint, EndpointError, KNOWN_REGIONS};
 use crate::api::errors::{self, StatusClass, body_request_id, parse_error_body, parse_retry_after};
 use crate::api::guard::{Blocked, CredentialGuard, Pass};
 use crate::api::service_clock::ServiceClock;
 use crate::api::types::{
     CallInfo, HistoryPage, RecordParam, RecordStatus, StartOutcome, StartResponse,
 };
+use crate::auth::signer::encode_component;
 use crate::secret::Secret;
-
-/// The regions the vendor's SDK knows (`CodeArtsDeployRegion`).
-pub const KNOWN_REGIONS: [&str; 9] = [
-    "ap-southeast-3",
-    "cn-south-1",
-    "cn-east-3",
-    "cn-east-2",
-    "cn-north-1",
-    "cn-north-4",
-    "sa-brazil-1",
-    "la-north-2",
-    "tr-west-1",
-];
-
-/// Why an endpoint was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EndpointError {
-    /// Not a URL.
-    #[error("endpoint {url:?} is not a valid URL: {reason}")]
-    Invalid {
-        /// The text given.
-        url: String,
-        /// Parser message.
-        reason: String,
-    },
-    /// Plain HTTP to something else than loopback would send tokens in clear text.
-    #[error(
-        "endpoint {0:?} uses http:// to a non-loopback host; use https:// (plain http is only allowed to 127.0.0.1, ::1 or localhost)"
-    )]
-    InsecureHttp(String),
-    /// Only http and https.
-    #[error("endpoint {0:?} must start with https:// (or http:// to a loopback address)")]
-    Scheme(String),
-    /// Unknown region id.
-    #[error("unknown region {0:?}; known regions: {known}; for another one pass --endpoint", known = KNOWN_REGIONS.join(", "))]
-    UnknownRegion(String),
-}
-
-/// A validated API base URL (scheme, host, port, optional path prefix; no query).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    url: Url,
-}
-
-impl Endpoint {
-    /// Parses and checks an endpoint URL. A URL without a scheme gets `https://`, as in the SDK.
-    pub fn parse(text: &str) -> Result<Self, EndpointError> {
-        let text = text.trim();
-        let with_scheme = if text.contains("://") {
-            text.to_string()
-        } else {
-            format!("https://{text}")
-        };
-        let url = Url::parse(&with_scheme).map_err(|e| EndpointError::Invalid {
-            url: text.to_string(),
-            reason: e.to_string(),
-        })?;
-        match url.scheme() {
-            "https" => {}
-            "http" if is_loopback(&url) => {}
-            "http" => return Err(EndpointError::InsecureHttp(text.to_string())),
-            _ => return Err(EndpointError::Scheme(text.to_string())),
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(EndpointError::Invalid {
-                url: text.to_string(),
-                reason: "no host".into(),
-            });
-        }
-        Ok(Self { url })
-    }
-
-    /// `https://codearts-deploy.{region}.myhuaweicloud.com` for a region the SDK knows.
-    pub fn for_region(region: &str) -> Result<Self, EndpointError> {
-        if !KNOWN_REGIONS.contains(&region) {
-            return Err(EndpointError::UnknownRegion(region.to_string()));
-        }
-        Self::parse(&format!(
-            "https://codearts-deploy.{region}.myhuaweicloud.com"
-        ))
-    }
-
-    /// `host[:port]` as sent in `Host` and signed: the port only when it is not the default.
-    pub fn host_header(&self) -> String {
-        let host = self.url.host_str().unwrap_or_default();
-        let host = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]")
-        } else {
-            host.to_string()
-        };
-        match self.url.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host,
-        }
-    }
-
-    /// The endpoint as text, without a trailing slash.
-    pub fn as_str(&self) -> &str {
-        self.url.as_str().trim_end_matches('/')
-    }
-
-    fn join(&self, path: &str, query: &str) -> Result<Url, url::ParseError> {
-        let base = self.as_str();
-        let full = if query.is_empty() {
-            format!("{base}{path}")
-        } else {
-            format!("{base}{path}?{query}")
-        };
-        Url::parse(&full)
-    }
-
-    /// The path prefix of the endpoint (usually empty), prepended to API paths.
-    fn path_prefix(&self) -> &str {
-        self.url.path().trim_end_matches('/')
-    }
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
-}
-
-/// Timeouts and pool settings, always set explicitly (never the library defaults).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientOptions {
-    /// TCP + TLS connect timeout.
-    pub connect_timeout: Duration,
-    /// Whole request timeout, from sending to the end of the body.
-    pub request_timeout: Duration,
-    /// Idle pooled connections are closed after this, below common server keep-alives (60 s
-    /// on many gateways), so we never send on a connection the server is about to close.
-    pub pool_idle_timeout: Duration,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-            pool_idle_timeout: Duration::from_secs(20),
-        }
-    }
-}
 
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -324,7 +184,7 @@ impl DeployClient {
 
     /// [`start_task`](Self::start_task) with the right to call already obtained.
     pub async fn start_task_with(&self, pass: Pass<'_>, task_id: &str, body: &str) -> StartOutcome {
-        let path = format!("/v2/tasks/{}/start", encode_segment(task_id));
+        let path = format!("/v2/tasks/{}/start", encode_component(task_id));
         let answer = match self
             .send(
                 pass,
@@ -392,8 +252,8 @@ impl DeployClient {
     ) -> Result<HistoryPage, GetFailure> {
         let path = format!(
             "/v2/{}/task/{}/history",
-            encode_segment(project_id),
-            encode_segment(task_id)
+            encode_component(project_id),
+            encode_component(task_id)
         );
         let query = [
             ("page".to_string(), page.to_string()),
@@ -421,7 +281,7 @@ impl DeployClient {
         struct Envelope {
             result: RecordStatus,
         }
-        let path = format!("/v2/tasks/{}/state", encode_segment(task_id));
+        let path = format!("/v2/tasks/{}/state", encode_component(task_id));
         let query = [("record_id".to_string(), record_id.to_string())];
         let answer = self.get(&path, &query, body::STATUS_LIMIT).await?;
         serde_json::from_slice::<Envelope>(&answer.body)
@@ -436,7 +296,7 @@ impl DeployClient {
         task_id: &str,
         record_id: &str,
     ) -> Result<Vec<RecordParam>, GetFailure> {
-        let path = format!("/v2/history/tasks/{}/params", encode_segment(task_id));
+        let path = format!("/v2/history/tasks/{}/params", encode_component(task_id));
         let query = [("record_id".to_string(), record_id.to_string())];
         let answer = self.get(&path, &query, body::PARAMS_LIMIT).await?;
         serde_json::from_slice(&answer.body).map_err(|e| unreadable(&answer, e))
@@ -728,65 +588,9 @@ fn unreadable(answer: &Answer, e: serde_json::Error) -> GetFailure {
     }
 }
 
-/// Percent-encodes one path segment with an empty safe set, as the SDK does.
-pub fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn http_only_to_loopback() {
-        assert!(Endpoint::parse("http://127.0.0.1:8080").is_ok());
-        assert!(Endpoint::parse("http://127.3.4.5").is_ok());
-        assert!(Endpoint::parse("http://[::1]:9000").is_ok());
-        assert!(Endpoint::parse("http://localhost:1").is_ok());
-        assert!(matches!(
-            Endpoint::parse("http://10.0.0.1"),
-            Err(EndpointError::InsecureHttp(_))
-        ));
-        assert!(matches!(
-            Endpoint::parse("http://example.com"),
-            Err(EndpointError::InsecureHttp(_))
-        ));
-        assert!(matches!(
-            Endpoint::parse("ftp://example.com"),
-            Err(EndpointError::Scheme(_))
-        ));
-        assert!(Endpoint::parse("https://codearts-deploy.cn-north-4.myhuaweicloud.com").is_ok());
-    }
-
-    #[test]
-    fn scheme_defaults_to_https_and_host_keeps_non_default_port() {
-        let e = Endpoint::parse("example.com:8443").expect("valid");
-        assert_eq!(e.as_str(), "https://example.com:8443");
-        assert_eq!(e.host_header(), "example.com:8443");
-        let e = Endpoint::parse("https://example.com:443/").expect("valid");
-        assert_eq!(e.host_header(), "example.com");
-        let e = Endpoint::parse("http://[::1]:9000").expect("valid");
-        assert_eq!(e.host_header(), "[::1]:9000");
-    }
-
-    #[test]
-    fn regions() {
-        let e = Endpoint::for_region("cn-north-4").expect("known");
-        assert_eq!(
-            e.as_str(),
-            "https://codearts-deploy.cn-north-4.myhuaweicloud.com"
-        );
-        let err = Endpoint::for_region("mars-1").expect_err("unknown");
-        assert!(err.to_string().contains("cn-north-4"));
-    }
 
     #[test]
     fn only_token_refusals_trigger_a_refresh() {
@@ -997,7 +801,65 @@ mod tests {
 
     #[test]
     fn segments_are_encoded_with_upper_hex() {
-        assert_eq!(encode_segment("abc-_.~9"), "abc-_.~9");
-        assert_eq!(encode_segment("a b/c:é"), "a%20b%2Fc%3A%C3%A9");
+        assert_eq!(encode_component("abc-_.~9"), "abc-_.~9");
+        assert_eq!(encode_component("a b/c:é"), "a%20b%2Fc%3A%C3%A9");
+    }
+
+    /// What goes on the wire is what the signer signed: the path segments and the query are
+    /// encoded by the signer's own functions, and a signed request verifies as sent.
+    #[tokio::test]
+    async fn the_query_and_path_sent_are_the_ones_signed() {
+        use crate::auth::signer::{AkSk, ReceivedRequest, verify};
+        let creds = Credentials::AkSk(Box::new(AkSk {
+            ak: "AK".into(),
+            sk: Secret::new("sk"),
+            project_id: None,
+            security_token: None,
+        }));
+        let query = [
+            ("b".to_string(), "x y/é".to_string()),
+            ("a".to_string(), "2".to_string()),
+            ("a".to_string(), "1".to_string()),
+        ];
+        let path = format!("/v2/tasks/{}/state", encode_component("t d/é"));
+        let mut headers = vec![("Content-Type".to_string(), "application/json".to_string())];
+        let now = Utc::now();
+        let prepared = creds
+            .prepare(RequestToSign {
+                method: "GET",
+                host: "example.com",
+                path: &path,
+                query: &query,
+                headers: &mut headers,
+                body: b"",
+                now,
+            })
+            .await
+            .expect("signed");
+        assert_eq!(prepared.query_string, "a=1&a=2&b=x%20y%2F%C3%A9");
+        let received = ReceivedRequest {
+            method: "GET",
+            path: &path,
+            query: &prepared.query_string,
+            headers: &headers,
+            body: b"",
+        };
+        assert_eq!(verify(&received, "sk", now), Ok(()));
+        // A fixed token sends the same query string.
+        let token = Credentials::Token(Secret::new("t"));
+        let mut headers = Vec::new();
+        let sent = token
+            .prepare(RequestToSign {
+                method: "GET",
+                host: "example.com",
+                path: &path,
+                query: &query,
+                headers: &mut headers,
+                body: b"",
+                now,
+            })
+            .await
+            .expect("token");
+        assert_eq!(sent.query_string, prepared.query_string);
     }
 }

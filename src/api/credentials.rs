@@ -7,10 +7,25 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::auth::iam::IamTokenSource;
-use crate::auth::signer::{AkSk, SignRequest, sign};
+use crate::api::iam::{IamConfig, IamTokenSource};
+use crate::auth::signer::{AkSk, SignRequest, query_string, sign};
 use crate::secret::Secret;
-use crate::settings::AuthSettings;
+
+/// Validated `auth:` settings (built by [`crate::settings`]): secret file paths and the IAM
+/// user, never a secret itself. The input of [`credentials_from`], so it lives here.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// File holding an IAM token.
+    pub token_file: Option<std::path::PathBuf>,
+    /// File holding the access key id.
+    pub ak_file: Option<std::path::PathBuf>,
+    /// File holding the secret key.
+    pub sk_file: Option<std::path::PathBuf>,
+    /// File holding an STS security token.
+    pub security_token_file: Option<std::path::PathBuf>,
+    /// IAM password authentication.
+    pub iam: Option<IamConfig>,
+}
 
 /// The request as it will be sent, for signing.
 pub struct RequestToSign<'a> {
@@ -33,7 +48,8 @@ pub struct RequestToSign<'a> {
 /// What authentication adds besides headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prepared {
-    /// The query string to send (sorted and encoded the way the signer canonicalises it).
+    /// The query string to send: the signer's canonical query of the pairs (for AK/SK, taken
+    /// from the signed request itself), so what is sent is what the gateway verifies.
     pub query_string: String,
     /// The IAM token sent, when it came from an [`IamTokenSource`] (to invalidate it if the
     /// API refuses it).
@@ -106,6 +122,14 @@ impl Credentials {
         }
     }
 
+    /// Makes the requests these credentials send themselves (IAM tokens) go through `pacer`,
+    /// the account's limits; a no-op for fixed tokens and AK/SK, which send nothing.
+    pub fn pace_with(&self, pacer: Arc<dyn crate::api::pace::Pacer>) {
+        if let Self::Iam(source) = self {
+            source.pace_with(pacer);
+        }
+    }
+
     /// Adds the auth headers to `req.headers` and returns the query string to send.
     pub async fn prepare(&self, req: RequestToSign<'_>) -> Result<Prepared, AuthError> {
         match self {
@@ -113,7 +137,7 @@ impl Credentials {
                 req.headers
                     .push(("X-Auth-Token".into(), token.expose().to_string()));
                 Ok(Prepared {
-                    query_string: canonical_query(req.query),
+                    query_string: query_string(req.query),
                     token_used: None,
                 })
             }
@@ -125,7 +149,7 @@ impl Credentials {
                 req.headers
                     .push(("X-Auth-Token".into(), token.expose().to_string()));
                 Ok(Prepared {
-                    query_string: canonical_query(req.query),
+                    query_string: query_string(req.query),
                     token_used: Some(token),
                 })
             }
@@ -155,24 +179,6 @@ impl Credentials {
             }
         }
     }
-}
-
-/// Query pairs sorted by raw key then raw value, each part RFC 3986 encoded with upper-case hex,
-/// joined as `k=v&...` (the SDK sends the query in exactly its signed form).
-pub fn canonical_query(pairs: &[(String, String)]) -> String {
-    let mut sorted: Vec<&(String, String)> = pairs.iter().collect();
-    sorted.sort();
-    sorted
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                crate::api::client::encode_segment(k),
-                crate::api::client::encode_segment(v)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 /// Why no credentials could be set up (a configuration error).
@@ -375,8 +381,8 @@ fn shared_mode(path: &std::path::Path) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::client::{ClientOptions, Endpoint};
-    use crate::auth::iam::{IamConfig, ProjectScope};
+    use crate::api::endpoint::{ClientOptions, Endpoint};
+    use crate::api::iam::ProjectScope;
     use std::os::unix::fs::PermissionsExt;
     use std::path::{Path, PathBuf};
 

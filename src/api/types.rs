@@ -58,7 +58,43 @@ pub enum StartOutcome {
     Unknown(CallInfo),
 }
 
+/// What a start call's outcome means, without its details: the one classification the
+/// journal, the metrics and the executor's decision share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeClass {
+    /// A record id came back.
+    Started,
+    /// Certainly not processed: may be sent again.
+    Retryable,
+    /// Refused: sending again cannot help.
+    Final,
+    /// Sent, answer lost or unreadable: may have created a record.
+    Unknown,
+}
+
+impl OutcomeClass {
+    /// The class as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Retryable => "retryable",
+            Self::Final => "final",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 impl StartOutcome {
+    /// The outcome's class.
+    pub fn class(&self) -> OutcomeClass {
+        match self {
+            Self::Started { .. } => OutcomeClass::Started,
+            Self::Retryable(_) => OutcomeClass::Retryable,
+            Self::Final(_) => OutcomeClass::Final,
+            Self::Unknown(_) => OutcomeClass::Unknown,
+        }
+    }
+
     /// The exchange details, whatever the outcome.
     pub fn info(&self) -> &CallInfo {
         match self {

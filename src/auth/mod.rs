@@ -1,11 +1,12 @@
-//! Request authentication for the Huawei Cloud API gateway.
+//! AK/SK request signing for the Huawei Cloud API gateway: pure functions, a leaf that
+//! [`crate::api`] and the emulator use and that uses nothing of theirs.
 //!
-//! [`iam`] obtains, caches and refreshes IAM tokens by password (API doc section E1).
-//! [`signer`] holds the pure AK/SK `SDK-HMAC-SHA256` algorithm (API doc section E2): the client side
-//! ([`sign`]) and the gateway side ([`verify`], used by the emulator). No I/O, no clocks: callers
-//! pass the current time in.
+//! [`signer`] holds the `SDK-HMAC-SHA256` algorithm (API doc section E2): the client side
+//! ([`sign`]), the gateway side ([`verify`], used by the emulator), and the one RFC 3986 encoder
+//! and canonical query ([`signer::encode_component`], [`signer::query_string`]) that the client
+//! also uses for what it sends, so that what is sent is what was signed. No I/O, no clocks:
+//! callers pass the current time in. IAM tokens, which need HTTP, live in [`crate::api::iam`].
 
-pub mod iam;
 pub mod signer;
 
 pub use signer::{

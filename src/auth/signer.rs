@@ -234,7 +234,7 @@ pub fn sign(creds: &AkSk, req: &SignRequest<'_>, now: DateTime<Utc>) -> Signed {
         }
     }
 
-    let query = canonical_query(req.query.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+    let query = query_string(req.query);
     let (canonical_headers, signed_headers) = canonical_headers(
         headers
             .iter()
@@ -500,6 +500,21 @@ fn payload_hash(body: &[u8], declared: Option<&str>) -> String {
     } else {
         hex::encode(Sha256::digest(body))
     }
+}
+
+/// One path segment (or query key or value) RFC 3986 encoded as the canonical request encodes
+/// it. The client encodes what it sends with this, so the path on the wire and the path signed
+/// cannot differ (an empty safe set, as the SDK's path parameters).
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    encode_rfc3986(s.as_bytes(), &mut out);
+    out
+}
+
+/// The query string to send for `pairs`: the canonical query [`sign`] signs (sorted by raw key
+/// then value, both parts encoded), because the gateway recomputes it from what it receives.
+pub fn query_string(pairs: &[(String, String)]) -> String {
+    canonical_query(pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
 }
 
 /// RFC 3986 encoding: `A-Z a-z 0-9 - _ . ~` stay, every other byte becomes `%XX` (upper-case).

@@ -129,6 +129,10 @@ pub struct EmulatorConfig {
     /// listed fault, and so on (then the random ones apply), so a test loses exactly the
     /// answers it wants whatever order the calls come in.
     pub start_script: Vec<(String, ScriptedFault)>,
+    /// Faults for the queries (history, state, params) of given task ids, in the same way:
+    /// a task's first query gets its first listed fault. `DropBefore` and `DropAfter` both
+    /// close the connection unanswered (a query creates nothing).
+    pub query_script: Vec<(String, ScriptedFault)>,
 }
 
 /// A fault chosen for one start call.
@@ -140,6 +144,9 @@ pub enum ScriptedFault {
     DropBefore,
     /// Processed (a record exists), then the connection closed unanswered.
     DropAfter,
+    /// Answered 429 APIGW.0308 with `Retry-After` of this many seconds, before processing
+    /// (as the gateway throttles).
+    Throttled(u32),
 }
 
 impl Default for EmulatorConfig {
@@ -169,6 +176,7 @@ impl Default for EmulatorConfig {
             record_utc_offset: service_zone(),
             clock_offset: chrono::TimeDelta::zero(),
             start_script: Vec::new(),
+            query_script: Vec::new(),
         }
     }
 }
@@ -419,6 +427,7 @@ impl EmulatorArgs {
             record_utc_offset: self.record_utc_offset,
             clock_offset: chrono::TimeDelta::seconds(self.clock_offset_secs),
             start_script: Vec::new(),
+            query_script: Vec::new(),
         }
     }
 }

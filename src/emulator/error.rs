@@ -155,6 +155,20 @@ impl ApiErr {
         err
     }
 
+    /// 429 APIGW.0308 with `Retry-After: {secs}` (a scripted throttle).
+    pub fn throttled_for(secs: u32) -> Self {
+        let mut err = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorForm::Apig,
+            APIGW_THROTTLED,
+            format!(
+                "The throttling threshold has been reached: policy user over ratelimit, time:{secs} second"
+            ),
+        );
+        err.retry_after = Some(secs);
+        err
+    }
+
     /// An injected 500 (service form) or 503 (gateway form).
     pub fn injected(status: StatusCode) -> Self {
         if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -305,12 +305,29 @@ impl Shared {
             store.stats.total += 1;
             if matches!(route, Route::Deploy(_)) {
                 let mut faults = Faults::roll(&mut store.rng, &self.config);
-                if let Route::Deploy(DeployRoute::Start { task_id }) = &route
-                    && let Some(scripted) = store.scripted_fault(task_id)
-                {
+                let scripted = match &route {
+                    Route::Deploy(DeployRoute::Start { task_id }) => store.scripted_fault(task_id),
+                    Route::Deploy(
+                        DeployRoute::History { task_id, .. }
+                        | DeployRoute::State { task_id }
+                        | DeployRoute::Params { task_id },
+                    ) => store
+                        .scripted_query_fault(task_id)
+                        // A query creates nothing: losing its answer is losing the request.
+                        .map(|f| match f {
+                            ScriptedFault::DropAfter => ScriptedFault::DropBefore,
+                            other => other,
+                        }),
+                    _ => None,
+                };
+                if let Some(scripted) = scripted {
                     faults = Faults {
                         drop_before: scripted == ScriptedFault::DropBefore,
                         drop_after: scripted == ScriptedFault::DropAfter,
+                        throttled: match scripted {
+                            ScriptedFault::Throttled(secs) => Some(secs),
+                            _ => None,
+                        },
                         ..Faults::default()
                     };
                 }
@@ -386,6 +403,9 @@ impl Shared {
         };
         let body = read_body(parts, body).await?;
         let principal = self.authenticate(parts, &body)?;
+        if let Some(secs) = faults.throttled {
+            return Err(ApiErr::throttled_for(secs));
+        }
         self.throttle()?;
         if let Some(status) = faults.error {
             return Err(ApiErr::injected(status));

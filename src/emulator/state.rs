@@ -312,6 +312,8 @@ pub struct Faults {
     pub drop_after: bool,
     /// Extra latency.
     pub jitter: Duration,
+    /// Answer 429 with `Retry-After` of this many seconds instead of processing (scripted).
+    pub throttled: Option<u32>,
 }
 
 impl Faults {
@@ -329,6 +331,7 @@ impl Faults {
             }),
             drop_after: draws[4] < config.drop_after_rate,
             jitter: config.latency_jitter.mul_f64(draws[5]),
+            throttled: None,
         }
     }
 }
@@ -353,6 +356,8 @@ pub struct Store {
     pub rng: StdRng,
     /// Scripted faults of the next start calls, per task id.
     pub start_script: Vec<(String, super::config::ScriptedFault)>,
+    /// Scripted faults of the next queries, per task id.
+    pub query_script: Vec<(String, super::config::ScriptedFault)>,
 }
 
 impl Store {
@@ -373,6 +378,7 @@ impl Store {
                 None => StdRng::from_os_rng(),
             },
             start_script: config.start_script.clone(),
+            query_script: config.query_script.clone(),
         }
     }
 
@@ -380,6 +386,12 @@ impl Store {
     pub fn scripted_fault(&mut self, task_id: &str) -> Option<super::config::ScriptedFault> {
         let at = self.start_script.iter().position(|(t, _)| t == task_id)?;
         Some(self.start_script.remove(at).1)
+    }
+
+    /// The scripted fault of `task_id`'s next query, if one is left.
+    pub fn scripted_query_fault(&mut self, task_id: &str) -> Option<super::config::ScriptedFault> {
+        let at = self.query_script.iter().position(|(t, _)| t == task_id)?;
+        Some(self.query_script.remove(at).1)
     }
 
     /// Creates a record for a task and returns a copy of it.

@@ -1,5 +1,5 @@
 //! Following a started deployment (`follow: true`): poll its record's state
-//! (`ShowDeployStatus`) with backoff, through the shared limits, until it succeeds or fails or
+//! (`ShowDeployStatus`) with backoff, through the [`LimitedClient`], until it succeeds or fails or
 //! the plan's `follow_timeout` passes. Unknown states count as still running.
 
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::Executor;
+use super::limited::LimitedClient;
 use crate::api::types::DeployState;
 use crate::results::FollowOutcome;
 
@@ -26,7 +26,7 @@ pub fn poll_pause(n: u32) -> Duration {
 /// Polls until the deployment ends, the timeout passes, or `stop` is cancelled. Returns the
 /// last state seen (running if it never ended) and the time followed.
 pub async fn follow(
-    exec: &Executor,
+    calls: &LimitedClient,
     task_id: &str,
     record_id: &str,
     timeout: Duration,
@@ -37,10 +37,7 @@ pub async fn follow(
     let mut state = DeployState::Running;
     let mut n = 0;
     loop {
-        let query = async {
-            let _permit = exec.limits.acquire(None).await;
-            exec.client.record_status(task_id, record_id).await
-        };
+        let query = calls.record_status(task_id, record_id);
         let answer = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
@@ -54,7 +51,7 @@ pub async fn follow(
                     break;
                 }
             }
-            Err(e) if exec.client.guard().blocked().is_some() => {
+            Err(e) if calls.guard().blocked().is_some() => {
                 warn!(record_id, "stopped following: {e}");
                 break;
             }

@@ -5,7 +5,9 @@
 //! causing a storm of 429s. One `Limits` is shared by every plan and every run, because the
 //! API quota is per account.
 
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +16,8 @@ use tokio::time::Instant;
 
 use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::api::pace::Pacer;
 
 /// Smallest `rate` accepted: one call every 1,000 s. Below this the GCRA period (and the
 /// slow lane's interval, 20 times longer) would leave what `Duration` and `governor` can hold.
@@ -198,6 +202,17 @@ impl Limits {
         Duration::from_micros(self.waited_micros.load(Ordering::Relaxed))
     }
 
+    /// How a call was answered, for the slow lane: a 429 slows everybody down and pauses them
+    /// for its `Retry-After`, a success gives a little pace back, anything else (no answer
+    /// included) says nothing about the quota.
+    pub fn answered(&self, status: Option<u16>, retry_after: Option<Duration>) {
+        match status {
+            Some(429) => self.throttled(retry_after),
+            Some(200..=299) => self.relieved(),
+            _ => {}
+        }
+    }
+
     /// Waits for a slot in flight (the plan's, then the global one), then for the rate limiter.
     /// Taking the concurrency slot first means a call leaves as soon as its rate slot comes, so
     /// calls are spread as the rate says rather than bunched behind the semaphore.
@@ -217,6 +232,30 @@ impl Limits {
             .acquire_owned()
             .await
             .expect("global semaphore is never closed");
+        self.wait_turn().await;
+        CallPermit {
+            _global: global,
+            _plan: plan_permit,
+        }
+    }
+
+    /// Waits out the pause a `Retry-After` imposed on every caller, if one is in force; takes
+    /// no slot and no turn at the rate.
+    pub async fn wait_pause(&self) {
+        let until = self
+            .slow
+            .lock()
+            .ok()
+            .and_then(|lane| lane.paused_until)
+            .filter(|until| *until > Instant::now());
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    /// Waits for a turn at the account's pace: the rate limiter, then the slow lane (and its
+    /// `Retry-After` pause). No slot in flight is taken.
+    pub async fn wait_turn(&self) {
         let started = std::time::Instant::now();
         // A little jitter keeps waiters that became ready together from waking in lock step.
         // It is kept to 0.5% of the emission interval: at burst 1 every moment a caller is
@@ -236,10 +275,23 @@ impl Limits {
         crate::metrics::global().limiter_wait(started.elapsed());
         let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.waited_micros.fetch_add(waited, Ordering::Relaxed);
-        CallPermit {
-            _global: global,
-            _plan: plan_permit,
-        }
+    }
+}
+
+/// IAM token requests are made inside the client, below this module: they reach the limits
+/// through this hook. They wait out a `Retry-After` pause and report their answer like any
+/// call, but take no slot in flight and no turn at the rate. No slot: a token is always
+/// fetched for a call that already holds one, so with `concurrency: 1` asking for a second
+/// would wait on the very call that waits for the token. No turn at the rate: IAM's quota is
+/// not the deploy API's, and a refresh queued behind a run's start calls could let the token
+/// they need expire.
+impl Pacer for Limits {
+    fn turn(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.wait_pause())
+    }
+
+    fn answered(&self, status: Option<u16>, retry_after: Option<Duration>) {
+        Limits::answered(self, status, retry_after);
     }
 }
 

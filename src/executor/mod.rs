@@ -2,11 +2,12 @@
 //! and the account's limits, retries what may be retried, looks up unknown outcomes in the
 //! task's history instead of re-sending blindly, and builds the `RunReport`.
 //!
-//! It makes calls through [`DeployClient`] and never writes files: the caller persists the
+//! It makes calls only through [`LimitedClient`] and never writes files: the caller persists the
 //! report. Two tokens stop a run: `stop` (no new call starts, retries included) and `abort`
 //! (calls in flight are dropped, at the end of the shutdown grace period).
 
 pub mod follow;
+pub mod limited;
 pub mod limits;
 pub mod reconcile;
 pub mod retry;
@@ -26,13 +27,14 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::api::client::DeployClient;
 use crate::api::rules::ParamType;
-use crate::api::types::{CallInfo, StartOutcome};
+use crate::api::types::{CallInfo, OutcomeClass, StartOutcome};
 use crate::api::wire::{StartBody, WireParam};
 pub use crate::finish::FinishedRun;
 use crate::journal::{CallClass, Entry, RunHeader};
 use crate::plan::{ParamValue, Plan, Task};
 use crate::results::{RecordRef, ReportParam, RunId, RunReport, TaskReport, TaskStatus, Trigger};
 use crate::store::{RunJournal, SharedStore, StoreError};
+use limited::{LimitedClient, StartTurn};
 use limits::Limits;
 use reconcile::{Lookup, Reconciler, Since};
 use retry::RetryPolicy;
@@ -123,8 +125,8 @@ pub struct StopTokens {
 /// Runs plans. Cheap to clone.
 #[derive(Clone)]
 pub struct Executor {
-    client: DeployClient,
-    limits: Arc<Limits>,
+    /// The only way its calls reach the API (lookups and following included).
+    calls: LimitedClient,
     settings: Arc<ExecutorSettings>,
     known_records: Arc<reconcile::KnownRecords>,
     task_locks: Arc<task_locks::TaskLocks>,
@@ -140,8 +142,7 @@ impl Executor {
             .as_deref()
             .map(|dir| Arc::new(crate::store::folder::FolderStore::at(dir)) as SharedStore);
         Self {
-            client,
-            limits,
+            calls: LimitedClient::new(client, limits),
             settings: Arc::new(settings),
             known_records: Arc::new(reconcile::KnownRecords::default()),
             task_locks: Arc::new(task_locks::TaskLocks::default()),
@@ -153,7 +154,7 @@ impl Executor {
     /// This executor journaling its runs in `store` (and keeping learned facts there).
     pub fn with_store(mut self, store: Option<SharedStore>) -> Self {
         if let Some(store) = &store {
-            self.client
+            self.calls
                 .clock()
                 .attach_store(store.clone(), self.settings.history_offset_hint);
         }
@@ -168,17 +169,26 @@ impl Executor {
     pub fn succeeding(mut self, old: &Executor, same_limits: bool) -> Self {
         self.known_records = old.known_records.clone();
         self.task_locks = old.task_locks.clone();
-        let clock = old.client.clock().clone();
+        let clock = old.calls.clock().clone();
         if let Some(store) = &self.store {
             clock.attach_store(store.clone(), self.settings.history_offset_hint);
         }
-        self.client = self.client.with_clock(clock);
         // A credential the API refused stays refused, and IAM is not asked again with a
         // password it refused, unless the reload brought other credentials.
-        self.client = self.client.with_credentials_of(&old.client);
-        if same_limits {
-            self.limits = old.limits.clone();
-        }
+        let client = self
+            .calls
+            .client()
+            .clone()
+            .with_clock(clock)
+            .with_credentials_of(old.calls.client());
+        let limits = if same_limits {
+            old.calls.limits().clone()
+        } else {
+            self.calls.limits().clone()
+        };
+        // Built again: a token source kept from `old` then paces its requests with these
+        // limits.
+        self.calls = LimitedClient::new(client, limits);
         self
     }
 
@@ -189,12 +199,27 @@ impl Executor {
 
     /// The shared limits.
     pub fn limits(&self) -> &Arc<Limits> {
-        &self.limits
+        self.calls.limits()
     }
 
-    /// The client.
+    /// The client (its clock and credentials; calls go through [`Executor::calls`]).
     pub fn client(&self) -> &DeployClient {
-        &self.client
+        self.calls.client()
+    }
+
+    /// What a history lookup needs of this executor (see [`reconcile::History`]).
+    pub fn history(&self) -> reconcile::History<'_> {
+        reconcile::History {
+            calls: &self.calls,
+            project_id: self.settings.project_id.as_deref(),
+            settle: self.settings.settle,
+            known: &self.known_records,
+        }
+    }
+
+    /// The limited client every call of this executor goes through.
+    pub fn calls(&self) -> &LimitedClient {
+        &self.calls
     }
 
     /// Runs every task of the plan and returns the report (never fails as a whole: each task's
@@ -258,7 +283,7 @@ impl Executor {
                 journal,
                 retry_budget: AtomicU32::new(retry_budget(plan.tasks.len())),
             });
-            let width = plan.concurrency.map_or(self.limits.concurrency(), |c| c.get()).min(self.limits.concurrency());
+            let width = plan.concurrency.map_or(self.limits().concurrency(), |c| c.get()).min(self.limits().concurrency());
             let plan_slots = Arc::new(Semaphore::new(width));
             // Tasks alive at once are bounded too, so a plan of 10,000 tasks holds a window
             // of futures rather than all of them.
@@ -438,13 +463,163 @@ struct TaskCtx {
     shared: Arc<RunShared>,
 }
 
+/// A task's call, ready to be sent as often as the retry policy allows.
+struct PreparedCall {
+    /// The params as reported (encrypt values masked).
+    params: Vec<ReportParam>,
+    /// Values of encrypt params, masked in any error text an answer echoes.
+    secrets: Vec<crate::secret::Secret>,
+    /// The exact body sent.
+    body: String,
+}
+
+/// What one attempt came to.
+enum Attempt {
+    /// The call left and was answered (or its answer lost).
+    Answered(Box<Answered>),
+    /// The task ends without a call to judge (stopped, credentials refused, journal failure,
+    /// or the call abandoned at the end of the shutdown grace period): the report says why.
+    Ended(Box<TaskReport>),
+}
+
+impl Attempt {
+    /// The task ends with `report`.
+    fn ended(report: TaskReport) -> Self {
+        Self::Ended(Box::new(report))
+    }
+}
+
+/// An answered call, and what judging it needs.
+struct Answered {
+    /// The task's line, with the answer in it.
+    report: TaskReport,
+    outcome: StartOutcome,
+    attempt: u32,
+    /// When it was sent, for a history lookup.
+    sent: Since,
+    /// The task's lock, held until the outcome is settled.
+    task_guard: task_locks::TaskGuard,
+}
+
+/// Why a call whose turn had come was not sent.
+enum NotSent {
+    /// Its intent could not be journaled (no call leaves without it).
+    JournalFailed(String),
+    /// Another call had the credentials refused meanwhile.
+    Refused(crate::api::guard::Blocked),
+    /// The run was stopped meanwhile.
+    Stopped,
+}
+
+/// Where a judged outcome leads.
+enum Next {
+    /// A record is ours (returned, or found in the history): list the others, then follow it.
+    Started(TaskReport),
+    /// The task ends with this report.
+    Done(TaskReport),
+    /// Not started: another call may go if the retry policy allows.
+    Retry(TaskReport),
+}
+
+/// The journal's name for an outcome class.
+fn journal_class(class: OutcomeClass) -> CallClass {
+    match class {
+        OutcomeClass::Started => CallClass::Started,
+        OutcomeClass::Retryable => CallClass::Retryable,
+        OutcomeClass::Final => CallClass::Final,
+        OutcomeClass::Unknown => CallClass::Unknown,
+    }
+}
+
 impl TaskCtx {
     async fn run_task(&self, task: &Task) -> TaskReport {
         let span = info_span!("task", task_id = %task.task_id);
         self.run_task_inner(task).instrument(span).await
     }
 
+    /// The task's calls until one settles it: attempts, each judged by its outcome (an
+    /// unknown one looked up in the history), with the retry policy deciding between them.
     async fn run_task_inner(&self, task: &Task) -> TaskReport {
+        let call = match self.prepare(task) {
+            Ok(call) => call,
+            Err(report) => return *report,
+        };
+        let mut report = TaskReport::new(&task.task_id, TaskStatus::Failed, call.params.clone());
+        let first = Instant::now();
+        let reconciler = Reconciler::new(&self.exec, &task.task_id, &call.params);
+        // Send times of calls whose outcome stayed unknown and were then re-sent: if records
+        // show up for them later, the report lists every record.
+        let mut unknown_since: Option<Since> = None;
+        loop {
+            let answered = match self.attempt(task, &call, report).await {
+                Attempt::Answered(answered) => answered,
+                Attempt::Ended(report) => return *report,
+            };
+            let Answered {
+                report: answered_report,
+                outcome,
+                attempt,
+                sent,
+                task_guard,
+            } = *answered;
+            let retry_after = outcome.info().retry_after;
+            let next = match outcome {
+                StartOutcome::Started { response, .. } => {
+                    info!(attempt, record_id = %response.id, "started");
+                    Next::Started(answered_report)
+                }
+                StartOutcome::Final(info) => {
+                    // Logged from the report: its text is scrubbed of encrypt values.
+                    warn!(attempt, status = ?info.http_status, code = ?answered_report.error_code, "refused: {}", answered_report.error_msg.as_deref().unwrap_or(""));
+                    Next::Done(answered_report)
+                }
+                StartOutcome::Unknown(_) => {
+                    self.unknown_outcome(
+                        answered_report,
+                        &reconciler,
+                        attempt,
+                        sent,
+                        &mut unknown_since,
+                    )
+                    .await
+                }
+                StartOutcome::Retryable(info) => {
+                    debug!(attempt, status = ?info.http_status, "retryable: {}", answered_report.error_msg.as_deref().unwrap_or(""));
+                    Next::Retry(answered_report)
+                }
+            };
+            report = match next {
+                Next::Started(mut report) => {
+                    if let Some(since) = unknown_since {
+                        self.list_all_records(&reconciler, since, &mut report).await;
+                    }
+                    // The record is known: another call of this task may go while this one
+                    // is followed.
+                    drop(task_guard);
+                    return self.followed(report).await;
+                }
+                Next::Done(report) => return report,
+                Next::Retry(report) => report,
+            };
+            // Settled (not processed, or looked up and not found): another call of this task
+            // may go while this one waits to retry.
+            drop(task_guard);
+            let Some(delay) = self.retry_delay(attempt, first, retry_after, &mut report) else {
+                return report;
+            };
+            crate::metrics::global().retry();
+            tokio::select! {
+                biased;
+                _ = self.stop.stop.cancelled() => return self.stopped(report),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// The task's params resolved from the run's snapshot, as reported (encrypt values
+    /// masked), as secrets to mask, and as the exact body to send; or the report of a task
+    /// that cannot be called (a `value_from` that could not be read).
+    fn prepare(&self, task: &Task) -> Result<PreparedCall, Box<TaskReport>> {
         let resolved = match self.values.resolve(task) {
             Ok(r) => r,
             Err(e) => {
@@ -456,7 +631,7 @@ impl TaskCtx {
                 );
                 r.error_code = Some(e.code.into());
                 r.error_msg = Some(e.message);
-                return r;
+                return Err(Box::new(r));
             }
         };
         let params: Vec<ReportParam> = resolved
@@ -490,279 +665,292 @@ impl TaskCtx {
             trigger_source: self.plan.trigger_source.as_deref(),
         }
         .to_sdk_json();
+        Ok(PreparedCall {
+            params,
+            secrets,
+            body,
+        })
+    }
 
-        let mut report = TaskReport::new(&task.task_id, TaskStatus::Failed, params.clone());
-        let first = Instant::now();
-        let reconciler = Reconciler::new(&self.exec, &task.task_id, &params);
-        // Send times of calls whose outcome stayed unknown and were then re-sent: if records
-        // show up for them later, the report lists every record.
-        let mut unknown_since: Option<Since> = None;
-        loop {
-            if self.stop.stop.is_cancelled() {
-                return self.stopped(report);
-            }
-            // Credentials the API refused are not used again (the gateway locks an AK after
-            // more than 5 bad signatures in a row), whichever run or plan made the call.
-            if let Some(blocked) = self.exec.client.guard().blocked() {
-                return credentials_refused(report, &blocked);
-            }
-            // One call of this task in flight in this process, from its intent to its settled
-            // outcome: a history lookup then knows no other call of ours made a record.
-            let task_guard = tokio::select! {
-                biased;
-                _ = self.stop.stop.cancelled() => return self.stopped(report),
-                g = self.exec.task_locks.lock(&task.task_id) => g,
-            };
-            let permit = tokio::select! {
-                biased;
-                _ = self.stop.stop.cancelled() => return self.stopped(report),
-                p = self.exec.limits.acquire(Some(&self.slots)) => p,
-            };
-            // The right to call with these credentials: at once when they are known to work;
-            // while they are not, one call at a time (the others wait for its verdict).
-            let pass = tokio::select! {
-                biased;
-                _ = self.stop.stop.cancelled() => return self.stopped(report),
-                p = self.exec.client.admit() => p,
-            };
-            let pass = match pass {
-                Ok(pass) => pass,
-                Err(blocked) => return credentials_refused(report, &blocked),
-            };
-            let attempt = report.attempts + 1;
-            let sent_at = Utc::now();
-            // The send as a lookup will read it: re-read on the wall clock then (a step of the
-            // host's clock in between does not move it).
-            let sent = Since::Local {
-                at: sent_at,
-                mono: std::time::Instant::now(),
-            };
-            if let Some(j) = &self.shared.journal {
-                // The intent is on disk before the call leaves: after a crash, the next
-                // daemon knows this call may have started a deployment.
-                let skew = self.exec.client.clock().skew();
-                let intent = Entry::Intent {
-                    task_id: task.task_id.clone(),
-                    attempt,
-                    sent_at,
-                    skew_lo_ms: skew.measured.then(|| skew.lo.num_milliseconds()),
-                };
-                if let Err(e) = j.append(&intent).await {
-                    error!("{e}; not calling");
+    /// One call of the task: the task's lock, its turn in the limits, its intent made
+    /// durable, the call through the limited client, and its outcome recorded.
+    async fn attempt(&self, task: &Task, call: &PreparedCall, mut report: TaskReport) -> Attempt {
+        if self.stop.stop.is_cancelled() {
+            return Attempt::ended(self.stopped(report));
+        }
+        // Credentials the API refused are not used again (the gateway locks an AK after
+        // more than 5 bad signatures in a row), whichever run or plan made the call.
+        if let Some(blocked) = self.exec.calls.guard().blocked() {
+            return Attempt::ended(credentials_refused(report, &blocked));
+        }
+        // One call of this task in flight in this process, from its intent to its settled
+        // outcome: a history lookup then knows no other call of ours made a record.
+        let task_guard = tokio::select! {
+            biased;
+            _ = self.stop.stop.cancelled() => return Attempt::ended(self.stopped(report)),
+            g = self.exec.task_locks.lock(&task.task_id) => g,
+        };
+        let turn = tokio::select! {
+            biased;
+            _ = self.stop.stop.cancelled() => return Attempt::ended(self.stopped(report)),
+            t = self.exec.calls.start_turn(Some(&self.slots)) => t,
+        };
+        let turn = match turn {
+            Ok(turn) => turn,
+            Err(blocked) => return Attempt::ended(credentials_refused(report, &blocked)),
+        };
+        let attempt = report.attempts + 1;
+        let sent_at = Utc::now();
+        // The send as a lookup will read it: re-read on the wall clock then (a step of the
+        // host's clock in between does not move it).
+        let sent = Since::Local {
+            at: sent_at,
+            mono: std::time::Instant::now(),
+        };
+        if let Err(not_sent) = self.intent(task, attempt, sent_at, &turn).await {
+            return Attempt::ended(match not_sent {
+                NotSent::JournalFailed(e) => {
                     report.error_code = Some("journal_failed".into());
                     report.error_msg = Some(format!(
                         "not called: the run journal could not be written ({e})"
                     ));
-                    return report;
+                    report
                 }
-                // A stop that came while the intent was being made durable: the call does not
-                // go out, and the journal says so (no lookup needed after a crash).
-                if self.stop.stop.is_cancelled() || !pass.still_valid() {
-                    let not_sent = Entry::Outcome {
-                        task_id: task.task_id.clone(),
-                        attempt,
-                        class: CallClass::Retryable,
-                        report: None,
-                        answered_at: None,
-                        skew_lo_ms: None,
-                    };
-                    if let Err(e) = j.append(&not_sent).await {
-                        warn!("{e}");
-                    }
-                    if !pass.still_valid()
-                        && let Some(blocked) = self.exec.client.guard().blocked()
-                    {
-                        return credentials_refused(report, &blocked);
-                    }
-                    return self.stopped(report);
-                }
-            }
-            report.attempts = attempt;
-            let outcome = tokio::select! {
-                biased;
-                _ = self.stop.abort.cancelled() => None,
-                o = self.exec.client.start_task_with(pass, &task.task_id, &body) => Some(o),
-            };
-            let answered_at = Utc::now();
-            // The client told the credential guard of a 401 before returning, so the next
-            // call waiting for this slot already sees it.
-            drop(permit);
-            let Some(outcome) = outcome else {
-                warn!(
-                    attempt,
-                    "call abandoned at the end of the shutdown grace period; its outcome is unknown"
-                );
-                set_info(&mut report, &CallInfo::default());
-                report.error_code = Some(ABORTED.into());
-                report.error_msg = Some(
-                    "the call was still in flight when the shutdown grace period ended; check the task's history".into(),
-                );
-                return report;
-            };
-            set_info(&mut report, outcome.info());
-            scrub(&mut report, &secrets);
-            let retry_after = outcome.info().retry_after;
-            if let StartOutcome::Started { response, .. } = &outcome {
-                report.status = TaskStatus::Started;
-                report.record_id = Some(response.id.clone());
-                report.job_name = response.job_name.clone();
-                report.app_component_list = response.app_component_list.clone();
-                self.exec.known_records.remember(&response.id);
-                self.exec
-                    .client
-                    .clock()
-                    .witness(&task.task_id, &response.id, sent_at, answered_at);
-                if self.exec.client.clock().zone().is_none()
-                    && self.exec.settings.project_id.is_some()
-                {
-                    // Learn the zone of record times now, while it costs nothing to wait:
-                    // a later lookup then matches tightly.
-                    let (exec, abort) = (self.exec.clone(), self.stop.abort.clone());
-                    tokio::spawn(async move { reconcile::learn_zone(&exec, &abort).await });
-                }
-            }
-            if let Some(j) = &self.shared.journal {
-                let class = match &outcome {
-                    StartOutcome::Started { .. } => CallClass::Started,
-                    StartOutcome::Retryable(_) => CallClass::Retryable,
-                    StartOutcome::Final(_) => CallClass::Final,
-                    StartOutcome::Unknown(_) => CallClass::Unknown,
-                };
-                let entry = Entry::Outcome {
-                    task_id: task.task_id.clone(),
-                    attempt,
-                    class,
-                    report: Some(Box::new(report.clone())),
-                    answered_at: Some(answered_at),
-                    skew_lo_ms: {
-                        let skew = self.exec.client.clock().skew();
-                        skew.measured.then(|| skew.lo.num_milliseconds())
-                    },
-                };
-                if let Err(e) = j.append(&entry).await {
-                    warn!("{e}");
-                }
-            }
-            let class_name = match &outcome {
-                StartOutcome::Started { .. } => "started",
-                StartOutcome::Retryable(_) => "retryable",
-                StartOutcome::Final(_) => "final",
-                StartOutcome::Unknown(_) => "unknown",
-            };
-            crate::metrics::global().start_call(class_name, outcome.info().http_status);
-            match outcome.info().http_status {
-                Some(429) => self.exec.limits.throttled(retry_after),
-                Some(200..=299) => self.exec.limits.relieved(),
-                _ => {}
-            }
-            match outcome {
-                StartOutcome::Started { response, .. } => {
-                    info!(attempt, record_id = %response.id, "started");
-                    if let Some(since) = unknown_since {
-                        self.list_all_records(&reconciler, since, &mut report).await;
-                    }
-                    drop(task_guard);
-                    return self.followed(report).await;
-                }
-                StartOutcome::Final(info) => {
-                    // Logged from the report: its text is scrubbed of encrypt values.
-                    warn!(attempt, status = ?info.http_status, code = ?report.error_code, "refused: {}", report.error_msg.as_deref().unwrap_or(""));
-                    return report;
-                }
-                StartOutcome::Unknown(_) => {
-                    warn!(attempt, code = ?report.error_code, "outcome unknown: {}", report.error_msg.as_deref().unwrap_or(""));
-                    report.unknown_outcomes += 1;
-                    // The lookup goes on during the shutdown grace period: stopping here could
-                    // leave a started deployment unreported.
-                    match reconciler.lookup(sent, &self.stop.abort).await {
-                        Lookup::Found(record_id) => {
-                            info!(record_id = %record_id, "found the record in the task's history");
-                            report.status = TaskStatus::Started;
-                            report.record_id = Some(record_id);
-                            report.reconciled = true;
-                            if let Some(since) = unknown_since {
-                                self.list_all_records(&reconciler, since, &mut report).await;
-                            }
-                            drop(task_guard);
-                            return self.followed(report).await;
-                        }
-                        Lookup::Ambiguous(ids) => {
-                            report.error_code = Some("outcome_ambiguous".into());
-                            report.error_msg = Some(format!(
-                                "the outcome of the call is unknown and the task's history shows {} records started since ({}) that this daemon did not create: one may be ours; not sent again, check the task's history",
-                                ids.len(),
-                                ids.join(", ")
-                            ));
-                            return report;
-                        }
-                        Lookup::NotFound => {
-                            info!("no record in the task's history: sending again");
-                            unknown_since.get_or_insert(sent);
-                        }
-                        Lookup::Unavailable(why) => match self.exec.settings.unknown_outcome {
-                            UnknownOutcomePolicy::Fail => {
-                                report.error_msg = Some(format!(
-                                    "{}; the outcome is unknown and {why}, so the call was not re-sent (unknown_outcome: fail); check the task's history",
-                                    report.error_msg.take().unwrap_or_default()
-                                ));
-                                return report;
-                            }
-                            UnknownOutcomePolicy::Resend => {
-                                warn!(
-                                    "outcome unknown and {why}: sending again (unknown_outcome: resend)"
-                                );
-                                unknown_since.get_or_insert(sent);
-                            }
-                        },
-                        Lookup::Stopped => {
-                            report.error_code = Some(ABORTED.into());
-                            report.error_msg = Some(
-                                "the outcome of the last call is unknown and the shutdown grace period ended before the history showed it; check the task's history".into(),
-                            );
-                            return report;
-                        }
-                    }
-                }
-                StartOutcome::Retryable(info) => {
-                    debug!(attempt, status = ?info.http_status, "retryable: {}", report.error_msg.as_deref().unwrap_or(""));
-                }
-            }
-            // Settled (not processed, or looked up and not found): another call of this task
-            // may go while this one waits to retry.
-            drop(task_guard);
-            let delay = self
-                .policy
-                .delay(attempt, rand::random::<f64>(), retry_after);
-            if !self.policy.allows_another(attempt, first.elapsed(), delay) {
-                warn!(
-                    attempt,
-                    "giving up: retries exhausted ({} attempts, deadline {:?})",
-                    self.policy.max_attempts(),
-                    self.policy.deadline()
-                );
-                return report;
-            }
-            let budget_left = self
-                .shared
-                .retry_budget
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                .is_ok();
-            if !budget_left {
-                warn!(attempt, "giving up: this run's retry budget is spent");
-                report.error_msg = Some(format!(
-                    "{} (not retried: this run's retry budget of {} retries is spent; the API looks unhealthy)",
-                    report.error_msg.take().unwrap_or_default(),
-                    retry_budget(self.plan.tasks.len())
-                ));
-                return report;
-            }
-            crate::metrics::global().retry();
-            tokio::select! {
-                biased;
-                _ = self.stop.stop.cancelled() => return self.stopped(report),
-                _ = tokio::time::sleep(delay) => {}
+                NotSent::Refused(blocked) => credentials_refused(report, &blocked),
+                NotSent::Stopped => self.stopped(report),
+            });
+        }
+        report.attempts = attempt;
+        let outcome = tokio::select! {
+            biased;
+            _ = self.stop.abort.cancelled() => None,
+            o = turn.start(&task.task_id, &call.body) => Some(o),
+        };
+        let answered_at = Utc::now();
+        let Some(outcome) = outcome else {
+            warn!(
+                attempt,
+                "call abandoned at the end of the shutdown grace period; its outcome is unknown"
+            );
+            set_info(&mut report, &CallInfo::default());
+            report.error_code = Some(ABORTED.into());
+            report.error_msg = Some(
+                "the call was still in flight when the shutdown grace period ended; check the task's history".into(),
+            );
+            return Attempt::ended(report);
+        };
+        self.record(
+            task,
+            call,
+            attempt,
+            &outcome,
+            (sent_at, answered_at),
+            &mut report,
+        )
+        .await;
+        Attempt::Answered(Box::new(Answered {
+            report,
+            outcome,
+            attempt,
+            sent,
+            task_guard,
+        }))
+    }
+
+    /// Makes the call's intent durable before it leaves: after a crash, the next daemon knows
+    /// this call may have started a deployment. A stop (or a refusal of the credentials)
+    /// that came meanwhile keeps the call from going, and the journal says so, so that no
+    /// lookup is needed after a crash.
+    async fn intent(
+        &self,
+        task: &Task,
+        attempt: u32,
+        sent_at: DateTime<Utc>,
+        turn: &StartTurn<'_>,
+    ) -> Result<(), NotSent> {
+        let Some(j) = &self.shared.journal else {
+            return Ok(());
+        };
+        let skew = self.exec.calls.clock().skew();
+        let intent = Entry::Intent {
+            task_id: task.task_id.clone(),
+            attempt,
+            sent_at,
+            skew_lo_ms: skew.measured.then(|| skew.lo.num_milliseconds()),
+        };
+        if let Err(e) = j.append(&intent).await {
+            error!("{e}; not calling");
+            return Err(NotSent::JournalFailed(e.to_string()));
+        }
+        if !self.stop.stop.is_cancelled() && turn.still_valid() {
+            return Ok(());
+        }
+        let not_sent = Entry::Outcome {
+            task_id: task.task_id.clone(),
+            attempt,
+            class: CallClass::Retryable,
+            report: None,
+            answered_at: None,
+            skew_lo_ms: None,
+        };
+        if let Err(e) = j.append(&not_sent).await {
+            warn!("{e}");
+        }
+        match self.exec.calls.guard().blocked() {
+            Some(blocked) if !turn.still_valid() => Err(NotSent::Refused(blocked)),
+            _ => Err(NotSent::Stopped),
+        }
+    }
+
+    /// Records an answered call: the report's line (scrubbed of encrypt values), a started
+    /// record remembered as ours (and as a witness of the service's clock), the journal's
+    /// outcome line and the metrics.
+    async fn record(
+        &self,
+        task: &Task,
+        call: &PreparedCall,
+        attempt: u32,
+        outcome: &StartOutcome,
+        (sent_at, answered_at): (DateTime<Utc>, DateTime<Utc>),
+        report: &mut TaskReport,
+    ) {
+        set_info(report, outcome.info());
+        scrub(report, &call.secrets);
+        let clock = self.exec.calls.clock();
+        if let StartOutcome::Started { response, .. } = outcome {
+            report.status = TaskStatus::Started;
+            report.record_id = Some(response.id.clone());
+            report.job_name = response.job_name.clone();
+            report.app_component_list = response.app_component_list.clone();
+            self.exec.known_records.remember(&response.id);
+            clock.witness(&task.task_id, &response.id, sent_at, answered_at);
+            if clock.zone().is_none() && self.exec.settings.project_id.is_some() {
+                // Learn the zone of record times now, while it costs nothing to wait:
+                // a later lookup then matches tightly.
+                let (calls, abort) = (self.exec.calls.clone(), self.stop.abort.clone());
+                tokio::spawn(async move { reconcile::learn_zone(&calls, &abort).await });
             }
         }
+        let class = outcome.class();
+        if let Some(j) = &self.shared.journal {
+            let entry = Entry::Outcome {
+                task_id: task.task_id.clone(),
+                attempt,
+                class: journal_class(class),
+                report: Some(Box::new(report.clone())),
+                answered_at: Some(answered_at),
+                skew_lo_ms: {
+                    let skew = clock.skew();
+                    skew.measured.then(|| skew.lo.num_milliseconds())
+                },
+            };
+            if let Err(e) = j.append(&entry).await {
+                warn!("{e}");
+            }
+        }
+        crate::metrics::global().start_call(class.as_str(), outcome.info().http_status);
+    }
+
+    /// An answer that never came (or could not be read): the call may have made a record.
+    /// The task's history says whether it did, instead of a blind second send; only a
+    /// history that shows nothing (or cannot be read, with `unknown_outcome: resend`) lets
+    /// the task be sent again.
+    async fn unknown_outcome(
+        &self,
+        mut report: TaskReport,
+        reconciler: &Reconciler<'_>,
+        attempt: u32,
+        sent: Since,
+        unknown_since: &mut Option<Since>,
+    ) -> Next {
+        warn!(attempt, code = ?report.error_code, "outcome unknown: {}", report.error_msg.as_deref().unwrap_or(""));
+        report.unknown_outcomes += 1;
+        // The lookup goes on during the shutdown grace period: stopping here could leave a
+        // started deployment unreported.
+        match reconciler.lookup(sent, &self.stop.abort).await {
+            Lookup::Found(record_id) => {
+                info!(record_id = %record_id, "found the record in the task's history");
+                report.status = TaskStatus::Started;
+                report.record_id = Some(record_id);
+                report.reconciled = true;
+                Next::Started(report)
+            }
+            Lookup::Ambiguous(ids) => {
+                report.error_code = Some("outcome_ambiguous".into());
+                report.error_msg = Some(format!(
+                    "the outcome of the call is unknown and the task's history shows {} records started since ({}) that this daemon did not create: one may be ours; not sent again, check the task's history",
+                    ids.len(),
+                    ids.join(", ")
+                ));
+                Next::Done(report)
+            }
+            Lookup::NotFound => {
+                info!("no record in the task's history: sending again");
+                unknown_since.get_or_insert(sent);
+                Next::Retry(report)
+            }
+            Lookup::Unavailable(why) => match self.exec.settings.unknown_outcome {
+                UnknownOutcomePolicy::Fail => {
+                    report.error_msg = Some(format!(
+                        "{}; the outcome is unknown and {why}, so the call was not re-sent (unknown_outcome: fail); check the task's history",
+                        report.error_msg.take().unwrap_or_default()
+                    ));
+                    Next::Done(report)
+                }
+                UnknownOutcomePolicy::Resend => {
+                    warn!("outcome unknown and {why}: sending again (unknown_outcome: resend)");
+                    unknown_since.get_or_insert(sent);
+                    Next::Retry(report)
+                }
+            },
+            Lookup::Stopped => {
+                report.error_code = Some(ABORTED.into());
+                report.error_msg = Some(
+                    "the outcome of the last call is unknown and the shutdown grace period ended before the history showed it; check the task's history".into(),
+                );
+                Next::Done(report)
+            }
+        }
+    }
+
+    /// Whether another call may go, and after how long: the plan's retry policy (attempts,
+    /// deadline, backoff or the answer's `Retry-After`), then the run's retry budget, which
+    /// keeps an outage from turning into `max_attempts` times the calls. `None`: give up,
+    /// with the reason logged (and, for the budget, in the report).
+    fn retry_delay(
+        &self,
+        attempt: u32,
+        first: Instant,
+        retry_after: Option<Duration>,
+        report: &mut TaskReport,
+    ) -> Option<Duration> {
+        let delay = self
+            .policy
+            .delay(attempt, rand::random::<f64>(), retry_after);
+        if !self.policy.allows_another(attempt, first.elapsed(), delay) {
+            warn!(
+                attempt,
+                "giving up: retries exhausted ({} attempts, deadline {:?})",
+                self.policy.max_attempts(),
+                self.policy.deadline()
+            );
+            return None;
+        }
+        let budget_left = self
+            .shared
+            .retry_budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if !budget_left {
+            warn!(attempt, "giving up: this run's retry budget is spent");
+            report.error_msg = Some(format!(
+                "{} (not retried: this run's retry budget of {} retries is spent; the API looks unhealthy)",
+                report.error_msg.take().unwrap_or_default(),
+                retry_budget(self.plan.tasks.len())
+            ));
+            return None;
+        }
+        Some(delay)
     }
 
     /// Follows a started deployment to its end when the plan asks for it.
@@ -770,7 +958,7 @@ impl TaskCtx {
         if let (Some(timeout), Some(record_id)) = (self.plan.follow, report.record_id.clone()) {
             report.follow = Some(
                 follow::follow(
-                    &self.exec,
+                    &self.exec.calls,
                     &report.task_id,
                     &record_id,
                     timeout,

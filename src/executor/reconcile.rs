@@ -4,7 +4,8 @@
 //! [`ServiceClock`] measured (the skew from `Date` headers, the zone learned from our own
 //! records) and, until the zone is known, counts every record any real offset would put
 //! after the send. Several candidates are narrowed by their params (`ShowExecutionParams`)
-//! before the lookup gives up as ambiguous. Every query goes through the shared limits.
+//! before the lookup gives up as ambiguous. Every query goes through the [`LimitedClient`], and
+//! a lookup sees of the executor only its [`History`]: no settings, no fields.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::Executor;
+use super::limited::LimitedClient;
 use crate::api::rules::ParamType;
 use crate::api::service_clock::{ServiceClock, Skew, date_window, may_follow};
 use crate::results::ReportParam;
@@ -120,9 +122,24 @@ impl Since {
     }
 }
 
+/// What a lookup needs of the executor, and nothing more: the limited client, the project
+/// whose history is read, how long a record may take to show up, and the records known to be
+/// other calls'.
+#[derive(Debug, Clone, Copy)]
+pub struct History<'a> {
+    /// Every query goes through it.
+    pub calls: &'a LimitedClient,
+    /// The project of the history endpoint; without it no lookup is possible.
+    pub project_id: Option<&'a str>,
+    /// How long a record may take to show up in the history after an unknown outcome.
+    pub settle: Duration,
+    /// Records this process created or adopted: never adopted again.
+    pub known: &'a KnownRecords,
+}
+
 /// Looks up records of one task.
 pub struct Reconciler<'a> {
-    exec: &'a Executor,
+    history: History<'a>,
     task_id: &'a str,
     /// The params the call sent (encrypt values masked, unresolved values `None`): records
     /// started with other params are not ours.
@@ -133,24 +150,24 @@ impl<'a> Reconciler<'a> {
     /// A reconciler for `task_id`, whose calls sent `sent`.
     pub fn new(exec: &'a Executor, task_id: &'a str, sent: &'a [ReportParam]) -> Self {
         Self {
-            exec,
+            history: exec.history(),
             task_id,
             sent,
         }
     }
 
     fn clock(&self) -> &ServiceClock {
-        self.exec.client.clock()
+        self.history.calls.clock()
     }
 
     /// Looks for a record created after `sent_at`, polling until the settle period has
     /// passed since the first successful read. A failed read is retried with its own backoff
     /// (the history is the only safe way forward), at most `LOOKUP_FAILURES` times in a row.
     pub async fn lookup(&self, sent_at: Since, stop: &CancellationToken) -> Lookup {
-        if self.exec.settings.project_id.is_none() {
+        if self.history.project_id.is_none() {
             return Lookup::Unavailable("no project id is configured for history lookups".into());
         }
-        let settle = self.exec.settings.settle;
+        let settle = self.history.settle;
         let poll = (settle / 4).clamp(Duration::from_millis(100), POLL);
         let mut settled_at: Option<tokio::time::Instant> = None;
         let mut failures = 0u32;
@@ -162,7 +179,7 @@ impl<'a> Reconciler<'a> {
                     // Records another call of this process created are not ours.
                     let candidates: Vec<String> = records
                         .into_iter()
-                        .filter(|id| !self.exec.known_records.contains(id))
+                        .filter(|id| !self.history.known.contains(id))
                         .collect();
                     // Even a single candidate is checked: a record started with other params
                     // is not ours, however well its time fits.
@@ -171,7 +188,7 @@ impl<'a> Reconciler<'a> {
                         0 => {}
                         1 => {
                             let id = candidates.remove(0);
-                            self.exec.known_records.remember(&id);
+                            self.history.known.remember(&id);
                             return Lookup::Found(id);
                         }
                         _ => return Lookup::Ambiguous(candidates),
@@ -185,7 +202,7 @@ impl<'a> Reconciler<'a> {
                 }
                 Err(_) if stop.is_cancelled() => return Lookup::Stopped,
                 // Refused credentials are not used again: no point asking 10 times.
-                Err(e) if self.exec.client.guard().blocked().is_some() => {
+                Err(e) if self.history.calls.guard().blocked().is_some() => {
                     return Lookup::Unavailable(format!(
                         "the task's history could not be read ({e})"
                     ));
@@ -213,7 +230,7 @@ impl<'a> Reconciler<'a> {
     /// process created recently teaches it (a failure only leaves the window wide).
     async fn learn_zone(&self, stop: &CancellationToken) {
         if self.clock().zone().is_none() {
-            learn_zone(self.exec, stop).await;
+            learn_zone(self.history.calls, stop).await;
         }
     }
 
@@ -222,10 +239,7 @@ impl<'a> Reconciler<'a> {
     async fn same_params(&self, candidates: Vec<String>, stop: &CancellationToken) -> Vec<String> {
         let mut kept = Vec::with_capacity(candidates.len());
         for id in candidates {
-            let query = async {
-                let _permit = self.exec.limits.acquire(None).await;
-                self.exec.client.record_params(self.task_id, &id).await
-            };
+            let query = self.history.calls.record_params(self.task_id, &id);
             let answer = tokio::select! {
                 biased;
                 _ = stop.cancelled() => None,
@@ -252,7 +266,7 @@ impl<'a> Reconciler<'a> {
         since: Since,
         stop: &CancellationToken,
     ) -> Result<Vec<String>, String> {
-        let Some(project_id) = self.exec.settings.project_id.as_deref() else {
+        let Some(project_id) = self.history.project_id else {
             return Err("no project id".into());
         };
         let mut seen_records: Vec<(NaiveDateTime, String)> = Vec::new();
@@ -265,20 +279,14 @@ impl<'a> Reconciler<'a> {
                 skew,
                 self.clock().zone(),
             );
-            let query = async {
-                let _permit = self.exec.limits.acquire(None).await;
-                self.exec
-                    .client
-                    .history_page(
-                        project_id,
-                        self.task_id,
-                        page,
-                        PAGE_SIZE,
-                        start_date,
-                        end_date,
-                    )
-                    .await
-            };
+            let query = self.history.calls.history_page(
+                project_id,
+                self.task_id,
+                page,
+                PAGE_SIZE,
+                start_date,
+                end_date,
+            );
             let answer = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Err(STOPPED.into()),
@@ -318,8 +326,8 @@ impl<'a> Reconciler<'a> {
 
 /// One status query of the newest record this process created, to learn the zone of record
 /// times (at most once a minute, one at a time; nothing happens when the zone is known).
-pub async fn learn_zone(exec: &Executor, stop: &CancellationToken) {
-    let clock = exec.client.clock();
+pub async fn learn_zone(calls: &LimitedClient, stop: &CancellationToken) {
+    let clock = calls.clock();
     let Some(witness) = clock.recent_witness() else {
         debug!("the zone of the service's record times is unknown: every offset is possible");
         return;
@@ -327,12 +335,7 @@ pub async fn learn_zone(exec: &Executor, stop: &CancellationToken) {
     let Some(_learning) = clock.begin_learning().await else {
         return;
     };
-    let query = async {
-        let _permit = exec.limits.acquire(None).await;
-        exec.client
-            .record_status(&witness.task_id, &witness.record_id)
-            .await
-    };
+    let query = calls.record_status(&witness.task_id, &witness.record_id);
     let answer = tokio::select! {
         biased;
         _ = stop.cancelled() => return,

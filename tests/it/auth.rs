@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use deployd::api::client::{ClientOptions, DeployClient, Endpoint};
 use deployd::api::credentials::Credentials;
+use deployd::api::iam::{IamConfig, IamTokenSource, ProjectScope};
 use deployd::api::types::StartOutcome;
-use deployd::auth::iam::{IamConfig, IamTokenSource, ProjectScope};
 use deployd::emulator::{AccessKey, DEFAULT_PROJECT_ID, Emulator, EmulatorConfig, IamUser};
 use deployd::secret::Secret;
 

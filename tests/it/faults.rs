@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
-use deployd::emulator::EmulatorConfig;
+use deployd::emulator::{EmulatorConfig, ScriptedFault};
 
 use crate::helpers::*;
 
@@ -331,4 +331,84 @@ async fn a_crash_while_following_reports_the_started_tasks_as_started() {
         );
     }
     assert_eq!(emulator.log().len(), 4, "nothing started twice");
+}
+
+/// A history query answered 429 slows every caller down and its `Retry-After` is waited out
+/// before the lookup asks again, as for a start call (it used to be retried after 500 ms).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_history_query_answered_429_honours_retry_after() {
+    let tasks = task_ids(1, 429);
+    let emulator = start_emulator(EmulatorConfig {
+        start_script: vec![(tasks[0].clone(), ScriptedFault::DropAfter)],
+        query_script: vec![(tasks[0].clone(), ScriptedFault::Throttled(3))],
+        ..emulator_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(&dir.path().join("lost.yaml"), &plan_of("lost", &tasks, ""));
+    write(&dir.path().join("config.yaml"), "settle: 1s\n");
+    let mut cmd = exec_command(dir.path(), "lost.yaml", &emulator, true);
+    cmd.arg("--config")
+        .arg(dir.path().join("config.yaml"))
+        .args(["--rate", "100", "--concurrency", "4"]);
+    let started = std::time::Instant::now();
+    let out = output(cmd).await;
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let r = &results(&dir.path().join("results"), "lost")[0];
+    let entry = task(r, &tasks[0]);
+    assert_eq!(entry["status"], "started", "{entry}");
+    assert_eq!(entry["reconciled"], true, "{entry}");
+    assert_eq!(entry["attempts"], 1, "{entry}");
+    let stats = emulator.stats();
+    assert_eq!(stats.status(429), 1, "{stats:?}");
+    assert_eq!(emulator.log().len(), 1, "one deployment");
+    assert!(
+        stderr.contains("throttled by the API (429)"),
+        "the query's 429 slowed the lane: {stderr}"
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "the lookup waited out Retry-After: 3 before asking again: {took:?}"
+    );
+}
+
+/// A state query answered 429 while following a deployment: the next poll waits out the
+/// `Retry-After` (4 s), not only the follow's own 2 s pause.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_query_answered_429_honours_retry_after() {
+    let tasks = task_ids(1, 0x4290);
+    let emulator = start_emulator(EmulatorConfig {
+        deploy_duration: Duration::from_millis(100),
+        query_script: vec![(tasks[0].clone(), ScriptedFault::Throttled(4))],
+        ..emulator_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        &dir.path().join("followed.yaml"),
+        &plan_of("followed", &tasks, "follow: true\nfollow_timeout: 1m\n"),
+    );
+    // No project id: no history lookup nor zone learning, so the follow's first poll is the
+    // task's first query.
+    let mut cmd = exec_command(dir.path(), "followed.yaml", &emulator, false);
+    cmd.args(["--rate", "100", "--concurrency", "4"]);
+    let out = output(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let r = &results(&dir.path().join("results"), "followed")[0];
+    let entry = task(r, &tasks[0]);
+    assert_eq!(entry["status"], "started", "{entry}");
+    assert_eq!(entry["final_state"], "succeeded", "{entry}");
+    let followed = entry["duration_secs"].as_f64().expect("duration");
+    assert!(
+        followed >= 3.99,
+        "the second poll waited out Retry-After: 4: followed {followed} s"
+    );
+    assert_eq!(emulator.stats().status(429), 1);
+    assert!(
+        stderr.contains("throttled by the API (429)"),
+        "the query's 429 slowed the lane: {stderr}"
+    );
 }

@@ -24,8 +24,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::api::body::{BodyError, IAM_LIMIT, read_limited};
-use crate::api::client::{ClientOptions, Endpoint, EndpointError};
-use crate::api::errors::parse_error_body;
+use crate::api::endpoint::{ClientOptions, Endpoint, EndpointError};
+use crate::api::errors::{parse_error_body, parse_retry_after};
+use crate::api::pace::Pacer;
 use crate::secret::Secret;
 
 /// The smallest refresh margin for long-lived tokens.
@@ -43,7 +44,7 @@ pub enum ProjectScope {
     Name(String),
 }
 
-/// Validated `auth.iam` settings (see `crate::settings`).
+/// Validated `auth.iam` settings (built by `crate::settings`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IamConfig {
     /// IAM endpoint, e.g. `https://iam.cn-north-4.myhuaweicloud.com`.
@@ -170,6 +171,9 @@ struct Inner {
     timeout: Duration,
     state: StdMutex<State>,
     fetches: AtomicU64,
+    /// The account's limits, which token requests go through like every other call (set by
+    /// the limited client that uses these credentials; none in tests of the source alone).
+    pacer: StdMutex<Option<Arc<dyn Pacer>>>,
 }
 
 impl std::fmt::Debug for IamTokenSource {
@@ -208,6 +212,7 @@ impl IamTokenSource {
                 timeout: config.options.connect_timeout + config.options.request_timeout,
                 state: StdMutex::new(State::default()),
                 fetches: AtomicU64::new(0),
+                pacer: StdMutex::new(None),
             }),
         })
     }
@@ -220,6 +225,17 @@ impl IamTokenSource {
     /// `domain/user`, for logs.
     pub fn who(&self) -> String {
         self.inner.who()
+    }
+
+    /// Makes every later token request take its turn in `pacer` and report its answer there
+    /// (a 429 slows every caller down and its `Retry-After` pauses them). The last one set
+    /// wins: a reload with new limits hands them over to a source it kept.
+    pub fn pace_with(&self, pacer: Arc<dyn Pacer>) {
+        *self
+            .inner
+            .pacer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(pacer);
     }
 
     /// How many token requests were sent to IAM so far.
@@ -327,7 +343,20 @@ impl Inner {
 
     /// One token request, its outcome recorded in the state and handed to every waiter.
     async fn fly(self: Arc<Self>, tx: watch::Sender<FlightResult>) {
-        let result = tokio::time::timeout(self.timeout, self.fetch())
+        let pacer = self
+            .pacer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        // The wait for a turn (a `Retry-After` pause in force) counts in the request's time:
+        // callers wait for the flight no longer than that.
+        let paced_fetch = async {
+            if let Some(pacer) = &pacer {
+                pacer.turn().await;
+            }
+            self.fetch(pacer.as_deref()).await
+        };
+        let result = tokio::time::timeout(self.timeout, paced_fetch)
             .await
             .unwrap_or_else(|_| Err(self.no_answer()));
         let mut state = self.state();
@@ -375,8 +404,8 @@ impl Inner {
         tx.send_replace(Some(shared));
     }
 
-    /// One token request.
-    async fn fetch(&self) -> Result<Cached, IamError> {
+    /// One token request; its answer is reported to `pacer`.
+    async fn fetch(&self, pacer: Option<&dyn Pacer>) -> Result<Cached, IamError> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let scope = match &self.project {
             ProjectScope::Id(id) => json!({"id": id}),
@@ -410,6 +439,14 @@ impl Inner {
             .await
             .map_err(transport)?;
         let status = response.status();
+        if let Some(pacer) = pacer {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, Utc::now()));
+            pacer.answered(Some(status.as_u16()), retry_after);
+        }
         let subject = response
             .headers()
             .get("x-subject-token")
@@ -562,6 +599,73 @@ mod tests {
             options: ClientOptions::default(),
         };
         Arc::new(IamTokenSource::new(&config, Secret::new(password)).expect("builds"))
+    }
+
+    /// Records what token requests tell the account's limits.
+    #[derive(Default)]
+    struct Recorder {
+        turns: AtomicU64,
+        answers: StdMutex<Vec<(Option<u16>, Option<Duration>)>>,
+    }
+
+    impl Pacer for Recorder {
+        fn turn(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+            self.turns.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {})
+        }
+
+        fn answered(&self, status: Option<u16>, retry_after: Option<Duration>) {
+            self.answers
+                .lock()
+                .expect("lock")
+                .push((status, retry_after));
+        }
+    }
+
+    #[tokio::test]
+    async fn token_requests_take_their_turn_and_report_their_answer() {
+        let emu = emulator(Duration::from_secs(3600)).await;
+        let src = source(&emu, "pw-SECRET");
+        let recorder = Arc::new(Recorder::default());
+        src.pace_with(recorder.clone());
+        src.token().await.expect("a token");
+        assert_eq!(recorder.turns.load(Ordering::SeqCst), 1);
+        assert_eq!(*recorder.answers.lock().expect("lock"), [(Some(201), None)]);
+
+        // A throttled IAM: its 429 and Retry-After reach the limits.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 8192];
+            let _ = stream.read(&mut buf).await;
+            let body = r#"{"error_code":"APIGW.0308","error_msg":"throttled"}"#;
+            let raw = format!(
+                "HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(raw.as_bytes()).await;
+        });
+        let config = IamConfig {
+            endpoint: Endpoint::parse(&format!("http://{addr}")).expect("endpoint"),
+            domain: "acme".into(),
+            user: "bob".into(),
+            password_file: PathBuf::new(),
+            project: ProjectScope::Name("cn-north-4".into()),
+            options: ClientOptions::default(),
+        };
+        let throttled = IamTokenSource::new(&config, Secret::new("pw")).expect("builds");
+        let recorder = Arc::new(Recorder::default());
+        throttled.pace_with(recorder.clone());
+        let err = throttled.token().await.expect_err("throttled");
+        assert!(err.retryable(), "{err}");
+        assert_eq!(
+            *recorder.answers.lock().expect("lock"),
+            [(Some(429), Some(Duration::from_secs(7)))]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
