@@ -11,7 +11,6 @@ mod support;
 use std::time::Duration;
 
 use deployd::emulator::{Emulator, EmulatorConfig};
-use deployd::executor::limits::Limits;
 use deployd::secret::Secret;
 
 #[tokio::main]
@@ -41,8 +40,7 @@ async fn main() -> anyhow::Result<()> {
     let (report, elapsed) = support::run_in_process(
         &emulator,
         &yaml,
-        Limits::new(rate, burst, concurrency)?,
-        Some(state.path().to_path_buf()),
+        &support::exec_settings(rate, burst, concurrency, Some(state.path().to_path_buf()))?,
     )
     .await?;
     let elapsed = elapsed.as_secs_f64();

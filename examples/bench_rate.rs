@@ -10,8 +10,6 @@ mod support;
 
 use std::time::Duration;
 
-use deployd::executor::limits::Limits;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,8 +27,7 @@ async fn main() -> anyhow::Result<()> {
     let (report, _) = support::run_in_process(
         &emulator,
         &yaml,
-        Limits::new(rate, burst, concurrency)?,
-        None,
+        &support::exec_settings(rate, burst, concurrency, None)?,
     )
     .await?;
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""The graph of `crate::` imports between the files of src/: cycles and edges.
+"""The graph of `crate::` imports between the files of src/: cycles, and imports that run up.
 
 Usage: scripts/imports.py [--edges]
-Prints every strongly connected component with more than one file (a cycle), exits 1 if any.
+Prints every strongly connected component with more than one file (a cycle) and every import
+from a module to one in a higher layer (LAYERS below, the same as lib.rs's "Layers"); exits 1
+if there is any. Test modules count: a test may only use what its module may.
 """
 import os, re, sys
 from collections import defaultdict
@@ -103,6 +105,35 @@ for v in sorted(mods):
 if "--edges" in sys.argv:
     for a in sorted(edges):
         print(a, "->", ", ".join(sorted(edges[a])))
+# Top first; a module may import its own layer (without cycles) and the layers below it.
+# The longest matching prefix places a module.
+LAYERS = [
+    ["", "cli", "commands"],
+    ["daemon", "recovery"],
+    ["settings"],
+    ["ha"],
+    ["scheduler", "finish", "executor"],
+    ["scan", "watcher", "plan::catalog"],
+    ["api::client", "api::credentials", "api::iam", "api::service_clock"],
+    ["store", "journal", "retention"],
+    ["plan", "value_files", "results", "schedule"],
+    ["emulator"],
+    ["api", "auth", "issue", "yaml", "secret", "duration", "wall_clock", "signals",
+     "telemetry", "metrics"],
+]
+
+def layer(m):
+    best, at = -1, None
+    for i, names in enumerate(LAYERS):
+        for n in names:
+            if (m == n or m.startswith(n + "::") or n == "") and len(n) > best:
+                best, at = len(n), i
+    return at
+
+upward = [(a, b) for a in sorted(edges) for b in sorted(edges[a]) if layer(b) < layer(a)]
+for a, b in upward:
+    print(f"up: {a} (layer {layer(a)}) -> {b} (layer {layer(b)})")
+
 cycles = [c for c in sccs if len(c) > 1]
 for c in cycles:
     c = sorted(c)
@@ -110,4 +141,4 @@ for c in cycles:
     for a in c:
         for b in sorted(edges[a]):
             if b in c: print("   ", a, "->", b)
-sys.exit(1 if cycles else 0)
+sys.exit(1 if cycles or upward else 0)

@@ -712,15 +712,7 @@ impl Controller {
             return;
         }
         let plans_dir = self.settings.plans_dir.clone();
-        let same_limits = (
-            parts.settings.rate,
-            parts.settings.burst,
-            parts.settings.concurrency,
-        ) == (
-            self.settings.rate,
-            self.settings.burst,
-            self.settings.concurrency,
-        );
+        let same_limits = parts.settings.limits == self.settings.limits;
         if !same_limits {
             warn!("new rate/burst/concurrency: runs in progress finish under the old limits");
         }

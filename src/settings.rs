@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::api::client::DeployClient;
 use crate::api::credentials::AuthSettings;
 use crate::api::endpoint::{ClientOptions, Endpoint};
 use crate::api::iam::{IamConfig, ProjectScope, default_endpoint};
 use crate::duration::parse_duration;
-use crate::executor::limits::Limits;
+use crate::executor::Executor;
+use crate::executor::limits::{CallLimits, Limits, LimitsError};
 use crate::executor::retry::{MAX_RETRY_DURATION, RetryPolicy};
 use crate::executor::{ExecutorSettings, UnknownOutcomePolicy};
 use crate::ha;
@@ -191,12 +193,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// API endpoint; `None` only when `--emulator` will provide one.
     pub endpoint: Option<Endpoint>,
-    /// Calls per second.
-    pub rate: f64,
-    /// Burst.
-    pub burst: u32,
-    /// Calls in flight.
-    pub concurrency: usize,
+    /// The account's call limits: rate, burst, calls in flight.
+    pub limits: CallLimits,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
     /// Periodic rescan.
@@ -349,6 +347,17 @@ impl Folders {
 }
 
 impl Settings {
+    /// The executor these settings describe, calling through `client`: the one place a client,
+    /// the account's limits and the executor are put together (the daemon, `exec`, a reload,
+    /// the tests and the benchmarks all build it here).
+    pub fn executor(&self, client: DeployClient) -> Executor {
+        Executor::new(
+            client,
+            std::sync::Arc::new(Limits::of(self.limits)),
+            self.executor.clone(),
+        )
+    }
+
     /// Reads the config file (if any), applies the flags, validates everything. `env` looks up
     /// environment variables (injected so tests need not touch the process environment).
     pub fn load(
@@ -416,7 +425,7 @@ impl Settings {
         {
             p.field("project_id", e);
         }
-        let (rate, burst, concurrency) = call_limits(&raw, o, &mut p);
+        let limits = call_limits(&raw, o, &mut p);
         let max_runs = raw.max_runs;
         if let Some(n) = max_runs
             && !(1..=MAX_RUNS_LIMIT).contains(&n)
@@ -458,9 +467,7 @@ impl Settings {
             results_dir: folders.results,
             state_dir: folders.state.clone(),
             endpoint,
-            rate,
-            burst,
-            concurrency,
+            limits,
             shutdown_grace,
             rescan_interval,
             executor: ExecutorSettings {
@@ -501,28 +508,27 @@ fn api_endpoint(
 
 /// `rate`, `burst`, `concurrency`. A value from a flag is named as the flag, so the message
 /// does not point at a line of the config file that did not count.
-fn call_limits(raw: &RawConfig, o: &Overrides, p: &mut Problems<'_>) -> (f64, u32, usize) {
-    let rate = o.rate.or(raw.rate).unwrap_or(5.0);
-    let burst = o.burst.or(raw.burst).unwrap_or(1);
-    let concurrency = o.concurrency.or(raw.concurrency).unwrap_or(8);
-    for (flag, from_flag, problem) in [
-        ("--rate", o.rate.is_some(), Limits::new(rate, 1, 1).err()),
-        (
-            "--burst",
-            o.burst.is_some(),
-            Limits::new(1.0, burst, 1).err(),
-        ),
-        (
-            "--concurrency",
-            o.concurrency.is_some(),
-            Limits::new(1.0, 1, concurrency).err(),
-        ),
-    ] {
-        if let Some(e) = problem {
+fn call_limits(raw: &RawConfig, o: &Overrides, p: &mut Problems<'_>) -> CallLimits {
+    let rate = o.rate.or(raw.rate).unwrap_or(CallLimits::default().rate());
+    let burst = o
+        .burst
+        .or(raw.burst)
+        .unwrap_or(CallLimits::default().burst());
+    let concurrency = o
+        .concurrency
+        .or(raw.concurrency)
+        .unwrap_or(CallLimits::default().concurrency());
+    CallLimits::new(rate, burst, concurrency).unwrap_or_else(|problems| {
+        for e in problems {
+            let (flag, from_flag) = match e {
+                LimitsError::Rate(_) => ("--rate", o.rate.is_some()),
+                LimitsError::Burst(_) => ("--burst", o.burst.is_some()),
+                LimitsError::Concurrency(_) => ("--concurrency", o.concurrency.is_some()),
+            };
             p.setting(from_flag, flag, e.setting(), e.to_string());
         }
-    }
-    (rate, burst, concurrency)
+        CallLimits::default()
+    })
 }
 
 /// `retry:`; its durations each in range, then checked against each other.
@@ -850,7 +856,7 @@ mod tests {
     fn defaults_follow_the_contract() {
         let s = Settings::from_raw(RawConfig::default(), &Overrides::default(), &no_env, None)
             .expect("valid");
-        assert_eq!((s.rate, s.burst, s.concurrency), (5.0, 1, 8));
+        assert_eq!(s.limits, CallLimits::new(5.0, 1, 8).expect("valid"));
         assert_eq!(s.shutdown_grace, Duration::from_secs(30));
         assert_eq!(s.executor.retry, RetryPolicy::default());
         assert_eq!(s.executor.unknown_outcome, UnknownOutcomePolicy::Fail);
@@ -869,8 +875,8 @@ mod tests {
         };
         let env = |k: &str| (k == "STATE_DIRECTORY").then(|| "/var/lib/deployd".to_string());
         let s = Settings::from_raw(raw, &o, &env, None).expect("valid");
-        assert_eq!(s.rate, 9.0);
-        assert_eq!(s.concurrency, 3);
+        assert_eq!(s.limits.rate(), 9.0);
+        assert_eq!(s.limits.concurrency(), 3);
         assert_eq!(s.endpoint.expect("set").as_str(), "http://127.0.0.1:9");
         assert_eq!(s.results_dir, PathBuf::from("/var/lib/deployd/results"));
     }

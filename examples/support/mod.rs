@@ -471,18 +471,38 @@ pub async fn idle_window(d: &DaemonProc, secs: u64, every_secs: u64) -> anyhow::
     })
 }
 
-/// Runs a plan (YAML text) in this process, as `deployd exec` does (same executor, limits and,
-/// with `state_dir`, the run journal), against `emulator`, authenticated with [`TOKEN`].
-/// Returns the report and the time the run itself took (set-up excluded).
+/// Settings as `deployd exec --rate R --burst B --concurrency C` reads them, journaling in
+/// `state_dir` (no journal without one).
+pub fn exec_settings(
+    rate: f64,
+    burst: u32,
+    concurrency: usize,
+    state_dir: Option<PathBuf>,
+) -> anyhow::Result<deployd::settings::Settings> {
+    use deployd::settings::{Overrides, RawConfig, Settings};
+    let overrides = Overrides {
+        rate: Some(rate),
+        burst: Some(burst),
+        concurrency: Some(concurrency),
+        state_dir: state_dir.clone(),
+        ..Overrides::default()
+    };
+    let mut settings = Settings::from_raw(RawConfig::default(), &overrides, &|_| None, None)?;
+    settings.executor.state_dir = state_dir;
+    Ok(settings)
+}
+
+/// Runs a plan (YAML text) in this process, as `deployd exec` does (the executor `settings`
+/// describe, with its limits and run journal), against `emulator`, authenticated with
+/// [`TOKEN`]. Returns the report and the time the run itself took (set-up excluded).
 pub async fn run_in_process(
     emulator: &Emulator,
     yaml: &str,
-    limits: deployd::executor::limits::Limits,
-    state_dir: Option<PathBuf>,
+    settings: &deployd::settings::Settings,
 ) -> anyhow::Result<(deployd::results::RunReport, Duration)> {
     use deployd::api::client::{ClientOptions, DeployClient, Endpoint};
     use deployd::api::credentials::Credentials;
-    use deployd::executor::{Executor, ExecutorSettings, NoObserver, RunRequest, StopTokens};
+    use deployd::executor::{NoObserver, RunRequest, StopTokens};
     use deployd::results::{RunId, Trigger};
 
     let plan = deployd::plan::load::parse_plan("bench.yaml".as_ref(), yaml.as_bytes())
@@ -493,11 +513,7 @@ pub async fn run_in_process(
         Credentials::Token(Secret::new(TOKEN)),
         ClientOptions::default(),
     )?;
-    let settings = ExecutorSettings {
-        state_dir,
-        ..ExecutorSettings::default()
-    };
-    let executor = Executor::new(client, Arc::new(limits), settings);
+    let executor = settings.executor(client);
     let started_at = Utc::now();
     let req = RunRequest {
         plan: Arc::new(plan),

@@ -474,7 +474,7 @@ impl DeployClient {
             // An error answer may echo what it received (a gateway's canonical request shows
             // signed headers): keep our secrets out of result files and logs.
             let secrets = self.credentials.wire_secrets();
-            body = scrub(body, secrets.into_iter().chain(&prepared.token_used));
+            body = mask_secrets_in_body(body, secrets.into_iter().chain(&prepared.token_used));
         }
         Ok((
             Answer {
@@ -509,7 +509,10 @@ fn refused_token_code(body: &[u8]) -> Option<String> {
 }
 
 /// Replaces every occurrence of each (non-empty) secret in `body` with `***`.
-fn scrub<'s>(body: Vec<u8>, secrets: impl IntoIterator<Item = &'s Secret>) -> Vec<u8> {
+fn mask_secrets_in_body<'s>(
+    body: Vec<u8>,
+    secrets: impl IntoIterator<Item = &'s Secret>,
+) -> Vec<u8> {
     let mut text = match String::from_utf8(body) {
         Ok(text) => text,
         // Not text: nothing a secret (always text) could be found in as such.
@@ -625,12 +628,15 @@ mod tests {
     fn secrets_are_scrubbed_from_answers() {
         let secrets = [Secret::new("sts-SECRET"), Secret::new("")];
         let body = br#"{"error_msg": "canonicalRequest: x-security-token:sts-SECRET|x"}"#.to_vec();
-        let out = String::from_utf8(scrub(body, &secrets)).expect("text");
+        let out = String::from_utf8(mask_secrets_in_body(body, &secrets)).expect("text");
         assert_eq!(
             out,
             r#"{"error_msg": "canonicalRequest: x-security-token:***|x"}"#
         );
-        assert_eq!(scrub(vec![0xff, 0xfe], &secrets), vec![0xff, 0xfe]);
+        assert_eq!(
+            mask_secrets_in_body(vec![0xff, 0xfe], &secrets),
+            vec![0xff, 0xfe]
+        );
     }
 
     /// Serves one canned HTTP answer on a loopback port.

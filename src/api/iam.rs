@@ -131,7 +131,7 @@ impl IamError {
 }
 
 /// A token and when to refresh it.
-struct Cached {
+struct CachedToken {
     token: Secret,
     refresh_at: Instant,
     expires: Instant,
@@ -142,7 +142,7 @@ type FlightResult = Option<Result<Secret, IamError>>;
 
 #[derive(Default)]
 struct State {
-    cached: Option<Cached>,
+    cached: Option<CachedToken>,
     /// Set when IAM refused the credentials: every later call fails with it.
     refused: Option<String>,
     /// After a failed request: no new attempt before this (the failure is shared with every
@@ -405,7 +405,7 @@ impl Inner {
     }
 
     /// One token request; its answer is reported to `pacer`.
-    async fn fetch(&self, pacer: Option<&dyn Pacer>) -> Result<Cached, IamError> {
+    async fn fetch(&self, pacer: Option<&dyn Pacer>) -> Result<CachedToken, IamError> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let scope = match &self.project {
             ProjectScope::Id(id) => json!({"id": id}),
@@ -490,7 +490,7 @@ impl Inner {
             "IAM token obtained, valid for {lifetime:?}; it will be refreshed after {:?}",
             lifetime - margin
         );
-        Ok(Cached {
+        Ok(CachedToken {
             token: Secret::new(token),
             refresh_at: sent + (lifetime - margin),
             expires: sent + lifetime,

@@ -11,7 +11,6 @@ pub mod schema;
 pub mod status;
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 
@@ -20,7 +19,6 @@ use crate::api::credentials::{Credentials, credentials_from};
 use crate::cli::Common;
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::executor::Executor;
-use crate::executor::limits::Limits;
 use crate::secret::Secret;
 use crate::settings::{ConfigError, Settings};
 
@@ -105,13 +103,8 @@ pub async fn connect(settings: &mut Settings, use_emulator: bool) -> anyhow::Res
         "API client ready"
     );
     let client = DeployClient::new(endpoint, credentials, settings.client)?;
-    let limits = Arc::new(Limits::new(
-        settings.rate,
-        settings.burst,
-        settings.concurrency,
-    )?);
     Ok(Target {
-        executor: Executor::new(client, limits, settings.executor.clone()),
+        executor: settings.executor(client),
         emulator,
     })
 }

@@ -10,9 +10,6 @@ use tracing::{error, info};
 use super::{Exit, Target, connect, load_settings};
 use crate::cli::RunArgs;
 use crate::daemon::{self, Control, DaemonParts};
-use crate::executor::Executor;
-use crate::executor::limits::Limits;
-use std::sync::Arc;
 
 /// Runs the daemon.
 pub async fn run(args: RunArgs) -> Exit {
@@ -96,8 +93,7 @@ pub async fn run(args: RunArgs) -> Exit {
                     .executor
                     .project_id
                     .get_or_insert_with(|| project_id.clone());
-                let limits = Limits::new(settings.rate, settings.burst, settings.concurrency)?;
-                Executor::new(client.clone(), Arc::new(limits), settings.executor.clone())
+                settings.executor(client.clone())
             }
             None => {
                 let handle = tokio::runtime::Handle::current();

@@ -52,7 +52,7 @@ pub enum ErrorForm {
 
 /// An error answer: status, body form, code, message and a few header quirks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiErr {
+pub struct ErrorAnswer {
     /// HTTP status.
     pub status: StatusCode,
     /// Body form.
@@ -67,7 +67,7 @@ pub struct ApiErr {
     pub retry_after: Option<u32>,
 }
 
-impl ApiErr {
+impl ErrorAnswer {
     fn new(status: StatusCode, form: ErrorForm, code: &'static str, message: String) -> Self {
         Self {
             status,
@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn deploy_form_carries_both_shapes() {
-        let body = ApiErr::invalid("params[0].key: bad").body("rid");
+        let body = ErrorAnswer::invalid("params[0].key: bad").body("rid");
         assert_eq!(body["error_code"], DEPLOY_INVALID);
         assert_eq!(body["status"], "error");
         assert_eq!(body["error"]["code"], DEPLOY_NESTED_CODE);
@@ -303,25 +303,25 @@ mod tests {
 
     #[test]
     fn apig_form_repeats_the_request_id() {
-        let body = ApiErr::throttled(5.0).body("abc");
+        let body = ErrorAnswer::throttled(5.0).body("abc");
         assert_eq!(body["error_code"], APIGW_THROTTLED);
         assert_eq!(body["request_id"], "abc");
     }
 
     #[test]
     fn iam_form_uses_the_status_number() {
-        let body = ApiErr::iam(StatusCode::UNAUTHORIZED, "nope").body("x");
+        let body = ErrorAnswer::iam(StatusCode::UNAUTHORIZED, "nope").body("x");
         assert_eq!(body["error"]["code"], 401);
         assert_eq!(body["error"]["title"], "Unauthorized");
     }
 
     #[test]
     fn headers_follow_the_quirks() {
-        let resp = ApiErr::unknown_task("t").into_response("rid");
+        let resp = ErrorAnswer::unknown_task("t").into_response("rid");
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
         let ct = resp.headers()["content-type"].to_str().unwrap_or_default();
         assert!(ct.starts_with("text/html"), "{ct}");
-        let resp = ApiErr::throttled(1.0).into_response("rid");
+        let resp = ErrorAnswer::throttled(1.0).into_response("rid");
         assert_eq!(resp.headers()["retry-after"], "1");
         assert_eq!(resp.headers()["x-request-id"], "rid");
     }

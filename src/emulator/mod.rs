@@ -48,7 +48,7 @@ pub use config::{
     DEFAULT_PROJECT_ID, DEFAULT_SK, DEFAULT_TOKEN, DEFAULT_USER, EmulatorArgs, EmulatorConfig,
     IamUser, ScriptedFault, parse_utc_offset,
 };
-pub use error::{ApiErr, ErrorForm};
+pub use error::{ErrorAnswer, ErrorForm};
 pub use service::{BODY_LIMIT, Principal};
 pub use state::{LoggedRequest, Stats};
 pub use validate::WireParam;

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::config::{AK_MAX_FAILURES, EmulatorConfig, ScriptedFault};
-use super::error::ApiErr;
+use super::error::ErrorAnswer;
 use super::http::{Body, response};
 use super::state::{
     Faults, IssuedToken, LoggedRequest, Phase, Record, Stats, Store, hex32, http_date, service_time,
@@ -164,19 +164,21 @@ fn json_response(status: StatusCode, value: &impl Serialize, request_id: &str) -
 }
 
 /// Reads a body up to [`BODY_LIMIT`].
-async fn read_body(parts: &Parts, body: Incoming) -> Result<Bytes, ApiErr> {
+async fn read_body(parts: &Parts, body: Incoming) -> Result<Bytes, ErrorAnswer> {
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > BODY_LIMIT as u64) {
-        return Err(ApiErr::too_large(BODY_LIMIT));
+        return Err(ErrorAnswer::too_large(BODY_LIMIT));
     }
     match Limited::new(body, BODY_LIMIT).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ApiErr::too_large(BODY_LIMIT)),
-        Err(_) => Err(ApiErr::bad_request("the request body could not be read")),
+        Err(e) if e.is::<LengthLimitError>() => Err(ErrorAnswer::too_large(BODY_LIMIT)),
+        Err(_) => Err(ErrorAnswer::bad_request(
+            "the request body could not be read",
+        )),
     }
 }
 
@@ -342,14 +344,14 @@ impl Shared {
             delay += self.config.iam_latency;
         }
         let result = if !delay.is_zero() && !self.pause(delay).await {
-            Err(ApiErr::injected(StatusCode::SERVICE_UNAVAILABLE))
+            Err(ErrorAnswer::injected(StatusCode::SERVICE_UNAVAILABLE))
         } else if faults.drop_before {
             self.store().stats.dropped_before += 1;
             return Err(DropConnection);
         } else if faults.hang {
             self.store().stats.hung += 1;
             self.pause(self.config.hang_for).await;
-            Err(ApiErr::gateway_timeout())
+            Err(ErrorAnswer::gateway_timeout())
         } else {
             let (parts, body) = req.into_parts();
             let result = self
@@ -390,7 +392,7 @@ impl Shared {
         faults: &Faults,
         request_id: &str,
         received_at: DateTime<Utc>,
-    ) -> Result<Response<Body>, ApiErr> {
+    ) -> Result<Response<Body>, ErrorAnswer> {
         let deploy = match route {
             Route::Deploy(deploy) => deploy,
             Route::IamTokens => {
@@ -398,17 +400,20 @@ impl Shared {
                 return self.issue_token(parts, &body, request_id);
             }
             Route::NotFound | Route::EmulatorLog | Route::EmulatorStats => {
-                return Err(ApiErr::no_route(parts.method.as_str(), parts.uri.path()));
+                return Err(ErrorAnswer::no_route(
+                    parts.method.as_str(),
+                    parts.uri.path(),
+                ));
             }
         };
         let body = read_body(parts, body).await?;
         let principal = self.authenticate(parts, &body)?;
         if let Some(secs) = faults.throttled {
-            return Err(ApiErr::throttled_for(secs));
+            return Err(ErrorAnswer::throttled_for(secs));
         }
         self.throttle()?;
         if let Some(status) = faults.error {
-            return Err(ApiErr::injected(status));
+            return Err(ErrorAnswer::injected(status));
         }
         match deploy {
             DeployRoute::Start { task_id } => {
@@ -426,19 +431,19 @@ impl Shared {
     /// Authenticates a deploy call: a static token, an unexpired issued IAM token, an AK/SK
     /// signature over the raw received request (`body` is the payload that was hashed), or
     /// nothing when authentication is off. Every refusal is a 401 and is counted.
-    pub fn authenticate(&self, parts: &Parts, body: &[u8]) -> Result<Principal, ApiErr> {
+    pub fn authenticate(&self, parts: &Parts, body: &[u8]) -> Result<Principal, ErrorAnswer> {
         if !self.config.auth_required {
             return Ok(Principal::Anonymous);
         }
         let result = if let Some(token) = parts.headers.get("x-auth-token") {
             match token.to_str() {
                 Ok(token) => self.check_token(token),
-                Err(_) => Err(ApiErr::unauthorized("decrypt token fail")),
+                Err(_) => Err(ErrorAnswer::unauthorized("decrypt token fail")),
             }
         } else if parts.headers.contains_key(AUTHORIZATION) {
             self.check_signature(parts, body)
         } else {
-            Err(ApiErr::unauthorized("x-auth-token not found"))
+            Err(ErrorAnswer::unauthorized("x-auth-token not found"))
         };
         if result.is_err() {
             self.store().stats.auth_failures += 1;
@@ -450,11 +455,11 @@ impl Shared {
     /// signatures are APIGW.0301 (with the server's canonical request, `|` for newlines, as APIG
     /// shows it), a skew over 15 minutes APIGW.0303. More than [`AK_MAX_FAILURES`] failures in a
     /// row lock the AK for the configured time, during which even good signatures are refused.
-    fn check_signature(&self, parts: &Parts, body: &[u8]) -> Result<Principal, ApiErr> {
+    fn check_signature(&self, parts: &Parts, body: &[u8]) -> Result<Principal, ErrorAnswer> {
         let mut headers = Vec::with_capacity(parts.headers.len());
         for (name, value) in &parts.headers {
             let value = value.to_str().map_err(|_| {
-                ApiErr::unauthorized("verify aksk signature fail: a header is not ASCII")
+                ErrorAnswer::unauthorized("verify aksk signature fail: a header is not ASCII")
             })?;
             headers.push((name.as_str().to_owned(), value.to_owned()));
         }
@@ -464,14 +469,14 @@ impl Shared {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         let parsed = signer::parse_authorization(authorization)
-            .map_err(|e| ApiErr::unauthorized(&format!("verify aksk signature fail: {e}")))?;
+            .map_err(|e| ErrorAnswer::unauthorized(&format!("verify aksk signature fail: {e}")))?;
         let Some(key) = self
             .config
             .access_keys
             .iter()
             .find(|k| k.ak == parsed.access)
         else {
-            return Err(ApiErr::unauthorized(&format!(
+            return Err(ErrorAnswer::unauthorized(&format!(
                 "verify aksk signature fail: the access key {:?} does not exist",
                 parsed.access
             )));
@@ -483,7 +488,7 @@ impl Shared {
             .get(&key.ak)
             .is_some_and(|f| f.locked(now))
         {
-            return Err(ApiErr::unauthorized(
+            return Err(ErrorAnswer::unauthorized(
                 "AK access failed to reach the limit, forbidden",
             ));
         }
@@ -505,19 +510,19 @@ impl Shared {
             tracing::info!(ak = %key.ak, "emulator: AK locked after repeated signature failures");
         }
         Err(match error {
-            SignatureError::Expired { .. } => ApiErr::signature_expired(&error.to_string()),
-            SignatureError::Mismatch { canonical_request } => ApiErr::unauthorized(&format!(
+            SignatureError::Expired { .. } => ErrorAnswer::signature_expired(&error.to_string()),
+            SignatureError::Mismatch { canonical_request } => ErrorAnswer::unauthorized(&format!(
                 "verify aksk signature fail, canonicalRequest: {}",
                 shown_canonical_request(&canonical_request)
             )),
             SignatureError::Malformed(_) => {
-                ApiErr::unauthorized(&format!("verify aksk signature fail: {error}"))
+                ErrorAnswer::unauthorized(&format!("verify aksk signature fail: {error}"))
             }
         })
     }
 
     /// Checks an `X-Auth-Token` value.
-    fn check_token(&self, token: &str) -> Result<Principal, ApiErr> {
+    fn check_token(&self, token: &str) -> Result<Principal, ErrorAnswer> {
         if self.config.tokens.iter().any(|t| t.expose() == token) {
             return Ok(Principal::StaticToken);
         }
@@ -525,13 +530,13 @@ impl Shared {
             Some(issued) if Instant::now() < issued.expires => Ok(Principal::Iam {
                 user: issued.user.clone(),
             }),
-            Some(_) => Err(ApiErr::token_expired()),
-            None => Err(ApiErr::unauthorized("decrypt token fail")),
+            Some(_) => Err(ErrorAnswer::token_expired()),
+            None => Err(ErrorAnswer::unauthorized("decrypt token fail")),
         }
     }
 
     /// Applies the rate limit.
-    fn throttle(&self) -> Result<(), ApiErr> {
+    fn throttle(&self) -> Result<(), ErrorAnswer> {
         let mut store = self.store();
         let Some(bucket) = store.limiter.as_mut() else {
             return Ok(());
@@ -539,7 +544,7 @@ impl Shared {
         if bucket.try_acquire(Instant::now()) {
             Ok(())
         } else {
-            Err(ApiErr::throttled(bucket.rate()))
+            Err(ErrorAnswer::throttled(bucket.rate()))
         }
     }
 
@@ -552,15 +557,15 @@ impl Shared {
         principal: &Principal,
         request_id: &str,
         received_at: DateTime<Utc>,
-    ) -> Result<Response<Body>, ApiErr> {
-        rules::check_id(task_id).map_err(|e| ApiErr::invalid(format!("task_id: {e}")))?;
-        validate::check_content_type(content_type(&parts.headers)).map_err(ApiErr::invalid)?;
-        let parsed = validate::parse_start_body(body).map_err(ApiErr::invalid)?;
+    ) -> Result<Response<Body>, ErrorAnswer> {
+        rules::check_id(task_id).map_err(|e| ErrorAnswer::invalid(format!("task_id: {e}")))?;
+        validate::check_content_type(content_type(&parts.headers)).map_err(ErrorAnswer::invalid)?;
+        let parsed = validate::parse_start_body(body).map_err(ErrorAnswer::invalid)?;
         if self.config.unknown_task_ids.contains(task_id) {
-            return Err(ApiErr::unknown_task(task_id));
+            return Err(ErrorAnswer::unknown_task(task_id));
         }
         if self.config.rejected_task_ids.contains(task_id) {
-            return Err(ApiErr::invalid(format!(
+            return Err(ErrorAnswer::invalid(format!(
                 "params: the dynamic parameters do not match the ones defined on task {task_id}"
             )));
         }
@@ -611,15 +616,16 @@ impl Shared {
         task_id: &str,
         query: Option<&str>,
         request_id: &str,
-    ) -> Result<Response<Body>, ApiErr> {
-        rules::check_id(project_id).map_err(|e| ApiErr::invalid(format!("project_id: {e}")))?;
-        rules::check_id(task_id).map_err(|e| ApiErr::invalid(format!("id: {e}")))?;
+    ) -> Result<Response<Body>, ErrorAnswer> {
+        rules::check_id(project_id)
+            .map_err(|e| ErrorAnswer::invalid(format!("project_id: {e}")))?;
+        rules::check_id(task_id).map_err(|e| ErrorAnswer::invalid(format!("id: {e}")))?;
         if project_id != self.config.project_id {
-            return Err(ApiErr::unknown_project(project_id));
+            return Err(ErrorAnswer::unknown_project(project_id));
         }
-        let q = validate::parse_history_query(query).map_err(ApiErr::invalid)?;
+        let q = validate::parse_history_query(query).map_err(ErrorAnswer::invalid)?;
         if self.config.unknown_task_ids.contains(task_id) {
-            return Err(ApiErr::unknown_task(task_id));
+            return Err(ErrorAnswer::unknown_task(task_id));
         }
         let (now, zone, deploy) = (
             Instant::now(),
@@ -660,11 +666,11 @@ impl Shared {
 
     /// The record a `?record_id=` query names (the task's latest without one), as the state
     /// and params endpoints find it; an unknown record is 400 Deploy.00011303.
-    fn one_record(&self, task_id: &str, query: Option<&str>) -> Result<Record, ApiErr> {
-        rules::check_id(task_id).map_err(|e| ApiErr::invalid(format!("task_id: {e}")))?;
-        let q = validate::parse_state_query(query).map_err(ApiErr::invalid)?;
+    fn one_record(&self, task_id: &str, query: Option<&str>) -> Result<Record, ErrorAnswer> {
+        rules::check_id(task_id).map_err(|e| ErrorAnswer::invalid(format!("task_id: {e}")))?;
+        let q = validate::parse_state_query(query).map_err(ErrorAnswer::invalid)?;
         if self.config.unknown_task_ids.contains(task_id) {
-            return Err(ApiErr::unknown_task(task_id));
+            return Err(ErrorAnswer::unknown_task(task_id));
         }
         let store = self.store();
         match &q.record_id {
@@ -672,7 +678,9 @@ impl Shared {
             None => store.task_records(task_id).first().copied(),
         }
         .cloned()
-        .ok_or_else(|| ApiErr::no_record(format!("no execution record found for task {task_id}")))
+        .ok_or_else(|| {
+            ErrorAnswer::no_record(format!("no execution record found for task {task_id}"))
+        })
     }
 
     /// `GET /v2/tasks/{task_id}/state`: one record's status (the latest without `record_id`).
@@ -681,7 +689,7 @@ impl Shared {
         task_id: &str,
         query: Option<&str>,
         request_id: &str,
-    ) -> Result<Response<Body>, ApiErr> {
+    ) -> Result<Response<Body>, ErrorAnswer> {
         let record = self.one_record(task_id, query)?;
         let (now, deploy) = (Instant::now(), self.config.deploy_duration);
         let zone = self.config.record_utc_offset;
@@ -712,7 +720,7 @@ impl Shared {
         task_id: &str,
         query: Option<&str>,
         request_id: &str,
-    ) -> Result<Response<Body>, ApiErr> {
+    ) -> Result<Response<Body>, ErrorAnswer> {
         let record = self.one_record(task_id, query)?;
         let answer: Vec<Value> = record
             .params
@@ -736,8 +744,8 @@ impl Shared {
         parts: &Parts,
         body: &[u8],
         request_id: &str,
-    ) -> Result<Response<Body>, ApiErr> {
-        let bad = |m: String| ApiErr::iam(StatusCode::BAD_REQUEST, m);
+    ) -> Result<Response<Body>, ErrorAnswer> {
+        let bad = |m: String| ErrorAnswer::iam(StatusCode::BAD_REQUEST, m);
         validate::check_content_type(content_type(&parts.headers)).map_err(bad)?;
         let v: Value = serde_json::from_slice(body)
             .map_err(|e| bad(format!("the body is not valid JSON: {e}")))?;
@@ -770,7 +778,7 @@ impl Shared {
             .iter()
             .any(|u| u.domain == domain && u.name == name && u.password.expose() == password);
         if !known {
-            return Err(ApiErr::iam(
+            return Err(ErrorAnswer::iam(
                 StatusCode::UNAUTHORIZED,
                 "The username or password is wrong.",
             ));

@@ -27,8 +27,8 @@ pub const MAX_RATE: f64 = 10_000.0;
 /// Largest `burst` accepted (governor's burst capacity is `period * burst` nanoseconds in a
 /// `u64`, which this keeps far from overflowing at the slowest rate).
 pub const MAX_BURST: u32 = 10_000;
-/// Largest `concurrency` accepted, global or per plan.
-pub const MAX_CONCURRENCY: usize = 10_000;
+/// Largest `concurrency` accepted, global or per plan (the plan format's bound).
+pub use crate::plan::validate::MAX_CONCURRENCY;
 
 /// Why limits were refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -51,6 +51,66 @@ impl LimitsError {
             Self::Rate(_) => "rate",
             Self::Burst(_) => "burst",
             Self::Concurrency(_) => "concurrency",
+        }
+    }
+}
+
+/// The account's call limits as configured, each within its range: what [`Limits`] is built
+/// from (settings build this value; nothing is built and thrown away to validate).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallLimits {
+    rate: f64,
+    burst: u32,
+    concurrency: usize,
+}
+
+impl CallLimits {
+    /// Checks each value against its range; every problem is reported, setting by setting.
+    pub fn new(rate: f64, burst: u32, concurrency: usize) -> Result<Self, Vec<LimitsError>> {
+        let problems: Vec<LimitsError> = [
+            // Written so that NaN fails too.
+            (!(MIN_RATE..=MAX_RATE).contains(&rate)).then_some(LimitsError::Rate(rate)),
+            (!(1..=MAX_BURST).contains(&burst)).then_some(LimitsError::Burst(burst)),
+            (!(1..=MAX_CONCURRENCY).contains(&concurrency))
+                .then_some(LimitsError::Concurrency(concurrency)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if problems.is_empty() {
+            Ok(Self {
+                rate,
+                burst,
+                concurrency,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Calls per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Calls at once after an idle period.
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
+    /// Calls in flight.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+}
+
+impl Default for CallLimits {
+    /// 5 calls per second, burst 1, 8 in flight (the contract's defaults).
+    fn default() -> Self {
+        Self {
+            rate: 5.0,
+            burst: 1,
+            concurrency: 8,
         }
     }
 }
@@ -124,16 +184,24 @@ impl Limits {
     /// `rate` calls per second (fractions allowed), `burst` calls at once after an idle
     /// period, `concurrency` calls in flight.
     pub fn new(rate: f64, burst: u32, concurrency: usize) -> Result<Self, LimitsError> {
-        // Written so that NaN fails too.
-        if !(MIN_RATE..=MAX_RATE).contains(&rate) {
-            return Err(LimitsError::Rate(rate));
-        }
-        let burst_nz = NonZeroU32::new(burst)
-            .filter(|b| b.get() <= MAX_BURST)
-            .ok_or(LimitsError::Burst(burst))?;
-        if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
-            return Err(LimitsError::Concurrency(concurrency));
-        }
+        CallLimits::new(rate, burst, concurrency)
+            .map_err(|mut problems| problems.remove(0))
+            .and_then(Self::from_checked)
+    }
+
+    /// Limits of a checked configuration.
+    pub fn of(limits: CallLimits) -> Self {
+        Self::from_checked(limits)
+            .expect("the ranges of CallLimits keep the GCRA period and burst representable")
+    }
+
+    fn from_checked(limits: CallLimits) -> Result<Self, LimitsError> {
+        let CallLimits {
+            rate,
+            burst,
+            concurrency,
+        } = limits;
+        let burst_nz = NonZeroU32::new(burst).ok_or(LimitsError::Burst(burst))?;
         let period = Duration::from_secs_f64(1.0 / rate);
         let quota = Quota::with_period(period)
             .ok_or(LimitsError::Rate(rate))?

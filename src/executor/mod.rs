@@ -815,7 +815,7 @@ impl TaskCtx {
         report: &mut TaskReport,
     ) {
         set_info(report, outcome.info());
-        scrub(report, &call.secrets);
+        mask_secrets_in_report(report, &call.secrets);
         let clock = self.exec.calls.clock();
         if let StartOutcome::Started { response, .. } = outcome {
             report.status = TaskStatus::Started;
@@ -1021,7 +1021,7 @@ impl TaskCtx {
 }
 
 /// Masks secret values anywhere in a task's error text.
-fn scrub(report: &mut TaskReport, secrets: &[crate::secret::Secret]) {
+fn mask_secrets_in_report(report: &mut TaskReport, secrets: &[crate::secret::Secret]) {
     for field in [&mut report.error_msg, &mut report.error_code] {
         if let Some(text) = field.as_mut() {
             for secret in secrets {
@@ -1061,7 +1061,7 @@ mod tests {
         let mut r = TaskReport::new("t", TaskStatus::Failed, vec![]);
         r.error_code = Some("Deploy.1".into());
         r.error_msg = Some("value s3cret is not allowed (s3cret)".into());
-        scrub(&mut r, &[crate::secret::Secret::new("s3cret")]);
+        mask_secrets_in_report(&mut r, &[crate::secret::Secret::new("s3cret")]);
         assert_eq!(
             r.error_msg.as_deref(),
             Some("value *** is not allowed (***)")

@@ -165,7 +165,7 @@ pub fn parse_plan_file(path: &Path, bytes: &[u8]) -> Result<Loaded, Issues> {
 
 /// Refuses `value_from.file` paths that are, or resolve to, files under `/proc`, `/sys` or
 /// `/dev`, or that exist and are not regular files (see
-/// [`crate::executor::values::check_at_load`]); relative paths start at `plan_dir`. A run
+/// [`crate::value_files::check_at_load`]); relative paths start at `plan_dir`. A run
 /// checks again when it opens the file.
 pub fn check_value_files(path: &Path, loaded: &Loaded, plan_dir: &Path) -> Result<(), Issues> {
     let issues: Vec<Issue> = loaded
@@ -177,7 +177,7 @@ pub fn check_value_files(path: &Path, loaded: &Loaded, plan_dir: &Path) -> Resul
             } else {
                 plan_dir.join(&f.path)
             };
-            crate::executor::values::check_at_load(&full)
+            crate::value_files::check_at_load(&full)
                 .err()
                 .map(|why| Issue::new(path, f.line, f.column, f.field.clone(), why))
         })

@@ -57,6 +57,8 @@ pub const NAME_MAX: usize = 64;
 /// How long a deployment is followed when the plan says `follow: true` without a timeout.
 pub const DEFAULT_FOLLOW_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// Largest `concurrency` accepted, for a plan and for the whole account.
+pub const MAX_CONCURRENCY: usize = 10_000;
 /// Largest `retry.max_attempts`.
 pub const MAX_ATTEMPTS: u64 = 20;
 /// Longest duration `retry` accepts (24 h).
@@ -192,7 +194,7 @@ pub fn validate(raw: RawPlan, src: &PlanSource<'_>) -> Result<Validated, Issues>
     });
 
     let concurrency = raw.concurrency.as_ref().and_then(|c| {
-        let max = crate::executor::limits::MAX_CONCURRENCY;
+        let max = MAX_CONCURRENCY;
         let n = usize::try_from(c.value)
             .ok()
             .filter(|n| *n <= max)

@@ -9,8 +9,6 @@ use deployd::api::client::{ClientOptions, DeployClient, Endpoint};
 use deployd::api::credentials::Credentials;
 use deployd::daemon::{self, Control, DaemonParts};
 use deployd::emulator::{Emulator, EmulatorConfig};
-use deployd::executor::Executor;
-use deployd::executor::limits::Limits;
 use deployd::secret::Secret;
 use deployd::settings::{Overrides, RawConfig, Settings};
 use tokio::sync::mpsc;
@@ -51,10 +49,7 @@ impl Daemon {
             ClientOptions::default(),
         )
         .expect("client");
-        let limits = Arc::new(
-            Limits::new(settings.rate, settings.burst, settings.concurrency).expect("limits"),
-        );
-        let executor = Executor::new(client, limits, settings.executor.clone());
+        let executor = settings.executor(client);
         let shutdown = CancellationToken::new();
         let (reload, reload_rx) = mpsc::channel(4);
         let status = Arc::new(std::sync::Mutex::new(String::new()));

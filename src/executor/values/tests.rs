@@ -4,6 +4,7 @@ use std::os::unix::fs::symlink;
 use std::process::Command;
 
 use super::*;
+use crate::api::rules::PARAM_VALUE_MAX;
 use crate::plan::load::parse_plan;
 
 const T1: &str = "d2dc947ec2424d8789bb3984bb3adf45";
