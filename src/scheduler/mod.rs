@@ -117,7 +117,18 @@ pub enum Event<'a> {
     },
     /// The daemon stops: nothing starts any more, and the runs still waiting are reported.
     ShuttingDown,
+    /// This node just took the lead of a cluster: every fire time of the armed plans from
+    /// `from` up to now that no node used runs now, in order (each one claimed first, under
+    /// its plan's overlap policy), at most [`CATCH_UP_MAX`] per plan.
+    CaughtUp {
+        /// The oldest fire time to run (the catch-up window's start).
+        from: DateTime<Utc>,
+    },
 }
+
+/// Most missed fire times one plan runs at a takeover (a `*/1 * * * * *` schedule missed for
+/// a day would be 86,400 runs); the others are reported skipped.
+pub const CATCH_UP_MAX: usize = 1000;
 
 /// How a started run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,6 +276,10 @@ impl Scheduler {
                 self.admit_waiting(&mut s);
             }
             Event::ShuttingDown => self.shut_down(&mut s),
+            Event::CaughtUp { from } => {
+                self.catch_up(&mut s, from);
+                self.admit_waiting(&mut s);
+            }
         }
         s.out
     }
@@ -404,6 +419,8 @@ impl Scheduler {
             .filter_map(|a| a.next.filter(|t| *t <= now).map(|t| (a.plan.clone(), t)))
             .collect();
         for (plan, at) in due {
+            // Recorded (claimed) before it is started: a cluster's claim decides whether it may.
+            let used = self.use_fire(s, &plan.name, at);
             let late = (now - at).to_std().unwrap_or(Duration::ZERO);
             if late > MISSED_FIRE {
                 s.note(Note::FireSkipped {
@@ -414,13 +431,51 @@ impl Scheduler {
             } else {
                 self.request(s, plan.clone(), Trigger::Schedule, Some(at));
             }
-            let used = self.use_fire(s, &plan.name, at);
             let floor = self.floor(&plan.name, at.max(now));
             if let Some(a) = self.armed.get_mut(&plan.name) {
                 a.next = plan
                     .schedule
                     .as_ref()
                     .and_then(|sch| sch.next_unused(floor, &used));
+            }
+        }
+    }
+
+    /// A takeover's catch-up: the fire times from `from` to now no node used, each recorded
+    /// then requested, in order; then every plan is armed again from now.
+    fn catch_up(&mut self, s: &mut Step<'_>, from: DateTime<Utc>) {
+        let now = s.now.wall;
+        let plans: Vec<Arc<Plan>> = self.armed.values().map(|a| a.plan.clone()).collect();
+        for plan in plans {
+            let Some(schedule) = plan.schedule.clone() else {
+                continue;
+            };
+            let mut cursor = self.floor(&plan.name, from - TimeDelta::milliseconds(1));
+            let mut ran = 0;
+            while let Some(at) = schedule.next_unused(cursor, &self.used_fires(&plan.name)) {
+                if at > now {
+                    break;
+                }
+                if ran == CATCH_UP_MAX {
+                    // The rest of the window is not run (nor recorded, one by one).
+                    s.note(Note::FireSkipped {
+                        plan: plan.name.clone(),
+                        at,
+                        reason: SkipReason::Missed {
+                            late: (now - at).to_std().unwrap_or(Duration::ZERO),
+                        },
+                    });
+                    break;
+                }
+                self.use_fire(s, &plan.name, at);
+                self.request(s, plan.clone(), Trigger::Schedule, Some(at));
+                ran += 1;
+                cursor = at;
+            }
+            let used = self.used_fires(&plan.name);
+            let floor = self.floor(&plan.name, now);
+            if let Some(a) = self.armed.get_mut(&plan.name) {
+                a.next = schedule.next_unused(floor, &used);
             }
         }
     }

@@ -889,3 +889,82 @@ fn the_next_wake_is_the_next_fire_or_retry_whichever_comes_first() {
     sim.ended(run, RunOutcome::NotBegun("no room".into()));
     assert_eq!(sim.s.next_wake(sim.now), Some(sim.now.mono + BEGIN_BACKOFF));
 }
+
+// --- a takeover in a cluster -----------------------------------------------------------------
+
+/// Each fire is recorded (claimed) before it is started: a cluster's claim decides first.
+#[test]
+fn a_fire_is_recorded_before_it_starts() {
+    let mut sim = Sim::new(8, "2026-06-01T09:59:59Z");
+    let p = cron("p", "1", "0 0 10 * * *", Overlap::Skip);
+    sim.add(&[&p]);
+    let actions = sim.pass_to("2026-06-01T10:00:00Z");
+    let record = actions
+        .iter()
+        .position(|a| matches!(a, Action::RecordFire { .. }))
+        .expect("recorded");
+    let start = actions
+        .iter()
+        .position(|a| matches!(a, Action::Start(_)))
+        .expect("started");
+    assert!(record < start, "{actions:#?}");
+}
+
+/// A new leader runs every fire time of the catch-up window no node used, in order, and
+/// none the old leader used nor any before the window; then it goes on from now.
+#[test]
+fn a_takeover_runs_the_fires_missed_in_its_window_once() {
+    let mut sim = Sim::new(8, "2026-06-01T10:00:09Z");
+    let p = cron("p", "1", "*/2 * * * * *", Overlap::Allow);
+    // The old leader used 10:00:00 and 10:00:04 before it died.
+    sim.s.remember_fires(
+        "p",
+        FireMemory {
+            used: vec![t("2026-06-01T10:00:00Z"), t("2026-06-01T10:00:04Z")],
+            floor: None,
+        },
+    );
+    sim.add(&[&p]);
+    let actions = sim.event(Event::CaughtUp {
+        from: t("2026-06-01T09:59:58Z"),
+    });
+    let ran: Vec<_> = starts(&actions)
+        .into_iter()
+        .map(|d| d.scheduled_for.expect("a fire"))
+        .collect();
+    assert_eq!(
+        ran,
+        [
+            t("2026-06-01T09:59:58Z"),
+            t("2026-06-01T10:00:02Z"),
+            t("2026-06-01T10:00:06Z"),
+            t("2026-06-01T10:00:08Z")
+        ]
+    );
+    assert_eq!(recorded(&actions), ran, "each one claimed");
+    assert_eq!(sim.next("p"), Some(t("2026-06-01T10:00:10Z")));
+    // Nothing runs twice: the window again finds nothing.
+    let again = sim.event(Event::CaughtUp {
+        from: t("2026-06-01T09:59:58Z"),
+    });
+    assert!(starts(&again).is_empty());
+}
+
+/// A window of a frequent schedule is bounded: at most CATCH_UP_MAX runs, the rest reported.
+#[test]
+fn a_catch_up_is_bounded() {
+    let mut sim = Sim::new(8, "2026-06-02T10:00:00Z");
+    let p = cron("p", "1", "* * * * * *", Overlap::Allow);
+    sim.add(&[&p]);
+    let actions = sim.event(Event::CaughtUp {
+        from: t("2026-06-01T10:00:00Z"),
+    });
+    // max_runs 8: the first 8 start, the rest of the window's runs wait their turn.
+    assert_eq!(starts(&actions).len(), 8);
+    assert_eq!(recorded(&actions).len(), super::CATCH_UP_MAX);
+    assert!(
+        skips(&actions)
+            .iter()
+            .any(|(_, r)| matches!(r, SkipReason::Missed { .. }))
+    );
+}
