@@ -11,6 +11,14 @@
 //! result, log a decision). Runs are spawned tasks that run the executor and finish through
 //! [`finish_run`] (result file, journal, metrics, retention).
 //!
+//! In a cluster ([`Cluster`]), the store is the database's, and the scheduler runs only while
+//! this node leads: each change of role comes from the leadership task. Taking the lead
+//! finishes the old leader's unfinished runs (recovery), builds the scheduler afresh from the
+//! catalog and the database's used fire times, and catches up the fires missed meanwhile;
+//! every fire is claimed before it starts, and a fire or content another node holds is not run.
+//! Losing the lead stops new calls at once (the runs' stop token; the fence refuses their
+//! journal entries anyway) and drops the scheduler's decisions.
+//!
 //! Shutdown: the `shutdown` token stops the loop; runs in progress get `stop` (no new calls,
 //! retries included), then after `shutdown_grace` `abort` (calls in flight abandoned); every
 //! run writes its result (`interrupted` when cut short) before `run` returns.
@@ -20,8 +28,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use tokio::sync::mpsc;
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +37,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::executor::{Executor, NoObserver, RunRequest, StopTokens};
 use crate::finish::{Attempt, FinishedRun, finish_run};
+use crate::ha::leader::{PlanCatalog, Role};
 use crate::plan::catalog::{Catalog, Diff};
 use crate::results::{RunId, Trigger, write_atomic};
 use crate::scan::{FolderScanner, concerns_plans};
@@ -55,6 +64,9 @@ enum RunEnd {
     Ran,
     /// It ran, but its result file could not be written (kept in its journal too).
     Unwritten(Box<FinishedRun>),
+    /// Another node holds its claim (or this one no longer leads): it must not run, nor be
+    /// tried again here.
+    NotRun(String),
     /// It could not begin (values, journal or run-once memory), and called nothing: why.
     NotBegun(String),
 }
@@ -95,6 +107,33 @@ pub struct Control {
     pub on_status: Box<dyn FnMut(&str) + Send>,
     /// Called at least every `interval` from the controller loop (systemd `WATCHDOG=1`).
     pub watchdog: Option<(Duration, Box<dyn FnMut() + Send>)>,
+    /// A cluster node's part; `None` for the single-host daemon.
+    pub cluster: Option<Cluster>,
+}
+
+/// What a cluster node's controller is given (see the module docs).
+pub struct Cluster {
+    /// The cluster's store (the database).
+    pub store: SharedStore,
+    /// This node's role, from the leadership task.
+    pub role: watch::Receiver<Role>,
+    /// Where the controller publishes its plans for the heartbeat.
+    pub catalog: watch::Sender<PlanCatalog>,
+    /// The lease (a takeover catches up from the old lead's last renewal).
+    pub lease: Duration,
+    /// How late a missed fire may be and still run at a takeover.
+    pub catch_up: Duration,
+}
+
+/// The controller's view of its cluster.
+struct ClusterState {
+    role: watch::Receiver<Role>,
+    catalog: watch::Sender<PlanCatalog>,
+    lease: Duration,
+    catch_up: Duration,
+    leading: bool,
+    /// The claims of fire times recorded but not yet started: won or not.
+    claims: HashMap<(String, DateTime<Utc>), bool>,
 }
 
 /// The controller's state: what it wires together.
@@ -107,8 +146,16 @@ struct Controller {
     /// Every decision about when plans run.
     scheduler: Scheduler,
     runs: JoinSet<RunEnd>,
-    /// The run each task runs, so that even a run that panicked frees its plan's slot.
-    run_dues: HashMap<tokio::task::Id, Due>,
+    /// The run each task runs (with the scheduler generation that started it), so that even
+    /// a run that panicked frees its plan's slot.
+    run_dues: HashMap<tokio::task::Id, (u64, Due)>,
+    /// Bumped each time the scheduler is built afresh (a change of role in a cluster): a run
+    /// started by an earlier one is not reported to the new one.
+    generation: u64,
+    max_runs: usize,
+    cluster: Option<ClusterState>,
+    /// Runs the wiring did not begin (not leading, a claim lost), to report to the scheduler.
+    not_run: Vec<Due>,
     stop: StopTokens,
     /// Invalid-file reports currently written, file name -> text.
     invalid_written: BTreeMap<String, String>,
@@ -127,10 +174,19 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let DaemonParts { settings, executor } = parts;
-    let folder = FolderStore::open(&settings.state_dir).context("cannot open the state folder")?;
-    // Held until this function returns: a second daemon on the folder refuses to start.
-    let _state_lock = folder.lock_for_daemon()?;
-    let store: SharedStore = Arc::new(folder.with_results(&settings.results_dir));
+    let cluster = control.cluster.take();
+    // A cluster keeps its state in the database; one host in its state folder, which it locks
+    // (held until this function returns: a second daemon on the folder refuses to start).
+    let (store, _state_lock) = match &cluster {
+        Some(cluster) => (cluster.store.clone(), None),
+        None => {
+            let folder =
+                FolderStore::open(&settings.state_dir).context("cannot open the state folder")?;
+            let lock = folder.lock_for_daemon()?;
+            let store: SharedStore = Arc::new(folder.with_results(&settings.results_dir));
+            (store, Some(lock))
+        }
+    };
     std::fs::create_dir_all(&settings.results_dir).with_context(|| {
         format!(
             "cannot create the results folder {}",
@@ -166,6 +222,17 @@ pub async fn run(
         scheduler: Scheduler::new(max_runs),
         runs: JoinSet::new(),
         run_dues: HashMap::new(),
+        generation: 0,
+        max_runs,
+        cluster: cluster.map(|c| ClusterState {
+            role: c.role,
+            catalog: c.catalog,
+            lease: c.lease,
+            catch_up: c.catch_up,
+            leading: false,
+            claims: HashMap::new(),
+        }),
+        not_run: Vec::new(),
         stop: StopTokens::default(),
         invalid_written: BTreeMap::new(),
         status: String::new(),
@@ -173,14 +240,17 @@ pub async fn run(
         unwritten_retry: None,
     };
     info!(max_runs, "runs alive at once, all plans together");
-    // Before anything fires: runs a crash left unfinished get their result files.
-    crate::recovery::recover(
-        c.store.as_ref(),
-        &c.settings.results_dir,
-        &c.executor,
-        &control.shutdown,
-    )
-    .await;
+    // Before anything fires: runs a crash left unfinished get their result files (in a
+    // cluster, when this node takes the lead).
+    if c.cluster.is_none() {
+        crate::recovery::recover(
+            c.store.as_ref(),
+            &c.settings.results_dir,
+            &c.executor,
+            &control.shutdown,
+        )
+        .await;
+    }
 
     let mut scan_at = None;
     // Event-driven scans trust unchanged file identities; the periodic scan, SIGHUP and lost
@@ -276,6 +346,7 @@ pub async fn run(
                     watcher = None;
                 }
             },
+            Some(role) = role_changed(&mut c.cluster) => c.role_changed(role, &control.shutdown).await,
             Some(()) = control.reload.recv() => {
                 // Requests that piled up meanwhile are served by this one reload.
                 while control.reload.try_recv().is_ok() {}
@@ -345,7 +416,9 @@ pub async fn run(
             c.rescan(&plans_dir, &mut scan_at, std::mem::take(&mut full_scan))
                 .await;
         }
-        c.handle(Event::TimePassed).await;
+        if c.may_schedule() {
+            c.handle(Event::TimePassed).await;
+        }
         c.write_unwritten().await;
         if let (Some(at), Some((every, ping))) = (next_watchdog, control.watchdog.as_mut())
             && Instant::now() >= at
@@ -358,6 +431,18 @@ pub async fn run(
 
     c.shutdown().await;
     Ok(())
+}
+
+/// The next role the leadership task announces; never, outside a cluster.
+async fn role_changed(cluster: &mut Option<ClusterState>) -> Option<Role> {
+    match cluster {
+        Some(c) => match c.role.changed().await {
+            Ok(()) => Some(*c.role.borrow_and_update()),
+            // The leadership task ended (shutdown): nothing more will change.
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_hint(hints: &mut Option<mpsc::Receiver<Hint>>) -> Option<Hint> {
@@ -451,6 +536,83 @@ impl Controller {
         let diff = self.catalog.apply(scan.seen);
         self.apply_diff(&diff).await;
         self.sync_invalid_reports();
+        if let Some(cluster) = &self.cluster {
+            let plans: PlanCatalog = self
+                .catalog
+                .active()
+                .map(|p| (p.name.clone(), p.sha256.clone()))
+                .collect();
+            cluster.catalog.send_if_modified(|old| {
+                let changed = *old != plans;
+                *old = plans;
+                changed
+            });
+        }
+    }
+
+    /// Whether the scheduler may decide now: always on one host; in a cluster, while this
+    /// node leads.
+    fn may_schedule(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.leading)
+    }
+
+    /// The leadership task announced a new role.
+    async fn role_changed(&mut self, role: Role, shutdown: &CancellationToken) {
+        // Whatever the new role, the old decisions go: a new lead starts from the database.
+        self.scheduler = Scheduler::new(self.max_runs);
+        self.generation += 1;
+        self.not_run.clear();
+        match role {
+            Role::Follower => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.leading = false;
+                    c.claims.clear();
+                }
+                // Runs in progress start no new call (their journal entries are refused too).
+                self.stop.stop.cancel();
+                self.stop = StopTokens::default();
+                warn!("this node follows now: it starts nothing until it leads again");
+            }
+            Role::Leader {
+                epoch,
+                previous_expiry,
+            } => {
+                info!(
+                    epoch,
+                    "leading: finishing the previous leader's runs, then scheduling"
+                );
+                crate::recovery::recover(
+                    self.store.as_ref(),
+                    &self.settings.results_dir,
+                    &self.executor,
+                    shutdown,
+                )
+                .await;
+                let Some(c) = self.cluster.as_mut() else {
+                    return;
+                };
+                c.leading = true;
+                c.claims.clear();
+                let (lease, catch_up) = (c.lease, c.catch_up);
+                // The whole catalog, as if it had just been loaded.
+                let diff = Diff {
+                    added: self.catalog.active().cloned().collect(),
+                    ..Diff::default()
+                };
+                self.apply_diff_to_scheduler(&diff).await;
+                // The fires missed since the old lead's last renewal, within the window.
+                if let Some(expired) = previous_expiry {
+                    let now = Utc::now();
+                    let window = chrono::TimeDelta::from_std(catch_up).unwrap_or_default();
+                    let lease = chrono::TimeDelta::from_std(lease).unwrap_or_default();
+                    let from = (expired - lease).max(now - window);
+                    if from <= now {
+                        info!(from = %crate::results::ts(&from), "catching up the fires missed during the takeover");
+                        self.handle(Event::CaughtUp { from }).await;
+                    }
+                }
+            }
+        }
     }
 
     /// Reports what a scan found wrong, then hands the changes to the scheduler (with the
@@ -489,6 +651,14 @@ impl Controller {
                 error!(plan = %plan.name, "the plan's retry block does not fit the daemon's retry policy ({e}); its runs use the daemon's policy");
             }
         }
+        if self.may_schedule() {
+            self.apply_diff_to_scheduler(diff).await;
+        }
+    }
+
+    /// Hands a diff to the scheduler, with the used fire times of the plans it arms for the
+    /// first time.
+    async fn apply_diff_to_scheduler(&mut self, diff: &Diff) {
         for name in self.scheduler.fires_needed(diff) {
             let memory = self.load_fires(&name);
             self.scheduler.remember_fires(&name, memory);
@@ -498,22 +668,55 @@ impl Controller {
 
     /// Tells the scheduler what happened, now, and applies its answer.
     async fn handle(&mut self, event: Event<'_>) {
-        let actions = self
-            .scheduler
-            .handle(read_clocks(), event, &StoreOnceMemory(&self.store));
-        self.apply(actions).await;
+        let mut actions =
+            self.scheduler
+                .handle(read_clocks(), event, &StoreOnceMemory(&self.store));
+        loop {
+            self.apply(actions).await;
+            // Runs the wiring did not begin go back, so that their slots are freed.
+            let Some(run) = self.not_run.pop() else {
+                break;
+            };
+            let ended = Event::RunEnded {
+                run,
+                outcome: RunOutcome::NotRun,
+            };
+            actions = self
+                .scheduler
+                .handle(read_clocks(), ended, &StoreOnceMemory(&self.store));
+        }
     }
 
     async fn apply(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::Start(run) => self.launch(run),
+                Action::Start(run) => {
+                    if self.may_begin(&run) {
+                        self.launch(run);
+                    } else {
+                        self.not_run.push(run);
+                    }
+                }
                 Action::RecordFire { plan, at } => {
-                    if let Err(e) = self.store.claim_fire(&plan, at).await {
-                        warn!(
+                    let claimed = self.store.claim_fire(&plan, at).await;
+                    match (&mut self.cluster, claimed) {
+                        (None, Ok(_)) => {}
+                        (None, Err(e)) => warn!(
                             plan,
                             "cannot keep the fire time used in the state folder ({e}); a restart with the clock set back could repeat it"
-                        );
+                        ),
+                        // In a cluster the claim decides: only a fire won here runs here.
+                        (Some(c), Ok(Claim::Won)) => {
+                            c.claims.insert((plan, at), true);
+                        }
+                        (Some(c), Ok(Claim::Taken(_))) => {
+                            info!(plan, at = %crate::results::ts(&at), "this fire time is another node's (it ran there): not run here");
+                            c.claims.insert((plan, at), false);
+                        }
+                        (Some(c), Err(e)) => {
+                            warn!(plan, at = %crate::results::ts(&at), "the fire time could not be claimed ({e}): not run here");
+                            c.claims.insert((plan, at), false);
+                        }
                     }
                 }
                 Action::ReportNotBegun { run, cause } => {
@@ -537,6 +740,24 @@ impl Controller {
                 }
                 Action::Note(note) => note.log(),
             }
+        }
+    }
+
+    /// Whether a run the scheduler started may begin here: always on one host; in a cluster,
+    /// while this node leads and (a fire) when this node won its claim.
+    fn may_begin(&mut self, run: &Due) -> bool {
+        let Some(c) = self.cluster.as_mut() else {
+            return true;
+        };
+        if !c.leading {
+            return false;
+        }
+        match run.scheduled_for {
+            Some(at) if run.trigger == Trigger::Schedule => c
+                .claims
+                .remove(&(run.plan.name.clone(), at))
+                .unwrap_or(false),
+            _ => true,
         }
     }
 
@@ -592,6 +813,7 @@ impl Controller {
         let executor = self.executor.clone();
         let store = self.store.clone();
         let stop = self.stop.clone();
+        let in_cluster = self.cluster.is_some();
         let handle = self.runs.spawn(async move {
             let values = executor.snapshot(&req).await;
             let journal = match executor.open_journal(&req, &values).await {
@@ -619,22 +841,31 @@ impl Controller {
             };
             let not_begun = match claimed {
                 Ok(Claim::Won) => None,
-                // Only another process on the same store could have run it meanwhile.
-                Ok(Claim::Taken(by)) => Some(format!(
-                    "this content already ran (run {})",
-                    by.map_or_else(|| "unknown".into(), |id| id.to_string())
-                )),
-                Err(e) => Some(format!(
+                // On one host only another process on the same store could have run it
+                // meanwhile; in a cluster, another node did: it is not this node's to run.
+                Ok(Claim::Taken(by)) => {
+                    let cause = format!(
+                        "this content already ran (run {})",
+                        by.map_or_else(|| "unknown".into(), |id| id.to_string())
+                    );
+                    Some(if in_cluster {
+                        RunEnd::NotRun(cause)
+                    } else {
+                        RunEnd::NotBegun(cause)
+                    })
+                }
+                Err(e @ StoreError::Fenced { .. }) => Some(RunEnd::NotRun(e.to_string())),
+                Err(e) => Some(RunEnd::NotBegun(format!(
                     "the run cannot be recorded in the state folder ({e})"
-                )),
+                ))),
             };
-            if let Some(cause) = not_begun {
+            if let Some(end) = not_begun {
                 if let Some(j) = journal
                     && let Err(e) = j.discard().await
                 {
                     warn!("{e}");
                 }
-                return RunEnd::NotBegun(cause);
+                return end;
             }
             let finished = executor
                 .run_with_journal(req, values, Ok(journal), stop, Arc::new(NoObserver))
@@ -648,7 +879,7 @@ impl Controller {
                 }
             }
         });
-        self.run_dues.insert(handle.id(), run);
+        self.run_dues.insert(handle.id(), (self.generation, run));
     }
 
     /// Tries again to write the results that could not be written (every 10 s while any
@@ -676,11 +907,15 @@ impl Controller {
             Ok((id, _)) => *id,
             Err(e) => e.id(),
         };
-        let Some(run) = self.run_dues.remove(&id) else {
+        let Some((generation, run)) = self.run_dues.remove(&id) else {
             return;
         };
         let outcome = match done {
             Ok((_, RunEnd::NotBegun(cause))) => RunOutcome::NotBegun(cause),
+            Ok((_, RunEnd::NotRun(cause))) => {
+                info!(plan = %run.plan.name, "not run here: {cause}");
+                RunOutcome::NotRun
+            }
             Ok((_, RunEnd::Ran)) => RunOutcome::Ended,
             Ok((_, RunEnd::Unwritten(kept))) => {
                 self.unwritten.push(*kept);
@@ -691,7 +926,10 @@ impl Controller {
                 RunOutcome::Ended
             }
         };
-        self.handle(Event::RunEnded { run, outcome }).await;
+        // A run started by an earlier scheduler (before a change of role) is not this one's.
+        if generation == self.generation {
+            self.handle(Event::RunEnded { run, outcome }).await;
+        }
     }
 
     fn apply_config(&mut self, parts: DaemonParts) {

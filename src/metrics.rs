@@ -30,6 +30,12 @@ pub struct Metrics {
     last_run: Mutex<BTreeMap<String, (DateTime<Utc>, String)>>,
     next_fire: Mutex<BTreeMap<String, DateTime<Utc>>>,
     plans: Mutex<(u64, u64, u64)>,
+    /// High availability: whether this node leads (`None`: no cluster), lease renewals and
+    /// failed renewals, takeovers.
+    ha_leader: Mutex<Option<bool>>,
+    lease_renewals: AtomicU64,
+    lease_failures: AtomicU64,
+    takeovers: AtomicU64,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -84,10 +90,65 @@ impl Metrics {
         }
     }
 
+    /// Whether this cluster node leads now.
+    pub fn ha_leader(&self, leads: bool) {
+        if let Ok(mut m) = self.ha_leader.lock() {
+            *m = Some(leads);
+        }
+    }
+
+    /// A lease renewal succeeded (`true`) or failed.
+    pub fn lease_renewal(&self, ok: bool) {
+        let counter = if ok {
+            &self.lease_renewals
+        } else {
+            &self.lease_failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// This node took the lead.
+    pub fn takeover(&self) {
+        self.takeovers.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let o = &mut out;
+        if let Ok(Some(leads)) = self.ha_leader.lock().map(|m| *m) {
+            header(
+                o,
+                "deployd_ha_leader",
+                "gauge",
+                "1 when this cluster node leads.",
+            );
+            sample(o, "deployd_ha_leader", "", u64::from(leads));
+            header(
+                o,
+                "deployd_ha_lease_renewals_total",
+                "counter",
+                "Lease renewals that succeeded.",
+            );
+            let renewals = self.lease_renewals.load(Ordering::Relaxed);
+            sample(o, "deployd_ha_lease_renewals_total", "", renewals);
+            header(
+                o,
+                "deployd_ha_lease_renewal_failures_total",
+                "counter",
+                "Lease renewals that failed (error, timeout, or the lead taken).",
+            );
+            let failures = self.lease_failures.load(Ordering::Relaxed);
+            sample(o, "deployd_ha_lease_renewal_failures_total", "", failures);
+            header(
+                o,
+                "deployd_ha_takeovers_total",
+                "counter",
+                "Times this node took the lead.",
+            );
+            let takeovers = self.takeovers.load(Ordering::Relaxed);
+            sample(o, "deployd_ha_takeovers_total", "", takeovers);
+        }
         header(o, "deployd_build_info", "gauge", "Build information.");
         sample(
             o,

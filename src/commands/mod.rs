@@ -2,6 +2,7 @@
 //! credentials, the embedded emulator) lives here.
 
 pub mod check;
+pub mod cluster;
 pub mod emulator;
 pub mod exec;
 pub mod generate;

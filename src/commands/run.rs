@@ -27,17 +27,6 @@ pub async fn run(args: RunArgs) -> Exit {
             return Exit::Config;
         }
     };
-    if let Some(ha) = &settings.ha {
-        // Running as a single host while the operator asked for a cluster could run a fire on
-        // two hosts: refuse until the cluster mode is in this build.
-        let e = format!(
-            "ha: is set (database {}), but this deployd cannot run as a cluster node yet; remove ha: to run it as a single host",
-            ha.database
-        );
-        error!("{e}");
-        eprintln!("deployd: {e}");
-        return Exit::Config;
-    }
     let Target { executor, emulator } = match connect(&mut settings, common.emulator).await {
         Ok(t) => t,
         Err(e) => {
@@ -78,6 +67,31 @@ pub async fn run(args: RunArgs) -> Exit {
         reload_tx,
     ));
 
+    // A cluster node: the database first. The lead is released only once the daemon has
+    // finished its runs (`leave`), so that no run of this node is recovered by another.
+    let leave = CancellationToken::new();
+    let joined = match &settings.ha {
+        None => None,
+        Some(ha) => match super::cluster::join(ha, &shutdown, leave.clone()).await {
+            Ok(Some(joined)) => Some(joined),
+            Ok(None) => {
+                signals.abort();
+                return Exit::Ok;
+            }
+            Err(e) => {
+                error!("{e}");
+                eprintln!("deployd: {e}");
+                signals.abort();
+                return Exit::Config;
+            }
+        },
+    };
+    let cluster_store = joined.as_ref().map(|j| j.store.clone());
+    let executor = match &cluster_store {
+        Some(store) => executor.with_store(Some(store.clone())),
+        None => executor,
+    };
+
     // SIGHUP rebuilds settings and the executor from the same config file and flags. With
     // --emulator the embedded emulator stays the target.
     let reload_common = common.clone();
@@ -85,8 +99,14 @@ pub async fn run(args: RunArgs) -> Exit {
     let emulator_target = emulator
         .as_ref()
         .map(|e| (executor.client().clone(), e.config().project_id.clone()));
+    let reload_store = cluster_store.clone();
     let reloader: daemon::Reloader = Box::new(move || {
         let mut settings = load_settings(&reload_common)?;
+        if settings.ha.is_some() != reload_store.is_some() {
+            anyhow::bail!(
+                "ha: cannot be turned on or off by a reload; restart deployd to join or leave a cluster"
+            );
+        }
         let executor = match &emulator_target {
             Some((client, project_id)) => {
                 settings
@@ -103,6 +123,11 @@ pub async fn run(args: RunArgs) -> Exit {
                 target.executor
             }
         };
+        // A cluster node journals in the database whatever the reload says of folders.
+        let executor = match &reload_store {
+            Some(store) => executor.with_store(Some(store.clone())),
+            None => executor,
+        };
         Ok(DaemonParts { settings, executor })
     });
 
@@ -117,8 +142,23 @@ pub async fn run(args: RunArgs) -> Exit {
         on_ready: Box::new(|| notify(&[sd_notify::NotifyState::Ready])),
         on_status: Box::new(|s| notify(&[sd_notify::NotifyState::Status(s)])),
         watchdog,
+        cluster: None,
+    };
+    let (control, leadership) = match joined {
+        Some(j) => (
+            Control {
+                cluster: Some(j.cluster),
+                ..control
+            },
+            Some(j.leadership),
+        ),
+        None => (control, None),
     };
     let result = daemon::run(DaemonParts { settings, executor }, control, Some(reloader)).await;
+    leave.cancel();
+    if let Some(task) = leadership {
+        let _ = task.await;
+    }
     notify(&[sd_notify::NotifyState::Stopping]);
     signals.abort();
     drop(emulator);

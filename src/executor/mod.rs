@@ -782,7 +782,10 @@ impl TaskCtx {
             error!("{e}; not calling");
             return Err(NotSent::JournalFailed(e.to_string()));
         }
-        if !self.stop.stop.is_cancelled() && turn.still_valid() {
+        // The store has the last word just before the send: a cluster node whose lead
+        // lapsed while it waited (or slept) sends nothing.
+        let store_allows = self.exec.store.as_ref().is_none_or(|s| s.may_call());
+        if !self.stop.stop.is_cancelled() && turn.still_valid() && store_allows {
             return Ok(());
         }
         let not_sent = Entry::Outcome {

@@ -19,6 +19,9 @@ pub struct Held {
     pub epoch: i64,
     /// On the monotonic clock: no call may start at or after this instant.
     pub calls_until: Instant,
+    /// When taken: when the previous lead expired (on the database's clock), if there was
+    /// one. The fires missed since are the takeover's to catch up.
+    pub previous_expiry: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The pure timing of a lease.
@@ -53,14 +56,15 @@ pub async fn try_acquire(
     let secs = timing.lease.as_secs_f64();
     let row = client
         .query_opt(
-            "insert into deployd_lease (id, holder, epoch, expires_at)
+            "with previous as (select expires_at from deployd_lease where id)
+             insert into deployd_lease (id, holder, epoch, expires_at)
                  values (true, $1, 1, now() + make_interval(secs => $2))
              on conflict (id) do update
                  set holder = excluded.holder,
                      epoch = deployd_lease.epoch + 1,
                      expires_at = excluded.expires_at
                  where deployd_lease.expires_at < now()
-             returning epoch",
+             returning epoch, (select expires_at from previous)",
             &[&node, &secs],
         )
         .await
@@ -68,6 +72,7 @@ pub async fn try_acquire(
     Ok(row.map(|r| Held {
         epoch: r.get(0),
         calls_until: timing.calls_until(sent),
+        previous_expiry: r.get(1),
     }))
 }
 
@@ -93,6 +98,7 @@ pub async fn renew(
     Ok((n == 1).then(|| Held {
         epoch,
         calls_until: timing.calls_until(sent),
+        previous_expiry: None,
     }))
 }
 

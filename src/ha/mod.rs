@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod connect;
+pub mod leader;
 pub mod lease;
 pub mod schema;
 pub mod store;

@@ -98,6 +98,11 @@ impl Connection {
         }
     }
 
+    /// Forgets the client (a call on it hung or failed): the next use connects again.
+    pub async fn reset(&self) {
+        *self.client.lock().await = None;
+    }
+
     /// The open client, connecting (again) if needed.
     pub async fn client(&self) -> Result<Arc<Client>, StoreError> {
         let mut slot = self.client.lock().await;
@@ -393,6 +398,10 @@ impl Store for PgStore {
         finish_run(&client, &run.key, Some(result)).await
     }
 
+    fn may_call(&self) -> bool {
+        self.inner.fence.current().is_some()
+    }
+
     fn learned_zone(&self) -> Result<Option<LearnedZone>, StoreError> {
         Ok(self
             .inner
@@ -567,11 +576,22 @@ impl JournalWriter for PgJournal {
     }
 
     async fn keep_result(&self, report: &RunReport) -> Result<(), StoreError> {
-        let client = self.store.client().await?;
-        finish_run(&client, &self.run_id, Some(report)).await
+        self.close_if_leading(Some(report)).await
     }
 
     async fn close(self: Box<Self>, result: Option<&RunReport>) -> Result<(), StoreError> {
+        self.close_if_leading(result).await
+    }
+}
+
+impl PgJournal {
+    /// Closes the run in the database, unless this node lost the lead: the run is then the
+    /// new leader's to recover (it looks the unanswered calls up in the history), and this
+    /// node's view of it stays in its own result file.
+    async fn close_if_leading(&self, result: Option<&RunReport>) -> Result<(), StoreError> {
+        if self.store.inner.fence.current().is_none() {
+            return Err(fenced(self.location.clone()));
+        }
         let client = self.store.client().await?;
         finish_run(&client, &self.run_id, result).await
     }

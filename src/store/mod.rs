@@ -234,6 +234,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Keeps the learned zone for later processes.
     fn keep_learned_zone(&self, zone: &LearnedZone) -> Result<(), StoreError>;
 
+    /// Whether a call may be sent now. Checked right after each call's intent is durable and
+    /// right before it is sent: a database store answers no once this node's lead is past its
+    /// deadline (a node paused between the two, by SIGSTOP or a suspend, sends nothing when it
+    /// wakes). The state folder always may.
+    fn may_call(&self) -> bool {
+        true
+    }
+
     /// The names of the plans with results in the index (none when nothing ran yet).
     async fn plans_with_results(&self) -> Result<Vec<String>, StoreError>;
 

@@ -60,6 +60,7 @@ impl Daemon {
             on_ready: Box::new(|| {}),
             on_status: Box::new(move |s| *sink.lock().expect("lock") = s.to_string()),
             watchdog: None,
+            cluster: None,
         };
         let handle = tokio::spawn(daemon::run(
             DaemonParts { settings, executor },

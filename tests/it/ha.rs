@@ -382,11 +382,12 @@ mod store {
         let result = report(&id, "interrupted");
         new.close_unfinished(run, &result).await.expect("close");
         assert!(new.unfinished().await.0.is_empty());
-        // The old leader's late result does not overwrite the recovery's.
-        journal
+        // The old leader's late result does not overwrite the recovery's: it is refused.
+        let e = journal
             .finish(&report(&id, "succeeded"))
             .await
-            .expect("late finish is harmless");
+            .expect_err("fenced");
+        assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
         let runs = new.plan_runs("web").await.expect("index");
         assert_eq!(runs.count, 1);
         let last = runs.last.expect("a last run").expect("readable");
@@ -451,5 +452,307 @@ mod store {
         .await;
         out.extend(results.into_iter().flatten());
         out
+    }
+}
+
+/// Several real `deployd run` processes over one database and one emulator.
+mod nodes {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Stdio};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use deployd::emulator::{Emulator, EmulatorConfig};
+    use deployd::ha::config::Database;
+
+    use super::TestDb;
+    use crate::helpers::*;
+
+    /// A node's folders and process.
+    struct Node {
+        name: String,
+        root: PathBuf,
+        child: Option<Child>,
+        log: Arc<Mutex<String>>,
+    }
+
+    impl Node {
+        /// Starts `deployd run` as node `name` over `db`, with the plans in `plans`.
+        fn start(
+            base: &Path,
+            name: &str,
+            database: &Database,
+            emulator: &Emulator,
+            plans: &[(&str, String)],
+        ) -> Self {
+            let root = base.join(name);
+            std::fs::create_dir_all(root.join("plans")).expect("plans");
+            for (file, text) in plans {
+                write(&root.join("plans").join(file), text);
+            }
+            write(
+                &root.join("config.yaml"),
+                &format!(
+                    "settle: 1s\nha:\n  postgres: \"{database}\"\n  node: {name}\n  lease: 5s\n"
+                ),
+            );
+            let mut node = Self {
+                name: name.to_string(),
+                root,
+                child: None,
+                log: Arc::new(Mutex::new(String::new())),
+            };
+            node.spawn(emulator);
+            node
+        }
+
+        fn spawn(&mut self, emulator: &Emulator) {
+            let mut child = daemon_command(&self.root, emulator, "100", "2")
+                .arg("--config")
+                .arg(self.root.join("config.yaml"))
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn");
+            self.log = capture_stderr(&mut child);
+            self.child = Some(child);
+        }
+
+        fn leads(&self) -> bool {
+            count_logged(&self.log, "this node leads now") > count_logged(&self.log, "steps down")
+        }
+
+        fn signal(&self, sig: &str) {
+            kill(self.child.as_ref().expect("running"), sig);
+        }
+
+        async fn kill9(&mut self) {
+            let mut child = self.child.take().expect("running");
+            kill(&child, "-KILL");
+            exit_within(&mut child, 10, &self.name).await;
+        }
+
+        async fn stop(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                kill(&child, "-TERM");
+                exit_within(&mut child, 30, &self.name).await;
+            }
+        }
+
+        fn results(&self, plan: &str) -> Vec<serde_json::Value> {
+            results(&self.root.join("results"), plan)
+        }
+    }
+
+    impl Drop for Node {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    fn once_plan(name: &str, ids: &[String]) -> String {
+        plan_of(
+            name,
+            ids,
+            "retry: {max_attempts: 3, base: 10ms, cap: 50ms, deadline: 1m}\n",
+        )
+    }
+
+    /// kill -9 of the leader in the middle of a run: the follower takes the lead within the
+    /// lease and a second, finishes the run from the database's journal (its unstarted tasks
+    /// skipped, `interrupted`), and no task is started twice: the run-once content is not run
+    /// again by the new leader.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_killed_leader_is_taken_over_and_its_run_finished_nothing_twice() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let emulator = start_emulator(EmulatorConfig {
+            latency: Duration::from_millis(400),
+            ..emulator_config()
+        })
+        .await;
+        let base = tempfile::tempdir().expect("tempdir");
+        let ids = task_ids(12, 0x4a);
+        let plans = [("deploy.yaml", once_plan("deploy", &ids))];
+        let mut a = Node::start(base.path(), "a", &db.database, &emulator, &plans);
+        wait_for(30, "a leads", async || a.leads()).await;
+        let mut b = Node::start(base.path(), "b", &db.database, &emulator, &plans);
+        wait_for(20, "b follows and publishes", async || {
+            logged(&b.log, "joined the cluster")
+        })
+        .await;
+        // a's run is under way: some calls answered, others not sent yet.
+        wait_for(30, "a few calls of a's run", async || {
+            emulator.stats().accepted >= 3
+        })
+        .await;
+        a.kill9().await;
+        let killed_at = std::time::Instant::now();
+        wait_for(30, "b takes over", async || b.leads()).await;
+        let takeover = killed_at.elapsed();
+        assert!(
+            takeover < Duration::from_secs(5 + 1 + 2),
+            "took over after {takeover:?}"
+        );
+        wait_for(30, "b finishes a's run", async || {
+            b.results("deploy").len() == 1
+        })
+        .await;
+        let result = &b.results("deploy")[0];
+        assert_eq!(result["status"], "interrupted", "{result:#}");
+        // Nothing twice, and nothing more: b found the content already run.
+        wait_for(20, "b sees the content ran", async || {
+            logged(&b.log, "this content already ran")
+        })
+        .await;
+        let records = records_by_task(&emulator.log());
+        assert!(records.values().all(|r| r.len() == 1), "{records:?}");
+        let started = result["summary"]["started"].as_u64().expect("started");
+        assert_eq!(started as usize, records.len(), "{result:#}");
+        assert!(started < 12, "the kill came mid-run: {started}");
+        b.stop().await;
+    }
+
+    /// SIGSTOP of the leader past its lease: a follower takes over; on SIGCONT the old leader
+    /// sends not one more call (the emulator's log proves it) and steps down.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_paused_leader_makes_no_call_once_another_took_over() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let emulator = start_emulator(EmulatorConfig {
+            latency: Duration::from_millis(300),
+            ..emulator_config()
+        })
+        .await;
+        let base = tempfile::tempdir().expect("tempdir");
+        let ids = task_ids(40, 0x5b);
+        let plans = [("deploy.yaml", once_plan("deploy", &ids))];
+        let mut a = Node::start(base.path(), "a", &db.database, &emulator, &plans);
+        wait_for(30, "a leads", async || a.leads()).await;
+        let mut b = Node::start(base.path(), "b", &db.database, &emulator, &plans);
+        wait_for(20, "b joins", async || logged(&b.log, "joined the cluster")).await;
+        wait_for(30, "a few calls of a's run", async || {
+            emulator.stats().accepted >= 3
+        })
+        .await;
+        a.signal("-STOP");
+        let paused_at = std::time::Instant::now();
+        wait_for(30, "b takes over", async || b.leads()).await;
+        assert!(paused_at.elapsed() < Duration::from_secs(5 + 1 + 2));
+        // Every call a sent before the pause has landed by now (a lease later).
+        let before = emulator.stats().accepted;
+        a.signal("-CONT");
+        wait_for(30, "a steps down", async || logged(&a.log, "steps down")).await;
+        wait_for(60, "a's run ends on a", async || {
+            a.results("deploy").len() == 1
+        })
+        .await;
+        wait_for(60, "b finishes a's run", async || {
+            b.results("deploy").len() == 1
+        })
+        .await;
+        assert_eq!(
+            emulator.stats().accepted,
+            before,
+            "the paused leader called after the takeover"
+        );
+        let records = records_by_task(&emulator.log());
+        assert!(records.values().all(|r| r.len() == 1), "{records:?}");
+        a.stop().await;
+        b.stop().await;
+    }
+
+    /// A TCP proxy the test controls, in front of the database: `cut` drops every
+    /// connection and refuses new ones.
+    struct Proxy {
+        port: u16,
+        cut: tokio_util::sync::CancellationToken,
+    }
+
+    impl Proxy {
+        async fn start(target: String) -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            let cut = tokio_util::sync::CancellationToken::new();
+            let stop = cut.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (mut inbound, _) = tokio::select! {
+                        () = stop.cancelled() => return,
+                        accepted = listener.accept() => match accepted {
+                            Ok(a) => a,
+                            Err(_) => continue,
+                        },
+                    };
+                    let target = target.clone();
+                    let stop = stop.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            () = stop.cancelled() => {}
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        }
+                    });
+                }
+            });
+            Self { port, cut }
+        }
+    }
+
+    /// The leader's database connection cut (by a proxy): it steps down within the lease,
+    /// and a follower leads.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_leader_cut_from_the_database_steps_down_within_the_lease() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let emulator = start_emulator(emulator_config()).await;
+        let base = tempfile::tempdir().expect("tempdir");
+        let proxy = Proxy::start(format!("{}:{}", db.database.host, db.database.port)).await;
+        let mut through_proxy = db.database.clone();
+        through_proxy.port = proxy.port;
+        let plans = [(
+            "tick.yaml",
+            format!("schedule: \"*/2 * * * * *\"\ntasks:\n  - {T1}\n"),
+        )];
+        let mut a = Node::start(base.path(), "a", &through_proxy, &emulator, &plans);
+        wait_for(30, "a leads", async || a.leads()).await;
+        let mut b = Node::start(base.path(), "b", &db.database, &emulator, &plans);
+        wait_for(20, "b joins", async || logged(&b.log, "joined the cluster")).await;
+        proxy.cut.cancel();
+        let cut_at = std::time::Instant::now();
+        wait_for(30, "a steps down", async || logged(&a.log, "steps down")).await;
+        let stepped_down = cut_at.elapsed();
+        assert!(
+            stepped_down <= Duration::from_secs(5),
+            "stepped down after {stepped_down:?}"
+        );
+        wait_for(30, "b leads", async || b.leads()).await;
+        assert!(cut_at.elapsed() < Duration::from_secs(5 + 1 + 2));
+        // Each fire time ran once, across the two nodes.
+        wait_for(30, "b fires", async || b.results("tick").len() >= 2).await;
+        let mut fires: Vec<String> = a
+            .results("tick")
+            .iter()
+            .chain(b.results("tick").iter())
+            .filter(|r| r["summary"]["started"] == 1)
+            .map(|r| r["scheduled_for"].as_str().unwrap_or_default().to_string())
+            .collect();
+        let all = fires.len();
+        fires.sort();
+        fires.dedup();
+        assert_eq!(fires.len(), all, "a fire time ran twice");
+        a.stop().await;
+        b.stop().await;
     }
 }
