@@ -593,6 +593,17 @@ impl Controller {
                 };
                 c.leading = true;
                 c.claims.clear();
+                // Fires a dead leader claimed to run and never began are the catch-up's.
+                match self.store.release_unbegun_fires().await {
+                    Ok(0) => {}
+                    Ok(n) => info!(
+                        fires = n,
+                        "fire times claimed by an earlier leader and never begun are given back"
+                    ),
+                    Err(e) => {
+                        warn!("cannot give back the fire times an earlier leader never began ({e})")
+                    }
+                }
                 let (lease, catch_up) = (c.lease, c.catch_up);
                 // The whole catalog, as if it had just been loaded.
                 let diff = Diff {
@@ -697,8 +708,14 @@ impl Controller {
                         self.not_run.push(run);
                     }
                 }
-                Action::RecordFire { plan, at } => {
+                Action::RecordFire { plan, at, runs } => {
                     let claimed = self.store.claim_fire(&plan, at).await;
+                    if !runs
+                        && matches!(claimed, Ok(Claim::Won))
+                        && let Err(e) = self.store.fire_skipped(&plan, at).await
+                    {
+                        warn!(plan, "cannot record the fire time as skipped ({e})");
+                    }
                     match (&mut self.cluster, claimed) {
                         (None, Ok(_)) => {}
                         (None, Err(e)) => warn!(
@@ -752,10 +769,12 @@ impl Controller {
         if !c.leading {
             return false;
         }
+        // Kept until the run ends: a run that could not begin is tried again on its claim.
         match run.scheduled_for {
             Some(at) if run.trigger == Trigger::Schedule => c
                 .claims
-                .remove(&(run.plan.name.clone(), at))
+                .get(&(run.plan.name.clone(), at))
+                .copied()
                 .unwrap_or(false),
             _ => true,
         }
@@ -926,6 +945,11 @@ impl Controller {
                 RunOutcome::Ended
             }
         };
+        if let (Some(c), Some(at)) = (self.cluster.as_mut(), run.scheduled_for)
+            && !matches!(outcome, RunOutcome::NotBegun(_))
+        {
+            c.claims.remove(&(run.plan.name.clone(), at));
+        }
         // A run started by an earlier scheduler (before a change of role) is not this one's.
         if generation == self.generation {
             self.handle(Event::RunEnded { run, outcome }).await;

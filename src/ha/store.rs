@@ -281,6 +281,33 @@ impl Store for PgStore {
         self.claim(plan, &fire_slot(at), "").await
     }
 
+    async fn fire_skipped(&self, plan: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "update deployd_claims set run_id = '-' where plan = $1 and slot = $2 and run_id = ''",
+                &[&plan, &fire_slot(at)],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| db(&e))
+    }
+
+    async fn release_unbegun_fires(&self) -> Result<u64, StoreError> {
+        let Some(epoch) = self.inner.fence.current() else {
+            return Err(fenced("release of unbegun fires".into()));
+        };
+        self.client()
+            .await?
+            .execute(
+                "delete from deployd_claims
+                 where run_id = '' and epoch < $1 and slot not like 'sha256:%'",
+                &[&epoch],
+            )
+            .await
+            .map_err(|e| db(&e))
+    }
+
     async fn create_journal(&self, header: &RunHeader) -> Result<RunJournal, StoreError> {
         let run_id = header.run_id.as_str().to_string();
         let location = format!("database run {run_id}");
@@ -299,7 +326,10 @@ impl Store for PgStore {
                                    where holder = $3 and epoch = $4 and expires_at > now()),
                           run as (insert into deployd_runs (run_id, plan, node, epoch, started_at)
                                   select $1, $2, $3, $4, $5 where exists (select 1 from lead)
-                                  returning run_id)
+                                  returning run_id),
+                          begun as (update deployd_claims set run_id = $1
+                                    where plan = $2 and slot = $7 and run_id = ''
+                                      and exists (select 1 from run))
                      insert into deployd_journal (run_id, seq, epoch, fact)
                      select run_id, 0, $4, $6::text::jsonb from run",
                 &[
@@ -309,6 +339,7 @@ impl Store for PgStore {
                     &epoch,
                     &header.started_at,
                     &json,
+                    &header.scheduled_for.map(fire_slot).unwrap_or_default(),
                 ],
             )
             .await
@@ -531,9 +562,12 @@ async fn finish_run(
                 .map_err(|e| db(&e))?;
         }
         None => {
+            // The run never began: its fire claim (if any) is unbegun again.
             client
                 .execute(
-                    "with gone as (delete from deployd_runs where run_id = $1 and result is null)
+                    "with gone as (delete from deployd_runs where run_id = $1 and result is null),
+                          claim as (update deployd_claims set run_id = '' where run_id = $1
+                                    and slot not like 'sha256:%')
                      delete from deployd_journal where run_id = $1",
                     &[&run_id],
                 )

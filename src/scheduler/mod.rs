@@ -150,12 +150,15 @@ pub enum Action {
     /// run slots until its [`Event::RunEnded`].
     Start(Due),
     /// Keep, durably, that this fire time of this plan is used (run or skipped): a claim, in
-    /// the store's terms.
+    /// the store's terms. It comes before the fire's [`Action::Start`].
     RecordFire {
         /// The plan.
         plan: String,
         /// The fire time.
         at: DateTime<Utc>,
+        /// Whether it is to run (started, or waiting its turn) rather than skipped: a cluster
+        /// gives back, at a takeover, the fires a dead leader claimed to run and never began.
+        runs: bool,
     },
     /// This run could not begin [`BEGIN_ATTEMPTS`] times: write its `failed` result.
     ReportNotBegun {
@@ -420,17 +423,20 @@ impl Scheduler {
             .collect();
         for (plan, at) in due {
             // Recorded (claimed) before it is started: a cluster's claim decides whether it may.
+            let record = s.out.len();
             let used = self.use_fire(s, &plan.name, at);
             let late = (now - at).to_std().unwrap_or(Duration::ZERO);
-            if late > MISSED_FIRE {
+            let runs = if late > MISSED_FIRE {
                 s.note(Note::FireSkipped {
                     plan: plan.name.clone(),
                     at,
                     reason: SkipReason::Missed { late },
                 });
+                false
             } else {
-                self.request(s, plan.clone(), Trigger::Schedule, Some(at));
-            }
+                self.request(s, plan.clone(), Trigger::Schedule, Some(at))
+            };
+            s.mark_runs(record, runs);
             let floor = self.floor(&plan.name, at.max(now));
             if let Some(a) = self.armed.get_mut(&plan.name) {
                 a.next = plan
@@ -467,8 +473,10 @@ impl Scheduler {
                     });
                     break;
                 }
+                let record = s.out.len();
                 self.use_fire(s, &plan.name, at);
-                self.request(s, plan.clone(), Trigger::Schedule, Some(at));
+                let runs = self.request(s, plan.clone(), Trigger::Schedule, Some(at));
+                s.mark_runs(record, runs);
                 ran += 1;
                 cursor = at;
             }
@@ -508,6 +516,7 @@ impl Scheduler {
         s.out.push(Action::RecordFire {
             plan: plan.to_string(),
             at,
+            runs: true,
         });
         memory.used.clone()
     }
@@ -549,7 +558,7 @@ impl Scheduler {
         plan: Arc<Plan>,
         trigger: Trigger,
         scheduled_for: Option<DateTime<Utc>>,
-    ) {
+    ) -> bool {
         let slots = self.slots.entry(plan.name.clone()).or_default();
         if slots.running > 0 {
             // An arrival always waits its turn: dropping it would silently lose a deploy.
@@ -566,11 +575,14 @@ impl Scheduler {
                 attempt: 0,
             };
             match policy {
-                Overlap::Skip => s.note(Note::FireSkipped {
-                    plan: name,
-                    at: scheduled_for.unwrap_or(s.now.wall),
-                    reason: SkipReason::Overlap,
-                }),
+                Overlap::Skip => {
+                    s.note(Note::FireSkipped {
+                        plan: name,
+                        at: scheduled_for.unwrap_or(s.now.wall),
+                        reason: SkipReason::Overlap,
+                    });
+                    return false;
+                }
                 // New content of a run-once plan replaces whatever waited.
                 Overlap::Queue if trigger == Trigger::Arrival && slots.queued.is_some() => {
                     slots.queued = Some(run);
@@ -579,11 +591,14 @@ impl Scheduler {
                         why: WaitReason::NewContent,
                     });
                 }
-                Overlap::Queue if slots.queued.is_some() => s.note(Note::FireSkipped {
-                    plan: name,
-                    at: scheduled_for.unwrap_or(s.now.wall),
-                    reason: SkipReason::QueueFull,
-                }),
+                Overlap::Queue if slots.queued.is_some() => {
+                    s.note(Note::FireSkipped {
+                        plan: name,
+                        at: scheduled_for.unwrap_or(s.now.wall),
+                        reason: SkipReason::QueueFull,
+                    });
+                    return false;
+                }
                 Overlap::Queue => {
                     slots.queued = Some(run);
                     s.note(Note::Waits {
@@ -593,7 +608,7 @@ impl Scheduler {
                 }
                 Overlap::Allow => self.start(s, run),
             }
-            return;
+            return true;
         }
         self.start(
             s,
@@ -604,6 +619,7 @@ impl Scheduler {
                 attempt: 0,
             },
         );
+        true
     }
 
     /// A run is due: it takes one of its plan's slots now, and starts when one of the
@@ -853,6 +869,13 @@ struct Step<'a> {
 }
 
 impl Step<'_> {
+    /// Says whether the fire recorded by the action at `index` runs.
+    fn mark_runs(&mut self, index: usize, runs: bool) {
+        if let Some(Action::RecordFire { runs: r, .. }) = self.out.get_mut(index) {
+            *r = runs;
+        }
+    }
+
     fn note(&mut self, note: Note) {
         self.out.push(Action::Note(note));
     }

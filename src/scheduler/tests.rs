@@ -968,3 +968,24 @@ fn a_catch_up_is_bounded() {
             .any(|(_, r)| matches!(r, SkipReason::Missed { .. }))
     );
 }
+
+/// A skipped fire is recorded as not running, so that a takeover never gives it back.
+#[test]
+fn a_skipped_fire_is_recorded_as_not_running() {
+    let mut sim = Sim::new(8, "2026-06-01T10:00:30Z");
+    let p = cron("p", "1", "0 * * * * *", Overlap::Skip);
+    sim.add(&[&p]);
+    let first = sim.pass_to("2026-06-01T10:01:00Z");
+    let second = sim.pass_to("2026-06-01T10:02:00Z");
+    let runs = |actions: &[Action]| -> Vec<bool> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::RecordFire { runs, .. } => Some(*runs),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(runs(&first), [true]);
+    assert_eq!(runs(&second), [false], "skipped: the run is still going");
+}

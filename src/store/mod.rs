@@ -205,6 +205,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// made durable (`Err`) still counts as used in this process.
     async fn claim_fire(&self, plan: &str, at: DateTime<Utc>) -> Result<Claim, StoreError>;
 
+    /// Records a fire time claimed with [`Store::claim_fire`] as skipped (overlap, missed): a
+    /// takeover must not give it back to run. The state folder keeps no such difference.
+    async fn fire_skipped(&self, _plan: &str, _at: DateTime<Utc>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// At a takeover: gives back the fire times an earlier leader claimed to run and never
+    /// began (killed between the claim and the run's journal), so that the catch-up runs them;
+    /// how many. The state folder has no earlier leader.
+    async fn release_unbegun_fires(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     /// Creates the journal of a new run, with its header durable, marked alive (recovery
     /// leaves it alone while this process holds it).
     async fn create_journal(&self, header: &RunHeader) -> Result<RunJournal, StoreError>;
