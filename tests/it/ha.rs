@@ -755,4 +755,97 @@ mod nodes {
         a.stop().await;
         b.stop().await;
     }
+
+    /// Three nodes, a `*/2 * * * * *` schedule and 20 random kills -9 and restarts: each fire
+    /// time ran once across the cluster (one call per fire at most, one result per fire), and
+    /// no fire time between the first and the last was lost (each has a result on some node).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn random_kills_run_each_fire_once_and_lose_none() {
+        use rand::Rng;
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let emulator = start_emulator(emulator_config()).await;
+        let base = tempfile::tempdir().expect("tempdir");
+        let plans = [(
+            "tick.yaml",
+            format!("schedule: \"*/2 * * * * *\"\noverlap: allow\ntasks:\n  - {T1}\n"),
+        )];
+        let mut nodes: Vec<Node> = ["a", "b", "c"]
+            .iter()
+            .map(|n| Node::start(base.path(), n, &db.database, &emulator, &plans))
+            .collect();
+        wait_for(30, "a leader", async || nodes.iter().any(Node::leads)).await;
+        wait_for(30, "the first fires", async || {
+            nodes.iter().map(|n| n.results("tick").len()).sum::<usize>() >= 2
+        })
+        .await;
+        let mut rng = rand::rng();
+        let mut leaders_killed = 0;
+        for round in 0..20 {
+            // Every third kill is the leader's (if one leads now); the others fall anywhere.
+            let leader = nodes.iter().position(Node::leads);
+            let i = match leader {
+                Some(l) if round % 3 == 0 => l,
+                _ => rng.random_range(0..nodes.len()),
+            };
+            if nodes[i].leads() {
+                leaders_killed += 1;
+            }
+            nodes[i].kill9().await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(200..2000))).await;
+            nodes[i].spawn(&emulator);
+            tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
+        }
+        // Let the last takeover settle and fire a few times, then stop everyone.
+        wait_for(60, "a leader after the kills", async || {
+            nodes.iter().any(Node::leads)
+        })
+        .await;
+        let settled = emulator.stats().accepted;
+        wait_for(30, "fires after the kills", async || {
+            emulator.stats().accepted >= settled + 3
+        })
+        .await;
+        for n in &mut nodes {
+            n.stop().await;
+        }
+
+        let mut by_fire: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+            std::collections::BTreeMap::new();
+        for n in &nodes {
+            for r in n.results("tick") {
+                let at = r["scheduled_for"].as_str().expect("a fire").to_string();
+                by_fire.entry(at).or_default().push(r);
+            }
+        }
+        let twice: Vec<_> = by_fire.iter().filter(|(_, r)| r.len() > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "fire times with more than one run: {twice:#?}"
+        );
+        let started = by_fire
+            .values()
+            .filter(|r| r[0]["summary"]["started"] == 1)
+            .count();
+        assert_eq!(
+            emulator.stats().accepted as usize,
+            started,
+            "one call per fire time that started, none more"
+        );
+        let times: Vec<chrono::DateTime<chrono::Utc>> = by_fire
+            .keys()
+            .map(|t| t.parse().expect("RFC 3339"))
+            .collect();
+        let gaps: Vec<_> = times
+            .windows(2)
+            .filter(|w| w[1] - w[0] != chrono::TimeDelta::seconds(2))
+            .collect();
+        assert!(gaps.is_empty(), "fire times lost between: {gaps:?}");
+        eprintln!(
+            "{} fire times, {started} started, {leaders_killed} of 20 kills hit the leader",
+            times.len()
+        );
+        assert!(leaders_killed >= 1, "no kill hit the leader: run again");
+    }
 }
