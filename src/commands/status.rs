@@ -43,6 +43,10 @@ pub struct StatusReport {
     pub invalid: Vec<InvalidFile>,
     /// Folders or files that could not be read (the exit status is then 1).
     pub errors: Vec<String>,
+    /// The cluster, when `ha:` is set: nodes, lead, plans that differ (runs come from its
+    /// database then, not from this host's folders).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::ha::status::ClusterStatus>,
 }
 
 /// One plan's line.
@@ -115,13 +119,24 @@ pub async fn status(args: &StatusArgs) -> Exit {
             return Exit::Config;
         }
     };
-    let report = gather(
-        &settings.plans_dir,
-        &settings.results_dir,
-        &settings.state_dir,
-        Utc::now(),
-    )
-    .await;
+    let report = match &settings.ha {
+        None => {
+            gather(
+                &settings.plans_dir,
+                &settings.results_dir,
+                &settings.state_dir,
+                Utc::now(),
+            )
+            .await
+        }
+        Some(ha) => match gather_cluster(&settings, ha).await {
+            Ok(report) => report,
+            Err(e) => {
+                eprintln!("deployd: the cluster's database: {e}");
+                return Exit::Failed;
+            }
+        },
+    };
     if args.json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),
@@ -143,6 +158,43 @@ pub async fn status(args: &StatusArgs) -> Exit {
     }
 }
 
+/// A cluster node's status: the cluster from its database, the runs from its store, the plans
+/// from this host's folder.
+async fn gather_cluster(
+    settings: &Settings,
+    ha: &crate::ha::config::HaSettings,
+) -> Result<StatusReport, String> {
+    use crate::ha::store::{Connection, Fence, PgStore};
+    let password = match &ha.password_file {
+        Some(f) => Some(
+            crate::api::credentials::read_secret_file(f)
+                .map_err(|e| format!("ha.password_file: {e}"))?,
+        ),
+        None => None,
+    };
+    let conn = std::sync::Arc::new(Connection::new(
+        ha.database.clone(),
+        password,
+        "deployd status",
+    ));
+    let client = conn.client().await.map_err(|e| e.to_string())?;
+    let cluster = crate::ha::status::read(&client, ha.database.to_string()).await?;
+    // A store that never leads: it reads, and claims nothing.
+    let store = PgStore::open(conn, std::sync::Arc::new(Fence::new("status")))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut report = gather_from(
+        &store,
+        &settings.plans_dir,
+        &settings.results_dir,
+        &settings.state_dir,
+        Utc::now(),
+    )
+    .await;
+    report.cluster = Some(cluster);
+    Ok(report)
+}
+
 /// Reads the three folders (the state and results folders through the state folder's store,
 /// which creates nothing). Missing results and state folders mean nothing ran yet; a missing
 /// or unreadable plans folder, and any folder that exists but cannot be read, is an error.
@@ -153,6 +205,17 @@ pub async fn gather(
     now: DateTime<Utc>,
 ) -> StatusReport {
     let store = FolderStore::at(state_dir).with_results(results_dir);
+    gather_from(&store, plans_dir, results_dir, state_dir, now).await
+}
+
+/// [`gather`] with the runs and the run-once memory read from `store`.
+async fn gather_from(
+    store: &dyn Store,
+    plans_dir: &Path,
+    results_dir: &Path,
+    state_dir: &Path,
+    now: DateTime<Utc>,
+) -> StatusReport {
     let mut errors = Vec::new();
 
     // Plans loaded now, by name.
@@ -190,7 +253,7 @@ pub async fn gather(
     let names: BTreeSet<String> = loaded.keys().cloned().chain(with_results).collect();
     let mut plans = Vec::with_capacity(names.len());
     for name in names {
-        plans.push(plan_status(&store, &name, loaded.get(&name), now, &mut errors).await);
+        plans.push(plan_status(store, &name, loaded.get(&name), now, &mut errors).await);
     }
 
     let invalid = invalid_files(results_dir, check_issues, &mut errors);
@@ -202,6 +265,7 @@ pub async fn gather(
         plans,
         invalid,
         errors,
+        cluster: None,
     }
 }
 
@@ -308,6 +372,56 @@ fn invalid_files(
 
 /// The table `deployd status` prints.
 pub fn render_table(report: &StatusReport, now: DateTime<Utc>) -> String {
+    let mut out = report
+        .cluster
+        .as_ref()
+        .map_or_else(String::new, render_cluster);
+    out.push_str(&render_plans(report, now));
+    out
+}
+
+/// The cluster's lines: the lead, the nodes, the plans that differ.
+fn render_cluster(c: &crate::ha::status::ClusterStatus) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = match &c.lead {
+        Some(l) if l.expires_in_secs > 0.0 => writeln!(
+            out,
+            "cluster {}: leader {} (epoch {}, lease {:.1} s left)",
+            c.database, l.holder, l.epoch, l.expires_in_secs
+        ),
+        Some(l) => writeln!(
+            out,
+            "cluster {}: NO LEADER (the lease of {} expired {:.0} s ago)",
+            c.database, l.holder, -l.expires_in_secs
+        ),
+        None => writeln!(out, "cluster {}: no node has led yet", c.database),
+    };
+    for n in &c.nodes {
+        let _ = writeln!(
+            out,
+            "  node {}: deployd {}, heartbeat {:.0} s ago, {} plans",
+            n.node, n.version, n.heartbeat_age_secs, n.plans
+        );
+    }
+    for d in &c.divergent {
+        let versions: Vec<String> = d
+            .content
+            .iter()
+            .map(|(node, sha)| format!("{node} {}", &sha[..sha.len().min(12)]))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  plan {} differs between nodes: {}",
+            d.plan,
+            versions.join(", ")
+        );
+    }
+    out.push('\n');
+    out
+}
+
+fn render_plans(report: &StatusReport, now: DateTime<Utc>) -> String {
     let mut rows: Vec<[String; 8]> = vec![[
         "PLAN".into(),
         "LAST RUN".into(),

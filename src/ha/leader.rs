@@ -65,6 +65,8 @@ pub async fn run(presence: Presence, role: watch::Sender<Role>, shutdown: Cancel
     let metrics = crate::metrics::global();
     metrics.ha_leader(false);
     let mut held: Option<Held> = None;
+    // Plans that differ between nodes, as last warned about.
+    let mut warned: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     loop {
         let sent = Instant::now();
         match held {
@@ -127,6 +129,9 @@ pub async fn run(presence: Presence, role: watch::Sender<Role>, shutdown: Cancel
         {
             warn!("cannot publish this node's heartbeat: {e}");
         }
+        if held.is_some() {
+            warn_divergent(&conn, period, &mut warned).await;
+        }
         // Wake for the next renewal, or at the fence's deadline to step down on time.
         let mut wake = sent + period;
         if let Some(h) = held {
@@ -151,6 +156,41 @@ pub async fn run(presence: Presence, role: watch::Sender<Role>, shutdown: Cancel
             Err(e) => warn!("cannot release the lead ({e}); another node takes it when it expires"),
         }
     }
+}
+
+/// The leader warns once about each plan whose content differs between nodes (and again when
+/// the difference changes): it runs its own version.
+async fn warn_divergent(
+    conn: &Connection,
+    period: Duration,
+    warned: &mut BTreeMap<String, BTreeMap<String, String>>,
+) {
+    let Ok(status) = bounded(period, conn, |c| async move {
+        super::status::read(&c, String::new()).await
+    })
+    .await
+    else {
+        return;
+    };
+    let now: BTreeMap<String, BTreeMap<String, String>> = status
+        .divergent
+        .into_iter()
+        .map(|d| (d.plan, d.content))
+        .collect();
+    for (plan, content) in &now {
+        if warned.get(plan) != Some(content) {
+            let versions: Vec<String> = content
+                .iter()
+                .map(|(node, sha)| format!("{node}: {}", &sha[..sha.len().min(12)]))
+                .collect();
+            warn!(
+                plan,
+                "the plan's content differs between nodes ({}); the leader runs its own version",
+                versions.join(", ")
+            );
+        }
+    }
+    *warned = now;
 }
 
 fn step_down(fence: &Fence, role: &watch::Sender<Role>, held: &mut Option<Held>, why: &str) {

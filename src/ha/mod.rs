@@ -8,4 +8,5 @@ pub mod connect;
 pub mod leader;
 pub mod lease;
 pub mod schema;
+pub mod status;
 pub mod store;

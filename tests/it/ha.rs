@@ -848,4 +848,57 @@ mod nodes {
         );
         assert!(leaders_killed >= 1, "no kill hit the leader: run again");
     }
+
+    /// `deployd status` of a cluster: the leader, the nodes, and a plan whose content differs
+    /// between them (the leader warns about it too).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn status_shows_the_leader_the_nodes_and_plans_that_differ() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let emulator = start_emulator(emulator_config()).await;
+        let base = tempfile::tempdir().expect("tempdir");
+        let nightly = |hour: u32| format!("schedule: \"0 0 {hour} * * *\"\ntasks:\n  - {T1}\n");
+        let mut a = Node::start(
+            base.path(),
+            "a",
+            &db.database,
+            &emulator,
+            &[("nightly.yaml", nightly(2))],
+        );
+        wait_for(30, "a leads", async || a.leads()).await;
+        let mut b = Node::start(
+            base.path(),
+            "b",
+            &db.database,
+            &emulator,
+            &[("nightly.yaml", nightly(3))],
+        );
+        wait_for(30, "the leader warns", async || {
+            logged(&a.log, "the plan's content differs between nodes")
+        })
+        .await;
+        let (code, out, err) = run_to_end({
+            let mut cmd = deployd();
+            cmd.args(["status", "--config"])
+                .arg(b.root.join("config.yaml"))
+                .arg("--plans-dir")
+                .arg(b.root.join("plans"))
+                .arg("--results-dir")
+                .arg(b.root.join("results"))
+                .arg("--state-dir")
+                .arg(b.root.join("state"));
+            cmd
+        });
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(out.contains("leader a (epoch 1"), "{out}");
+        assert!(
+            out.contains("node a: deployd") && out.contains("node b: deployd"),
+            "{out}"
+        );
+        assert!(out.contains("plan nightly differs between nodes"), "{out}");
+        assert!(!out.contains("postgres://postgres:"), "no password: {out}");
+        a.stop().await;
+        b.stop().await;
+    }
 }
