@@ -227,9 +227,16 @@ impl DaemonProc {
                 if let Ok(mut c) = c2.lock() {
                     *c += 1;
                 }
-                let keep = ["daemon ready", "WARN", "ERROR", "panicked", "bye"]
-                    .iter()
-                    .any(|k| line.contains(k));
+                let keep = [
+                    "daemon ready",
+                    "leads now",
+                    "WARN",
+                    "ERROR",
+                    "panicked",
+                    "bye",
+                ]
+                .iter()
+                .any(|k| line.contains(k));
                 if keep && let Ok(mut l) = l2.lock() {
                     l.push((now, line));
                 }
@@ -500,6 +507,16 @@ pub async fn run_in_process(
     yaml: &str,
     settings: &deployd::settings::Settings,
 ) -> anyhow::Result<(deployd::results::RunReport, Duration)> {
+    run_in_process_with(emulator, yaml, settings, None).await
+}
+
+/// [`run_in_process`] journaling in `store` instead of the settings' state folder.
+pub async fn run_in_process_with(
+    emulator: &Emulator,
+    yaml: &str,
+    settings: &deployd::settings::Settings,
+    store: Option<deployd::store::SharedStore>,
+) -> anyhow::Result<(deployd::results::RunReport, Duration)> {
     use deployd::api::client::{ClientOptions, DeployClient, Endpoint};
     use deployd::api::credentials::Credentials;
     use deployd::executor::{NoObserver, RunRequest, StopTokens};
@@ -513,7 +530,10 @@ pub async fn run_in_process(
         Credentials::Token(Secret::new(TOKEN)),
         ClientOptions::default(),
     )?;
-    let executor = settings.executor(client);
+    let executor = match store {
+        Some(store) => settings.executor(client).with_store(Some(store)),
+        None => settings.executor(client),
+    };
     let started_at = Utc::now();
     let req = RunRequest {
         plan: Arc::new(plan),

@@ -17,6 +17,9 @@ use tracing::{info, warn};
 use super::lease::{self, Held, LeaseTiming};
 use super::store::{Connection, Fence};
 
+/// How long after the lead's expiry (database clock) a follower asks for it.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(50);
+
 /// What this node is in the cluster now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -65,6 +68,8 @@ pub async fn run(presence: Presence, role: watch::Sender<Role>, shutdown: Cancel
     let metrics = crate::metrics::global();
     metrics.ha_leader(false);
     let mut held: Option<Held> = None;
+    // A follower's next look: just after the current lead expires, if sooner than a period.
+    let mut follower_wake: Option<Instant> = None;
     // Plans that differ between nodes, as last warned about.
     let mut warned: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     loop {
@@ -87,7 +92,15 @@ pub async fn run(presence: Presence, role: watch::Sender<Role>, shutdown: Cancel
                         previous_expiry: h.previous_expiry,
                     });
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    // Taking over the moment the lead expires, not up to a period later.
+                    let left =
+                        bounded(period, &conn, |c| async move { lease::current(&*c).await }).await;
+                    if let Ok(Some((_, _, secs))) = left {
+                        let wait = Duration::from_secs_f64(secs.max(0.0)) + EXPIRY_MARGIN;
+                        follower_wake = Some(Instant::now() + wait.min(period));
+                    }
+                }
                 Err(e) => warn!("cannot ask the database for the lead: {e}"),
             },
             Some(h) => {
@@ -136,6 +149,8 @@ pub async fn run(presence: Presence, role: watch::Sender<Role>, shutdown: Cancel
         let mut wake = sent + period;
         if let Some(h) = held {
             wake = wake.min(h.calls_until.max(Instant::now()));
+        } else if let Some(at) = follower_wake.take() {
+            wake = wake.min(at);
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
