@@ -156,7 +156,9 @@ async fn takeover(args: &Args) -> anyhow::Result<()> {
         let t0 = Instant::now();
         signal(&nodes[leader], "-KILL")?;
         led_count[other] += 1;
-        let at = led(&nodes[other], led_count[other], 60).await?;
+        let at = led(&nodes[other], led_count[other], 60)
+            .await
+            .with_context(|| format!("kill round {}: {}", kills.len(), dump(&nodes)))?;
         kills.push(at.duration_since(t0).as_secs_f64());
         // The killed node comes back as a follower.
         let name = if leader == 0 { "a" } else { "b" };
@@ -171,7 +173,9 @@ async fn takeover(args: &Args) -> anyhow::Result<()> {
         let t0 = Instant::now();
         signal(&nodes[leader], "-STOP")?;
         led_count[other] += 1;
-        let at = led(&nodes[other], led_count[other], 60).await?;
+        let at = led(&nodes[other], led_count[other], 60)
+            .await
+            .with_context(|| format!("pause round {}: {}", pauses.len(), dump(&nodes)))?;
         pauses.push(at.duration_since(t0).as_secs_f64());
         signal(&nodes[leader], "-CONT")?;
         // The old leader steps down on its own when it wakes.
@@ -273,6 +277,20 @@ async fn journal(args: &Args) -> anyhow::Result<()> {
     drop(client);
     drop_db(&db).await?;
     Ok(())
+}
+
+/// The lines each node kept, for an error.
+fn dump(nodes: &[DaemonProc]) -> String {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let lines = n.lines.lock().map(|l| l.clone()).unwrap_or_default();
+            let text: Vec<String> = lines.iter().map(|(_, l)| l.clone()).collect();
+            format!("node {i}:\n{}", text.join("\n"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn fmt_times(times: &[f64]) -> String {
