@@ -253,3 +253,96 @@ async fn a_reload_that_adds_ha_is_refused_as_a_start_with_it_is() {
     );
     assert!(text.contains("ha"), "{text}");
 }
+
+/// The fire times `plan`'s log lines say did not run: `fire=...` of a skipped or dropped
+/// fire, `scheduled_for="..."` of a fire not started at shutdown, a missed one's time.
+fn not_run_fires(text: &str, plan: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.ends_with(&format!("plan={plan}")) || l.contains(&format!("plan={plan} ")))
+        .filter_map(|l| {
+            let key = if l.contains("fire skipped") || l.contains("fire dropped") {
+                "fire="
+            } else if l.contains("not started") {
+                "scheduled_for="
+            } else if l.contains("missed the fire at ") {
+                "missed the fire at "
+            } else {
+                return None;
+            };
+            let rest = l[l.find(key)? + key.len()..].trim_start_matches('"');
+            Some(rest.get(..24)?.to_string())
+        })
+        .collect()
+}
+
+/// A fire skipped for overlap (`overlap: skip`) or dropped (`overlap: queue`, one already
+/// waiting) was logged without its fire time ("fire skipped: the previous run is still
+/// going"): with a plan firing every second, the log could not say which fire times did not
+/// run. Each line names its fire time now, and every fire time of the plan is accounted for:
+/// a result's `scheduled_for`, or a log line naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_fire_time_is_accounted_for_by_a_result_or_a_line_naming_it() {
+    let emulator = start_emulator(deployd::emulator::EmulatorConfig {
+        latency: std::time::Duration::from_millis(1300),
+        ..emulator_config()
+    })
+    .await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    std::fs::create_dir_all(root.join("plans")).expect("mkdir");
+    let mut child = daemon_command(root, &emulator, "100", "4")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let log = capture_stderr(&mut child);
+    wait_for(20, "ready", async || logged(&log, "daemon ready")).await;
+    for (name, overlap, salt) in [("skip", "skip", 0x12b), ("queue", "queue", 0x12c)] {
+        let extra = format!("schedule: \"* * * * * *\"\noverlap: {overlap}\n");
+        write(
+            &root.join(format!("staging/{name}.yaml")),
+            &plan_of(name, &task_ids(1, salt), &extra),
+        );
+        std::fs::rename(
+            root.join(format!("staging/{name}.yaml")),
+            root.join(format!("plans/{name}.yaml")),
+        )
+        .expect("mv");
+    }
+    let results_dir = root.join("results");
+    wait_for(30, "runs and skipped fires of both plans", async || {
+        results(&results_dir, "skip").len() >= 2
+            && results(&results_dir, "queue").len() >= 2
+            && logged(&log, "fire skipped")
+            && logged(&log, "fire dropped")
+    })
+    .await;
+    kill(&child, "-TERM");
+    exit_within(&mut child, 30, "the daemon stops").await;
+    let text = log.lock().expect("log").clone();
+    for plan in ["skip", "queue"] {
+        let ran = scheduled_for(&results_dir, plan);
+        let not_run = not_run_fires(&text, plan);
+        assert!(
+            !not_run.is_empty(),
+            "{plan}: its skipped fires name their time: {text}"
+        );
+        for t in &not_run {
+            assert!(!ran.contains(t), "{plan}: {t} both ran and was skipped");
+        }
+        let mut all: Vec<chrono::DateTime<chrono::Utc>> = ran
+            .iter()
+            .chain(&not_run)
+            .map(|t| t.parse().expect("a fire time"))
+            .collect();
+        all.sort();
+        all.dedup();
+        let (first, last) = (all[0], all[all.len() - 1]);
+        let seconds = (last - first).num_seconds() + 1;
+        assert_eq!(
+            all.len() as i64,
+            seconds,
+            "{plan}: every fire time from {first} to {last} ran or is named in the log: ran {ran:?}, not run {not_run:?}"
+        );
+    }
+}
