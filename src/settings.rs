@@ -69,8 +69,21 @@ pub struct RawConfig {
     pub auth: Option<RawAuth>,
     /// How many result files to keep per plan.
     pub keep_results: Option<RawKeepResults>,
-    /// High availability: the cluster's database and this node.
+    /// High availability: the cluster's database and this node. An `ha:` key with no value
+    /// is an `ha` block without its settings (refused for its missing database), never the
+    /// single host: a half-written cluster config must not run as a host that believes it
+    /// is alone.
+    #[serde(default, deserialize_with = "present_block")]
     pub ha: Option<RawHa>,
+}
+
+/// A block that is present counts as given, even when its value is empty (`ha:`).
+fn present_block<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Some(Option::<T>::deserialize(d)?.unwrap_or_default()))
 }
 
 /// `ha:` in the config.
@@ -253,11 +266,26 @@ impl<'a> Problems<'a> {
     }
 
     /// A problem with a setting of the file. `field` is a dotted path (`retry.base`) or
-    /// alternatives (`retry.base/retry.cap`: placed at the first one the file has).
+    /// alternatives (`retry.base/retry.cap`: placed at the first one the file has). A setting
+    /// the file lacks (`auth.iam.user: required`) is placed at its nearest enclosing block the
+    /// file has (`auth.iam`).
     fn field(&mut self, field: &str, message: impl Into<String>) {
-        let place = self
-            .text
-            .and_then(|text| field.split('/').find_map(|f| yaml::key_position(text, f)));
+        let place = self.text.and_then(|text| {
+            field
+                .split('/')
+                .find_map(|f| yaml::key_position(text, f))
+                .or_else(|| {
+                    let first = field.split('/').next().unwrap_or(field);
+                    let mut block = first;
+                    while let Some((parent, _)) = block.rsplit_once('.') {
+                        if let Some(at) = yaml::key_position(text, parent) {
+                            return Some(at);
+                        }
+                        block = parent;
+                    }
+                    None
+                })
+        });
         self.issues.push(match place {
             Some((line, column)) => Issue::new(&self.file, line, column, field, message),
             None => Issue::unplaced(&self.file, field, message),
@@ -411,19 +439,24 @@ impl Settings {
         let folders = Folders::from(&mut raw, o, env);
         let region = o.region.clone().or(raw.region.take());
         let endpoint = api_endpoint(
-            o.endpoint.clone().or(raw.endpoint.take()),
-            region.as_deref(),
+            (o.endpoint.clone(), raw.endpoint.take()),
+            (region.as_deref(), o.region.is_some()),
             &mut p,
         );
-        let project_id = o
-            .project_id
-            .clone()
-            .or(raw.project_id.take())
-            .or_else(|| env("CLOUD_SDK_PROJECT_ID"));
+        // A value from a flag or the environment is named as such, never placed at the file's
+        // line, which did not count.
+        let (project_id, from) = match (&o.project_id, raw.project_id.take()) {
+            (Some(flag), _) => (Some(flag.clone()), Some("--project-id")),
+            (None, Some(file)) => (Some(file), None),
+            (None, None) => (env("CLOUD_SDK_PROJECT_ID"), Some("CLOUD_SDK_PROJECT_ID")),
+        };
         if let Some(id) = &project_id
             && let Err(e) = crate::api::rules::check_id(id)
         {
-            p.field("project_id", e);
+            match from {
+                Some(source) => p.flag(source, e),
+                None => p.field("project_id", e),
+            }
         }
         let limits = call_limits(&raw, o, &mut p);
         let max_runs = raw.max_runs;
@@ -489,18 +522,19 @@ impl Settings {
 }
 
 /// `endpoint` (a URL) wins over `region` (the SDK's endpoint pattern); neither: `None`, for
-/// `--emulator`.
+/// `--emulator`. `(flag, file)` for the endpoint; `(region, from its flag)`.
 fn api_endpoint(
-    text: Option<String>,
-    region: Option<&str>,
+    (flag, file): (Option<String>, Option<String>),
+    (region, region_from_flag): (Option<&str>, bool),
     p: &mut Problems<'_>,
 ) -> Option<Endpoint> {
-    match (text, region) {
+    let from_flag = flag.is_some();
+    match (flag.or(file), region) {
         (Some(e), _) => Endpoint::parse(&e)
-            .map_err(|e| p.field("endpoint", e.to_string()))
+            .map_err(|e| p.setting(from_flag, "--endpoint", "endpoint", e.to_string()))
             .ok(),
         (None, Some(r)) => Endpoint::for_region(r)
-            .map_err(|e| p.field("region", e.to_string()))
+            .map_err(|e| p.setting(region_from_flag, "--region", "region", e.to_string()))
             .ok(),
         (None, None) => None,
     }

@@ -226,12 +226,16 @@ impl Note {
                     "missed the fire at {} by {late:?} (host asleep or clock changed); not replayed",
                     ts(at)
                 ),
+                // The fire time is named: every fire is accounted for by its time, run (its
+                // result's `scheduled_for`) or not (here).
                 SkipReason::Overlap => warn!(
                     plan = %plan,
+                    fire = %ts(at),
                     "fire skipped: the previous run is still going (overlap: skip)"
                 ),
                 SkipReason::QueueFull => warn!(
                     plan = %plan,
+                    fire = %ts(at),
                     "fire dropped: a run is going and another already waits (overlap: queue)"
                 ),
             },

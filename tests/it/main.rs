@@ -1,6 +1,7 @@
 //! The one integration-test binary: the real `deployd` binary and the library, against the
 //! emulator on 127.0.0.1, with real files in temporary folders.
 
+mod attacks12;
 mod auth;
 mod bounded;
 mod clock;

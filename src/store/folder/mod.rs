@@ -183,6 +183,17 @@ impl FolderStore {
         }
     }
 
+    /// The result file of an unfinished journal's run, when it is written (a whole result
+    /// of that very run), in the results folder this store indexes.
+    fn written_result(&self, run: &Unfinished) -> Option<PathBuf> {
+        let results = self.results.as_ref()?;
+        let path = results
+            .join(&run.header.plan)
+            .join(format!("{}.json", run.header.run_id));
+        let head = read_last_run(&path).ok()?;
+        (head.run_id == run.header.run_id.as_str()).then_some(path)
+    }
+
     fn fires(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<DateTime<Utc>>>> {
         self.fires.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -248,7 +259,34 @@ impl Store for FolderStore {
     }
 
     async fn unfinished(&self) -> (Vec<Unfinished>, Vec<String>) {
-        journal::unfinished(&self.runs_dir())
+        let (runs, problems) = journal::unfinished(&self.runs_dir());
+        // A journal whose run's result file is written is over, whatever the journal says:
+        // the result was made durable before the journal was removed, and that removal may
+        // not have reached the disk (a power loss, a kill between the two). Finishing it again
+        // would overwrite the true result with an `interrupted` one.
+        let runs = runs
+            .into_iter()
+            .filter(|run| match self.written_result(run) {
+                Some(path) => {
+                    match journal::remove(&self.runs_dir().join(&run.key)) {
+                        Ok(()) => tracing::info!(
+                            plan = %run.header.plan,
+                            run_id = %run.header.run_id,
+                            "removed the run journal {}: its run ended, and its result {} is written",
+                            run.location,
+                            path.display()
+                        ),
+                        Err(e) => tracing::warn!(
+                            "the run's result {} is written; cannot remove the {e}",
+                            path.display()
+                        ),
+                    }
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        (runs, problems)
     }
 
     async fn close_unfinished(
