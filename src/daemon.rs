@@ -616,10 +616,11 @@ impl Controller {
                     let now = Utc::now();
                     let window = chrono::TimeDelta::from_std(catch_up).unwrap_or_default();
                     let lease = chrono::TimeDelta::from_std(lease).unwrap_or_default();
-                    let from = (expired - lease).max(now - window);
+                    let window = now - window;
+                    let from = (expired - lease).max(window);
                     if from <= now {
                         info!(from = %crate::results::ts(&from), "catching up the fires missed during the takeover");
-                        self.handle(Event::CaughtUp { from }).await;
+                        self.handle(Event::CaughtUp { from, window }).await;
                     }
                 }
             }

@@ -119,10 +119,15 @@ pub enum Event<'a> {
     ShuttingDown,
     /// This node just took the lead of a cluster: every fire time of the armed plans from
     /// `from` up to now that no node used runs now, in order (each one claimed first, under
-    /// its plan's overlap policy), at most [`CATCH_UP_MAX`] per plan.
+    /// its plan's overlap policy), at most [`CATCH_UP_MAX`] per plan. A plan whose last used
+    /// fire time is at or after `window` is caught up from that fire time instead, when it is
+    /// earlier than `from`: the dead leader had not reached the times after it (its wall
+    /// clock was behind, or its controller was held up), and no node ran them.
     CaughtUp {
-        /// The oldest fire time to run (the catch-up window's start).
+        /// The oldest fire time to run, for a plan with no used fire time in the window.
         from: DateTime<Utc>,
+        /// The catch-up window's start: no fire time before it runs.
+        window: DateTime<Utc>,
     },
 }
 
@@ -279,8 +284,8 @@ impl Scheduler {
                 self.admit_waiting(&mut s);
             }
             Event::ShuttingDown => self.shut_down(&mut s),
-            Event::CaughtUp { from } => {
-                self.catch_up(&mut s, from);
+            Event::CaughtUp { from, window } => {
+                self.catch_up(&mut s, from, window);
                 self.admit_waiting(&mut s);
             }
         }
@@ -449,14 +454,24 @@ impl Scheduler {
 
     /// A takeover's catch-up: the fire times from `from` to now no node used, each recorded
     /// then requested, in order; then every plan is armed again from now.
-    fn catch_up(&mut self, s: &mut Step<'_>, from: DateTime<Utc>) {
+    fn catch_up(&mut self, s: &mut Step<'_>, from: DateTime<Utc>, window: DateTime<Utc>) {
         let now = s.now.wall;
         let plans: Vec<Arc<Plan>> = self.armed.values().map(|a| a.plan.clone()).collect();
         for plan in plans {
             let Some(schedule) = plan.schedule.clone() else {
                 continue;
             };
-            let mut cursor = self.floor(&plan.name, from - TimeDelta::milliseconds(1));
+            // The cluster fired this plan up to its last used fire time: the times after it
+            // that no node used were missed, even before the dead leader's last renewal.
+            let last_used = self
+                .fires
+                .get(&plan.name)
+                .and_then(|m| m.used.iter().max().copied());
+            let start = match last_used {
+                Some(last) if last >= window => from.min(last),
+                _ => from,
+            };
+            let mut cursor = self.floor(&plan.name, start - TimeDelta::milliseconds(1));
             let mut ran = 0;
             while let Some(at) = schedule.next_unused(cursor, &self.used_fires(&plan.name)) {
                 if at > now {

@@ -927,6 +927,7 @@ fn a_takeover_runs_the_fires_missed_in_its_window_once() {
     sim.add(&[&p]);
     let actions = sim.event(Event::CaughtUp {
         from: t("2026-06-01T09:59:58Z"),
+        window: t("2026-06-01T09:59:58Z"),
     });
     let ran: Vec<_> = starts(&actions)
         .into_iter()
@@ -946,8 +947,59 @@ fn a_takeover_runs_the_fires_missed_in_its_window_once() {
     // Nothing runs twice: the window again finds nothing.
     let again = sim.event(Event::CaughtUp {
         from: t("2026-06-01T09:59:58Z"),
+        window: t("2026-06-01T09:59:58Z"),
     });
     assert!(starts(&again).is_empty());
+}
+
+/// A dead leader whose wall clock was behind had used fire times only up to 10:00:20 when
+/// its last renewal (10:00:50) says it was alive: the takeover runs every time after its last
+/// used one, not only those after its last renewal; a plan with no used time in the window
+/// starts at `from` (none of its older times runs).
+#[test]
+fn a_takeover_runs_the_fires_a_slow_leader_had_not_reached() {
+    let mut sim = Sim::new(8, "2026-06-01T10:01:00Z");
+    let p = cron("p", "1", "*/10 * * * * *", Overlap::Allow);
+    let q = cron("q", "1", "*/10 * * * * *", Overlap::Allow);
+    sim.s.remember_fires(
+        "p",
+        FireMemory {
+            used: vec![t("2026-06-01T10:00:10Z"), t("2026-06-01T10:00:20Z")],
+            floor: None,
+        },
+    );
+    sim.s.remember_fires(
+        "q",
+        FireMemory {
+            used: vec![t("2026-06-01T09:50:00Z")],
+            floor: None,
+        },
+    );
+    sim.add(&[&p, &q]);
+    let actions = sim.event(Event::CaughtUp {
+        from: t("2026-06-01T10:00:50Z"),
+        window: t("2026-06-01T09:56:00Z"),
+    });
+    let ran = |plan: &str| -> Vec<_> {
+        starts(&actions)
+            .into_iter()
+            .filter(|d| d.plan.name == plan)
+            .map(|d| d.scheduled_for.expect("a fire"))
+            .collect()
+    };
+    assert_eq!(
+        ran("p"),
+        [
+            t("2026-06-01T10:00:30Z"),
+            t("2026-06-01T10:00:40Z"),
+            t("2026-06-01T10:00:50Z"),
+            t("2026-06-01T10:01:00Z")
+        ]
+    );
+    assert_eq!(
+        ran("q"),
+        [t("2026-06-01T10:00:50Z"), t("2026-06-01T10:01:00Z")]
+    );
 }
 
 /// A window of a frequent schedule is bounded: at most CATCH_UP_MAX runs, the rest reported.
@@ -958,6 +1010,7 @@ fn a_catch_up_is_bounded() {
     sim.add(&[&p]);
     let actions = sim.event(Event::CaughtUp {
         from: t("2026-06-01T10:00:00Z"),
+        window: t("2026-06-01T10:00:00Z"),
     });
     // max_runs 8: the first 8 start, the rest of the window's runs wait their turn.
     assert_eq!(starts(&actions).len(), 8);

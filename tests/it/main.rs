@@ -13,6 +13,7 @@ mod disk;
 mod exec;
 mod faults;
 mod ha;
+mod ha_attacks;
 mod hardening;
 mod helpers;
 mod ops;

@@ -1,0 +1,258 @@
+//! Attacks on high availability with real `deployd run` processes, the emulator and a real
+//! PostgreSQL: skewed clocks, takeovers at bad moments, a database that misbehaves. Each test
+//! creates its own database and drops it (skipped loudly without a server, as in `ha.rs`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deployd::emulator::{Emulator, EmulatorConfig};
+use deployd::ha::config::Database;
+use deployd::ha::connect::connect;
+
+use crate::helpers::*;
+
+fn server_url() -> String {
+    std::env::var("DEPLOYD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".into())
+}
+
+/// A database of its own for one test, dropped (with its connections) when it goes.
+struct TestDb {
+    name: String,
+    database: Database,
+}
+
+impl TestDb {
+    async fn create() -> Option<Self> {
+        let admin = Database::parse(&server_url()).expect("DEPLOYD_TEST_POSTGRES is a URL");
+        let client = match connect(&admin, None, "deployd-tests").await {
+            Ok(c) => c,
+            Err(e) if std::env::var("DEPLOYD_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
+                panic!("PostgreSQL is required (DEPLOYD_REQUIRE_POSTGRES=1) but {e}")
+            }
+            Err(e) => {
+                eprintln!("\n*** SKIPPED: the high-availability attacks need PostgreSQL ({e}).\n");
+                return None;
+            }
+        };
+        let name = format!("deployd_attack_{:016x}", rand::random::<u64>());
+        client
+            .batch_execute(&format!("create database {name}"))
+            .await
+            .expect("create database");
+        let mut database = admin;
+        database.dbname = name.clone();
+        Some(Self { name, database })
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.database, None, "deployd-tests")
+            .await
+            .expect("connect to the test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let admin = Database::parse(&server_url()).expect("url");
+                if let Ok(c) = connect(&admin, None, "deployd-tests").await {
+                    let _ = c
+                        .batch_execute(&format!("drop database if exists {name} with (force)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A node's folders and process; its wall clock optionally faked (libfaketime file).
+struct Node {
+    name: String,
+    root: PathBuf,
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+    clock: Option<PathBuf>,
+}
+
+impl Node {
+    fn config(database: &Database, name: &str, extra: &str) -> String {
+        format!("settle: 1s\nha:\n  postgres: \"{database}\"\n  node: {name}\n  lease: 5s\n{extra}")
+    }
+
+    /// Starts `deployd run` as node `name` over `database`, with `plans`; `clock` (a
+    /// libfaketime offset such as `-40s`) fakes its wall clock.
+    fn start(
+        base: &Path,
+        name: &str,
+        database: &Database,
+        emulator: &Emulator,
+        plans: &[(&str, String)],
+        clock: Option<&str>,
+    ) -> Self {
+        let root = base.join(name);
+        std::fs::create_dir_all(root.join("plans")).expect("plans");
+        for (file, text) in plans {
+            write(&root.join("plans").join(file), text);
+        }
+        write(&root.join("config.yaml"), &Self::config(database, name, ""));
+        let clock = clock.map(|offset| {
+            let file = root.join("faketime");
+            write(&file, offset);
+            file
+        });
+        let mut node = Self {
+            name: name.to_string(),
+            root,
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+            clock,
+        };
+        node.spawn(emulator);
+        node
+    }
+
+    fn spawn(&mut self, emulator: &Emulator) {
+        let mut cmd = daemon_command(&self.root, emulator, "100", "2");
+        if let Some(clock) = &self.clock {
+            with_faked_clock(&mut cmd, clock);
+        }
+        let mut child = cmd
+            .arg("--config")
+            .arg(self.root.join("config.yaml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        self.log = capture_stderr(&mut child);
+        self.child = Some(child);
+    }
+
+    fn leads(&self) -> bool {
+        count_logged(&self.log, "this node leads now") > count_logged(&self.log, "steps down")
+    }
+
+    fn signal(&self, sig: &str) {
+        kill(self.child.as_ref().expect("running"), sig);
+    }
+
+    async fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        kill(&child, "-KILL");
+        exit_within(&mut child, 10, &self.name).await;
+    }
+
+    async fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        kill(&child, "-TERM");
+        exit_within(&mut child, 60, &self.name).await.code()
+    }
+
+    fn results(&self, plan: &str) -> Vec<serde_json::Value> {
+        results(&self.root.join("results"), plan)
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Every result of `plan` on `nodes`, by fire time.
+fn by_fire(
+    nodes: &[&Node],
+    plan: &str,
+) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
+    let mut by_fire = std::collections::BTreeMap::<String, Vec<serde_json::Value>>::new();
+    for n in nodes {
+        for r in n.results(plan) {
+            let at = r["scheduled_for"].as_str().expect("a fire").to_string();
+            by_fire.entry(at).or_default().push(r);
+        }
+    }
+    by_fire
+}
+
+/// Fire times `step` seconds apart: pairs of consecutive fire times with a gap between them.
+fn gaps(fires: &[String], step: i64) -> Vec<(String, String)> {
+    let times: Vec<chrono::DateTime<chrono::Utc>> =
+        fires.iter().map(|t| t.parse().expect("RFC 3339")).collect();
+    times
+        .windows(2)
+        .filter(|w| w[1] - w[0] != chrono::TimeDelta::seconds(step))
+        .map(|w| (w[0].to_rfc3339(), w[1].to_rfc3339()))
+        .collect()
+}
+
+/// A leader whose wall clock is 40 s behind fires each time 40 s late. When it dies, the fire
+/// times it had not reached yet were never claimed; the takeover's catch-up must run them
+/// (they are at most `catch_up` late), not start only from the dead leader's last renewal:
+/// otherwise 40 s of fire times are silently lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_with_a_slow_clock_dies_and_no_fire_time_is_lost() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let emulator = start_emulator(emulator_config()).await;
+    let base = tempfile::tempdir().expect("tempdir");
+    let plans = [(
+        "tick.yaml",
+        format!("schedule: \"*/2 * * * * *\"\noverlap: allow\ntasks:\n  - {T1}\n"),
+    )];
+    let mut a = Node::start(
+        base.path(),
+        "a",
+        &db.database,
+        &emulator,
+        &plans,
+        Some("-40s"),
+    );
+    wait_for(30, "a leads", async || a.leads()).await;
+    let mut b = Node::start(base.path(), "b", &db.database, &emulator, &plans, None);
+    wait_for(20, "b joins", async || logged(&b.log, "joined the cluster")).await;
+    wait_for(30, "a fires", async || a.results("tick").len() >= 3).await;
+    a.kill9().await;
+    let killed_at = std::time::Instant::now();
+    wait_for(30, "b takes over", async || b.leads()).await;
+    assert!(killed_at.elapsed() < Duration::from_secs(5 + 1 + 2));
+    let settled = emulator.stats().accepted;
+    wait_for(60, "b fires", async || {
+        emulator.stats().accepted >= settled + 3
+    })
+    .await;
+    b.stop().await;
+
+    let fires = by_fire(&[&a, &b], "tick");
+    let twice: Vec<_> = fires.iter().filter(|(_, r)| r.len() > 1).collect();
+    assert!(twice.is_empty(), "fire times run twice: {twice:#?}");
+    let started = fires
+        .values()
+        .filter(|r| r[0]["summary"]["started"] == 1)
+        .count();
+    assert_eq!(emulator.stats().accepted as usize, started);
+    let times: Vec<String> = fires.keys().cloned().collect();
+    let lost = gaps(&times, 2);
+    assert!(
+        lost.is_empty(),
+        "fire times silently lost between: {lost:?}\n--- b:\n{}",
+        b.log()
+    );
+}
