@@ -214,12 +214,9 @@ async fn a_journal_back_after_its_result_was_written_does_not_overwrite_the_resu
 /// (exit 78): an operator turning a pair of hosts into a cluster by reloading both gets two
 /// single hosts firing every schedule twice, and a log saying the reload worked.
 ///
-/// Fix (in `src/commands/run.rs`'s reloader, or `daemon::apply_config`): refuse a reloaded
-/// configuration whose `settings.ha` is `Some`, like a moved `state_dir` ("the new
-/// configuration sets ha: ...; keeping the old one"), so the daemon goes on with its old
-/// configuration and says why.
+/// The reloader now refuses a configuration that turns `ha:` on or off, like a moved
+/// `state_dir`: the daemon goes on with its old configuration and says why.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the fix in src/commands/run.rs (reloader) or daemon.rs, not ours to edit"]
 async fn a_reload_that_adds_ha_is_refused_as_a_start_with_it_is() {
     let emulator = start_emulator(emulator_config()).await;
     let root = tempfile::tempdir().expect("tempdir");
