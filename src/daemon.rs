@@ -132,8 +132,21 @@ struct ClusterState {
     lease: Duration,
     catch_up: Duration,
     leading: bool,
-    /// The claims of fire times recorded but not yet started: won or not.
-    claims: HashMap<(String, DateTime<Utc>), bool>,
+    /// The claims of fire times recorded but not yet started: won, not this node's, or not
+    /// known (the database did not answer: asked again before the run begins).
+    claims: HashMap<(String, DateTime<Utc>), FireClaim>,
+}
+
+/// What this node knows of its claim of a fire time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FireClaim {
+    /// Won here: the fire runs here.
+    Won,
+    /// Another node's, or this node does not lead: not run here.
+    NotHere,
+    /// The database's answer was lost (a restart, a cut): whether it was kept is asked
+    /// again, the claim being idempotent for its holder, before the run may begin.
+    Unsure,
 }
 
 /// The controller's state: what it wires together.
@@ -156,6 +169,8 @@ struct Controller {
     cluster: Option<ClusterState>,
     /// Runs the wiring did not begin (not leading, a claim lost), to report to the scheduler.
     not_run: Vec<Due>,
+    /// Runs that could not begin now (their fire's claim unanswered), to be tried again.
+    not_begun: Vec<(Due, String)>,
     stop: StopTokens,
     /// Invalid-file reports currently written, file name -> text.
     invalid_written: BTreeMap<String, String>,
@@ -224,6 +239,7 @@ pub async fn run(
         run_dues: HashMap::new(),
         generation: 0,
         max_runs,
+        not_begun: Vec::new(),
         cluster: cluster.map(|c| ClusterState {
             role: c.role,
             catalog: c.catalog,
@@ -562,6 +578,7 @@ impl Controller {
         self.scheduler = Scheduler::new(self.max_runs);
         self.generation += 1;
         self.not_run.clear();
+        self.not_begun.clear();
         match role {
             Role::Follower => {
                 if let Some(c) = self.cluster.as_mut() {
@@ -685,13 +702,20 @@ impl Controller {
                 .handle(read_clocks(), event, &StoreOnceMemory(&self.store));
         loop {
             self.apply(actions).await;
-            // Runs the wiring did not begin go back, so that their slots are freed.
-            let Some(run) = self.not_run.pop() else {
+            // Runs the wiring did not begin go back, so that their slots are freed (and the
+            // ones that could not begin yet are tried again).
+            let ended = if let Some(run) = self.not_run.pop() {
+                Event::RunEnded {
+                    run,
+                    outcome: RunOutcome::NotRun,
+                }
+            } else if let Some((run, cause)) = self.not_begun.pop() {
+                Event::RunEnded {
+                    run,
+                    outcome: RunOutcome::NotBegun(cause),
+                }
+            } else {
                 break;
-            };
-            let ended = Event::RunEnded {
-                run,
-                outcome: RunOutcome::NotRun,
             };
             actions = self
                 .scheduler
@@ -703,7 +727,9 @@ impl Controller {
         for action in actions {
             match action {
                 Action::Start(run) => {
-                    if self.may_begin(&run) {
+                    if let Some(cause) = self.claim_again(&run).await {
+                        self.not_begun.push((run, cause));
+                    } else if self.may_begin(&run) {
                         self.launch(run);
                     } else {
                         self.not_run.push(run);
@@ -725,15 +751,25 @@ impl Controller {
                         ),
                         // In a cluster the claim decides: only a fire won here runs here.
                         (Some(c), Ok(Claim::Won)) => {
-                            c.claims.insert((plan, at), true);
+                            c.claims.insert((plan, at), FireClaim::Won);
                         }
                         (Some(c), Ok(Claim::Taken(_))) => {
                             info!(plan, at = %crate::results::ts(&at), "this fire time is another node's (it ran there): not run here");
-                            c.claims.insert((plan, at), false);
+                            c.claims.insert((plan, at), FireClaim::NotHere);
                         }
-                        (Some(c), Err(e)) => {
+                        (Some(c), Err(e @ StoreError::Fenced { .. })) => {
                             warn!(plan, at = %crate::results::ts(&at), "the fire time could not be claimed ({e}): not run here");
-                            c.claims.insert((plan, at), false);
+                            c.claims.insert((plan, at), FireClaim::NotHere);
+                        }
+                        // The claim may have been kept with its answer lost: asked again before
+                        // the run begins (and, failing that, tried again like a run that could
+                        // not begin), never dropped with a warning.
+                        (Some(c), Err(e)) if runs => {
+                            warn!(plan, at = %crate::results::ts(&at), "the fire time could not be claimed yet ({e}): asked again before it runs");
+                            c.claims.insert((plan, at), FireClaim::Unsure);
+                        }
+                        (Some(_), Err(e)) => {
+                            warn!(plan, at = %crate::results::ts(&at), "the skipped fire time could not be recorded ({e})");
                         }
                     }
                 }
@@ -772,12 +808,38 @@ impl Controller {
         }
         // Kept until the run ends: a run that could not begin is tried again on its claim.
         match run.scheduled_for {
-            Some(at) if run.trigger == Trigger::Schedule => c
-                .claims
-                .get(&(run.plan.name.clone(), at))
-                .copied()
-                .unwrap_or(false),
+            Some(at) if run.trigger == Trigger::Schedule => {
+                c.claims.get(&(run.plan.name.clone(), at)) == Some(&FireClaim::Won)
+            }
             _ => true,
+        }
+    }
+
+    /// A fire whose claim went unanswered is claimed again (the claim is idempotent for the
+    /// node and lead that made it) before its run may begin: `Some(cause)` when the database
+    /// still does not answer, and the run is to be tried again later.
+    async fn claim_again(&mut self, run: &Due) -> Option<String> {
+        let c = self.cluster.as_mut()?;
+        let at = run
+            .scheduled_for
+            .filter(|_| run.trigger == Trigger::Schedule)?;
+        let key = (run.plan.name.clone(), at);
+        if !c.leading || c.claims.get(&key) != Some(&FireClaim::Unsure) {
+            return None;
+        }
+        match self.store.claim_fire_again(&run.plan.name, at).await {
+            Ok(Claim::Won) => {
+                info!(plan = %run.plan.name, at = %crate::results::ts(&at), "the fire time is claimed");
+                c.claims.insert(key, FireClaim::Won);
+                None
+            }
+            Ok(Claim::Taken(_)) | Err(StoreError::Fenced { .. }) => {
+                c.claims.insert(key, FireClaim::NotHere);
+                None
+            }
+            Err(e) => Some(format!(
+                "its fire time could not be claimed in the cluster's database ({e})"
+            )),
         }
     }
 

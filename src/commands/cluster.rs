@@ -80,7 +80,10 @@ pub async fn join(
             () = tokio::time::sleep(RETRY) => {}
         }
     }
-    let conn = Arc::new(Connection::new(ha.database.clone(), password, &application));
+    // No store call waits longer than a lease for the database: past it, the fence has fallen.
+    let conn = Arc::new(
+        Connection::new(ha.database.clone(), password, &application).with_call_limit(ha.lease),
+    );
     let fence = Arc::new(Fence::new(&ha.node));
     let store = loop {
         match PgStore::open(conn.clone(), fence.clone()).await {

@@ -177,8 +177,13 @@ async fn gather_cluster(
         password,
         "deployd status",
     ));
-    let client = conn.client().await.map_err(|e| e.to_string())?;
-    let cluster = crate::ha::status::read(&client, ha.database.to_string()).await?;
+    let cluster = conn
+        .within(async {
+            let client = conn.client().await.map_err(|e| e.to_string())?;
+            crate::ha::status::read(&client, ha.database.to_string()).await
+        })
+        .await
+        .unwrap_or_else(|| Err("the database did not answer within 10 s".into()))?;
     // A store that never leads: it reads, and claims nothing.
     let store = PgStore::open(conn, std::sync::Arc::new(Fence::new("status")))
         .await

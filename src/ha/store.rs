@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
@@ -85,7 +86,12 @@ pub struct Connection {
     password: Option<Secret>,
     application_name: String,
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
+    /// How long one store call may wait for the database (connecting included).
+    limit: Duration,
 }
+
+/// How long a store call waits for the database when no lease says otherwise.
+const CALL_LIMIT: Duration = Duration::from_secs(10);
 
 impl Connection {
     /// A connection to `database`, opened on first use.
@@ -95,7 +101,47 @@ impl Connection {
             password,
             application_name: application_name.to_string(),
             client: tokio::sync::Mutex::new(None),
+            limit: CALL_LIMIT,
         }
+    }
+
+    /// The same, each store call given up after `limit` (a cluster node: its lease, past
+    /// which its fence has fallen anyway).
+    #[must_use]
+    pub fn with_call_limit(mut self, limit: Duration) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Runs `call`, given up after the call limit: a database that stops answering without
+    /// closing the connection (a black-holed route, a stalled server) must not hold a run,
+    /// a shutdown or a claim forever. The connection is then dropped, to be opened again:
+    /// a call that hung once may hang again on it. `None` when the limit passed.
+    pub async fn within<T>(&self, call: impl std::future::Future<Output = T>) -> Option<T> {
+        match tokio::time::timeout(self.limit, call).await {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.reset().await;
+                None
+            }
+        }
+    }
+
+    /// [`Connection::within`] for a call that returns a store result.
+    pub async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.within(call)
+            .await
+            .unwrap_or_else(|| Err(self.no_answer()))
+    }
+
+    fn no_answer(&self) -> StoreError {
+        StoreError::Database(format!(
+            "no answer from the database within {} ms",
+            self.limit.as_millis()
+        ))
     }
 
     /// Forgets the client (a call on it hung or failed): the next use connects again.
@@ -152,14 +198,18 @@ impl PgStore {
     /// Opens the store over `conn`, fencing journal writes with `fence`; loads the learned
     /// facts. Spawns the journal's writer task (it ends when the store is dropped).
     pub async fn open(conn: Arc<Connection>, fence: Arc<Fence>) -> Result<Self, StoreError> {
-        let client = conn.client().await?;
-        let zone = client
-            .query_opt(
-                "select value from deployd_facts where key = $1",
-                &[&ZONE_FACT],
-            )
-            .await
-            .map_err(|e| db(&e))?
+        let zone = conn
+            .bounded(async {
+                let client = conn.client().await?;
+                client
+                    .query_opt(
+                        "select value from deployd_facts where key = $1",
+                        &[&ZONE_FACT],
+                    )
+                    .await
+                    .map_err(|e| db(&e))
+            })
+            .await?
             .and_then(|r| serde_json::from_value::<LearnedZone>(r.get(0)).ok());
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_journal(conn.clone(), fence.clone(), rx));
@@ -179,45 +229,66 @@ impl PgStore {
 
     /// A claim of `(plan, slot)`, fenced: `Won`, `Taken` (with the run that has it), or
     /// `Fenced` when this node does not lead with a live lease.
-    async fn claim(&self, plan: &str, slot: &str, run_id: &str) -> Result<Claim, StoreError> {
-        let Some(epoch) = self.inner.fence.current() else {
-            return Err(fenced(format!("claim {plan} {slot}")));
-        };
-        let client = self.client().await?;
-        let node = self.inner.fence.node();
-        let n = client
-            .execute(
-                "insert into deployd_claims (plan, slot, run_id, claimed_by, epoch)
-                 select $1, $2, $3, $4, $5
-                 where exists (select 1 from deployd_lease
-                               where holder = $4 and epoch = $5 and expires_at > now())
-                 on conflict do nothing",
-                &[&plan, &slot, &run_id, &node, &epoch],
-            )
-            .await
-            .map_err(|e| db(&e))?;
-        if n == 1 {
-            return Ok(Claim::Won);
-        }
-        let taken = client
-            .query_opt(
-                "select run_id from deployd_claims where plan = $1 and slot = $2",
-                &[&plan, &slot],
-            )
-            .await
-            .map_err(|e| db(&e))?;
-        match taken {
-            Some(row) => {
-                let id: String = row.get(0);
-                Ok(Claim::Taken(
-                    (!id.is_empty()).then(|| RunId::from_string(id)),
-                ))
+    /// `again`: a retry after a lost answer, which finds this holder's own claim (same node,
+    /// same lead, no run begun) won.
+    async fn claim(
+        &self,
+        plan: &str,
+        slot: &str,
+        run_id: &str,
+        again: bool,
+    ) -> Result<Claim, StoreError> {
+        self.inner.conn.bounded(async {
+            let Some(epoch) = self.inner.fence.current() else {
+                return Err(fenced(format!("claim {plan} {slot}")));
+            };
+            let client = self.client().await?;
+            let node = self.inner.fence.node();
+            let n = client
+                .execute(
+                    "insert into deployd_claims (plan, slot, run_id, claimed_by, epoch)
+                     select $1, $2, $3, $4, $5
+                     where exists (select 1 from deployd_lease
+                                   where holder = $4 and epoch = $5 and expires_at > now())
+                     on conflict do nothing",
+                    &[&plan, &slot, &run_id, &node, &epoch],
+                )
+                .await
+                .map_err(|e| db(&e))?;
+            if n == 1 {
+                return Ok(Claim::Won);
             }
-            None => {
-                self.inner.fence.step_down();
-                Err(fenced(format!("claim {plan} {slot}")))
+            let taken = client
+                .query_opt(
+                    "select run_id, claimed_by, epoch from deployd_claims where plan = $1 and slot = $2",
+                    &[&plan, &slot],
+                )
+                .await
+                .map_err(|e| db(&e))?;
+            match taken {
+                // This very claim, made by this node under this lead, its answer lost (the
+                // connection dropped after the commit): asking again finds it, and it is won.
+                Some(row)
+                    if again
+                        && row.get::<_, String>(0) == run_id
+                        && row.get::<_, Option<String>>(1).as_deref() == Some(node)
+                        && row.get::<_, Option<i64>>(2) == Some(epoch) =>
+                {
+                    Ok(Claim::Won)
+                }
+                Some(row) => {
+                    let id: String = row.get(0);
+                    Ok(Claim::Taken(
+                        (!id.is_empty()).then(|| RunId::from_string(id)),
+                    ))
+                }
+                None => {
+                    self.inner.fence.step_down();
+                    Err(fenced(format!("claim {plan} {slot}")))
+                }
             }
-        }
+        })
+        .await
     }
 }
 
@@ -238,16 +309,21 @@ fn fire_slot(at: DateTime<Utc>) -> String {
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn ran_once(&self, plan: &str, sha256: &str) -> Result<Option<RunId>, StoreError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "select run_id from deployd_claims where plan = $1 and slot = $2",
-                &[&plan, &once_slot(sha256)],
-            )
+        self.inner
+            .conn
+            .bounded(async {
+                let row = self
+                    .client()
+                    .await?
+                    .query_opt(
+                        "select run_id from deployd_claims where plan = $1 and slot = $2",
+                        &[&plan, &once_slot(sha256)],
+                    )
+                    .await
+                    .map_err(|e| db(&e))?;
+                Ok(row.map(|r| RunId::from_string(r.get(0))))
+            })
             .await
-            .map_err(|e| db(&e))?;
-        Ok(row.map(|r| RunId::from_string(r.get(0))))
     }
 
     async fn claim_once(
@@ -256,168 +332,194 @@ impl Store for PgStore {
         sha256: &str,
         run_id: &RunId,
     ) -> Result<Claim, StoreError> {
-        self.claim(plan, &once_slot(sha256), run_id.as_str()).await
+        self.claim(plan, &once_slot(sha256), run_id.as_str(), false)
+            .await
     }
 
     async fn fired(&self, plan: &str) -> Result<Vec<DateTime<Utc>>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "select slot from deployd_claims where plan = $1 and slot not like 'sha256:%'
-                 order by slot",
-                &[&plan],
-            )
+        self.inner
+            .conn
+            .bounded(async {
+                let rows = self
+                .client()
+                .await?
+                .query(
+                    "select slot from deployd_claims where plan = $1 and slot not like 'sha256:%'
+                     order by slot",
+                    &[&plan],
+                )
+                .await
+                .map_err(|e| db(&e))?;
+                Ok(rows
+                    .iter()
+                    .filter_map(|r| DateTime::parse_from_rfc3339(r.get(0)).ok())
+                    .map(|t| t.with_timezone(&Utc))
+                    .collect())
+            })
             .await
-            .map_err(|e| db(&e))?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| DateTime::parse_from_rfc3339(r.get(0)).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .collect())
     }
 
     async fn claim_fire(&self, plan: &str, at: DateTime<Utc>) -> Result<Claim, StoreError> {
-        self.claim(plan, &fire_slot(at), "").await
+        self.claim(plan, &fire_slot(at), "", false).await
+    }
+
+    async fn claim_fire_again(&self, plan: &str, at: DateTime<Utc>) -> Result<Claim, StoreError> {
+        self.claim(plan, &fire_slot(at), "", true).await
     }
 
     async fn fire_skipped(&self, plan: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "update deployd_claims set run_id = '-' where plan = $1 and slot = $2 and run_id = ''",
-                &[&plan, &fire_slot(at)],
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| db(&e))
+        self.inner.conn.bounded(async {
+            self.client()
+                .await?
+                .execute(
+                    "update deployd_claims set run_id = '-' where plan = $1 and slot = $2 and run_id = ''",
+                    &[&plan, &fire_slot(at)],
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| db(&e))
+        })
+        .await
     }
 
     async fn release_unbegun_fires(&self) -> Result<u64, StoreError> {
-        let Some(epoch) = self.inner.fence.current() else {
-            return Err(fenced("release of unbegun fires".into()));
-        };
-        self.client()
-            .await?
-            .execute(
-                "delete from deployd_claims
-                 where run_id = '' and epoch < $1 and slot not like 'sha256:%'",
-                &[&epoch],
-            )
+        self.inner
+            .conn
+            .bounded(async {
+                let Some(epoch) = self.inner.fence.current() else {
+                    return Err(fenced("release of unbegun fires".into()));
+                };
+                self.client()
+                    .await?
+                    .execute(
+                        "delete from deployd_claims
+                     where run_id = '' and epoch < $1 and slot not like 'sha256:%'",
+                        &[&epoch],
+                    )
+                    .await
+                    .map_err(|e| db(&e))
+            })
             .await
-            .map_err(|e| db(&e))
     }
 
     async fn create_journal(&self, header: &RunHeader) -> Result<RunJournal, StoreError> {
-        let run_id = header.run_id.as_str().to_string();
-        let location = format!("database run {run_id}");
-        let Some(epoch) = self.inner.fence.current() else {
-            return Err(fenced(location));
-        };
-        let json = serde_json::to_string(&Entry::Run(Box::new(header.clone())))
-            .map_err(|e| StoreError::Database(e.to_string()))?;
-        let node = self.inner.fence.node().to_string();
-        // The run's row and its header, in one statement, fenced.
-        let written = self
-            .client()
-            .await?
-            .execute(
-                "with lead as (select 1 from deployd_lease
-                                   where holder = $3 and epoch = $4 and expires_at > now()),
-                          run as (insert into deployd_runs (run_id, plan, node, epoch, started_at)
-                                  select $1, $2, $3, $4, $5 where exists (select 1 from lead)
-                                  returning run_id),
-                          begun as (update deployd_claims set run_id = $1
-                                    where plan = $2 and slot = $7 and run_id = ''
-                                      and exists (select 1 from run))
-                     insert into deployd_journal (run_id, seq, epoch, fact)
-                     select run_id, 0, $4, $6::text::jsonb from run",
-                &[
-                    &run_id,
-                    &header.plan,
-                    &node,
-                    &epoch,
-                    &header.started_at,
-                    &json,
-                    &header.scheduled_for.map(fire_slot).unwrap_or_default(),
-                ],
-            )
-            .await
-            .map_err(|e| db(&e))?;
-        if written != 1 {
-            self.inner.fence.step_down();
-            return Err(fenced(location));
-        }
-        Ok(RunJournal::new(Box::new(PgJournal {
-            store: self.clone(),
-            run_id,
-            location,
-            seq: AtomicI64::new(1),
-        })))
+        self.inner.conn.bounded(async {
+            let run_id = header.run_id.as_str().to_string();
+            let location = format!("database run {run_id}");
+            let Some(epoch) = self.inner.fence.current() else {
+                return Err(fenced(location));
+            };
+            let json = serde_json::to_string(&Entry::Run(Box::new(header.clone())))
+                .map_err(|e| StoreError::Database(e.to_string()))?;
+            let node = self.inner.fence.node().to_string();
+            // The run's row and its header, in one statement, fenced.
+            let written = self
+                .client()
+                .await?
+                .execute(
+                    "with lead as (select 1 from deployd_lease
+                                       where holder = $3 and epoch = $4 and expires_at > now()),
+                              run as (insert into deployd_runs (run_id, plan, node, epoch, started_at)
+                                      select $1, $2, $3, $4, $5 where exists (select 1 from lead)
+                                      returning run_id),
+                              begun as (update deployd_claims set run_id = $1
+                                        where plan = $2 and slot = $7 and run_id = ''
+                                          and exists (select 1 from run))
+                         insert into deployd_journal (run_id, seq, epoch, fact)
+                         select run_id, 0, $4, $6::text::jsonb from run",
+                    &[
+                        &run_id,
+                        &header.plan,
+                        &node,
+                        &epoch,
+                        &header.started_at,
+                        &json,
+                        &header.scheduled_for.map(fire_slot).unwrap_or_default(),
+                    ],
+                )
+                .await
+                .map_err(|e| db(&e))?;
+            if written != 1 {
+                self.inner.fence.step_down();
+                return Err(fenced(location));
+            }
+            Ok(RunJournal::new(Box::new(PgJournal {
+                store: self.clone(),
+                run_id,
+                location,
+                seq: AtomicI64::new(1),
+            })))
+        })
+        .await
     }
 
     async fn unfinished(&self) -> (Vec<Unfinished>, Vec<String>) {
-        let mut found = Vec::new();
-        let mut problems = Vec::new();
-        // Only a leader recovers, and only the runs of earlier leads.
-        let Some(epoch) = self.inner.fence.epoch() else {
-            return (found, problems);
-        };
-        let client = match self.client().await {
-            Ok(c) => c,
-            Err(e) => {
-                problems.push(e.to_string());
+        let limited = self.inner.conn.within(async {
+            let mut found = Vec::new();
+            let mut problems = Vec::new();
+            // Only a leader recovers, and only the runs of earlier leads.
+            let Some(epoch) = self.inner.fence.epoch() else {
                 return (found, problems);
-            }
-        };
-        let runs = match client
-            .query(
-                "select run_id from deployd_runs where result is null and epoch < $1
-                 order by started_at",
-                &[&epoch],
-            )
-            .await
-        {
-            Ok(rows) => rows,
-            Err(e) => {
-                problems.push(describe(&e));
-                return (found, problems);
-            }
-        };
-        for row in runs {
-            let run_id: String = row.get(0);
-            let location = format!("database run {run_id}");
-            let entries = match client
+            };
+            let client = match self.client().await {
+                Ok(c) => c,
+                Err(e) => {
+                    problems.push(e.to_string());
+                    return (found, problems);
+                }
+            };
+            let runs = match client
                 .query(
-                    "select fact::text from deployd_journal where run_id = $1 order by seq",
-                    &[&run_id],
+                    "select run_id from deployd_runs where result is null and epoch < $1
+                     order by started_at",
+                    &[&epoch],
                 )
                 .await
             {
                 Ok(rows) => rows,
                 Err(e) => {
-                    problems.push(format!("{location}: {}", describe(&e)));
-                    continue;
+                    problems.push(describe(&e));
+                    return (found, problems);
                 }
             };
-            let mut replay = Replay::new();
-            for entry in &entries {
-                let Ok(entry) = serde_json::from_str::<Entry>(entry.get(0)) else {
-                    break;
+            for row in runs {
+                let run_id: String = row.get(0);
+                let location = format!("database run {run_id}");
+                let entries = match client
+                    .query(
+                        "select fact::text from deployd_journal where run_id = $1 order by seq",
+                        &[&run_id],
+                    )
+                    .await
+                {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        problems.push(format!("{location}: {}", describe(&e)));
+                        continue;
+                    }
                 };
-                replay.push(entry);
-            }
-            match replay.finish(run_id.clone(), location.clone()) {
-                Ok(Some(run)) => found.push(run),
-                Ok(None) => {
-                    let _ = client
-                        .execute("delete from deployd_runs where run_id = $1", &[&run_id])
-                        .await;
+                let mut replay = Replay::new();
+                for entry in &entries {
+                    let Ok(entry) = serde_json::from_str::<Entry>(entry.get(0)) else {
+                        break;
+                    };
+                    replay.push(entry);
                 }
-                Err(e) => problems.push(format!("{location}: {e}")),
+                match replay.finish(run_id.clone(), location.clone()) {
+                    Ok(Some(run)) => found.push(run),
+                    Ok(None) => {
+                        let _ = client
+                            .execute("delete from deployd_runs where run_id = $1", &[&run_id])
+                            .await;
+                    }
+                    Err(e) => problems.push(format!("{location}: {e}")),
+                }
             }
-        }
-        (found, problems)
+            (found, problems)
+        });
+        limited
+            .await
+            .unwrap_or_else(|| (Vec::new(), vec![self.inner.conn.no_answer().to_string()]))
     }
 
     async fn close_unfinished(
@@ -425,8 +527,13 @@ impl Store for PgStore {
         run: &Unfinished,
         result: &RunReport,
     ) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        finish_run(&client, &run.key, Some(result)).await
+        self.inner
+            .conn
+            .bounded(async {
+                let client = self.client().await?;
+                finish_run(&client, &run.key, Some(result)).await
+            })
+            .await
     }
 
     fn may_call(&self) -> bool {
@@ -452,7 +559,8 @@ impl Store for PgStore {
         let conn = self.inner.conn.clone();
         let value = serde_json::to_value(zone).unwrap_or_default();
         tokio::spawn(async move {
-            let written = match conn.client().await {
+            let write = async {
+                match conn.client().await {
                 Ok(c) => c
                     .execute(
                         "insert into deployd_facts (key, value) values ($1, $2)
@@ -463,7 +571,12 @@ impl Store for PgStore {
                     .map(|_| ())
                     .map_err(|e| describe(&e)),
                 Err(e) => Err(e.to_string()),
+                }
             };
+            let written = conn
+                .within(write)
+                .await
+                .unwrap_or_else(|| Err(conn.no_answer().to_string()));
             if let Err(e) = written {
                 tracing::warn!("the learned service zone could not be kept in the database: {e}");
             }
@@ -472,45 +585,55 @@ impl Store for PgStore {
     }
 
     async fn plans_with_results(&self) -> Result<Vec<String>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "select distinct plan from deployd_runs where result is not null order by plan",
-                &[],
-            )
+        self.inner
+            .conn
+            .bounded(async {
+                let rows = self
+                .client()
+                .await?
+                .query(
+                    "select distinct plan from deployd_runs where result is not null order by plan",
+                    &[],
+                )
+                .await
+                .map_err(|e| db(&e))?;
+                Ok(rows.iter().map(|r| r.get(0)).collect())
+            })
             .await
-            .map_err(|e| db(&e))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     async fn plan_runs(&self, plan: &str) -> Result<PlanRuns, StoreError> {
-        let client = self.client().await?;
-        let count: i64 = client
-            .query_one(
-                "select count(*) from deployd_runs where plan = $1 and result is not null",
-                &[&plan],
-            )
+        self.inner
+            .conn
+            .bounded(async {
+                let client = self.client().await?;
+                let count: i64 = client
+                    .query_one(
+                        "select count(*) from deployd_runs where plan = $1 and result is not null",
+                        &[&plan],
+                    )
+                    .await
+                    .map_err(|e| db(&e))?
+                    .get(0);
+                let last = client
+                    .query_opt(
+                        "select result from deployd_runs where plan = $1 and result is not null
+                     order by started_at desc, run_id desc limit 1",
+                        &[&plan],
+                    )
+                    .await
+                    .map_err(|e| db(&e))?
+                    .map(|r| {
+                        serde_json::from_value::<RunReport>(r.get(0))
+                            .map(|report| last_run(&report))
+                            .map_err(|e| format!("the last result of {plan} in the database: {e}"))
+                    });
+                Ok(PlanRuns {
+                    count: usize::try_from(count).unwrap_or(0),
+                    last,
+                })
+            })
             .await
-            .map_err(|e| db(&e))?
-            .get(0);
-        let last = client
-            .query_opt(
-                "select result from deployd_runs where plan = $1 and result is not null
-                 order by started_at desc, run_id desc limit 1",
-                &[&plan],
-            )
-            .await
-            .map_err(|e| db(&e))?
-            .map(|r| {
-                serde_json::from_value::<RunReport>(r.get(0))
-                    .map(|report| last_run(&report))
-                    .map_err(|e| format!("the last result of {plan} in the database: {e}"))
-            });
-        Ok(PlanRuns {
-            count: usize::try_from(count).unwrap_or(0),
-            last,
-        })
     }
 }
 
@@ -623,11 +746,17 @@ impl PgJournal {
     /// new leader's to recover (it looks the unanswered calls up in the history), and this
     /// node's view of it stays in its own result file.
     async fn close_if_leading(&self, result: Option<&RunReport>) -> Result<(), StoreError> {
-        if self.store.inner.fence.current().is_none() {
-            return Err(fenced(self.location.clone()));
-        }
-        let client = self.store.client().await?;
-        finish_run(&client, &self.run_id, result).await
+        self.store
+            .inner
+            .conn
+            .bounded(async {
+                if self.store.inner.fence.current().is_none() {
+                    return Err(fenced(self.location.clone()));
+                }
+                let client = self.store.client().await?;
+                finish_run(&client, &self.run_id, result).await
+            })
+            .await
     }
 }
 
@@ -646,7 +775,10 @@ async fn write_journal(
                 Err(_) => break,
             }
         }
-        let outcome = write_batch(&conn, &fence, &batch).await;
+        let outcome = conn
+            .within(write_batch(&conn, &fence, &batch))
+            .await
+            .unwrap_or_else(|| Err(Failure::Database(conn.no_answer().to_string())));
         for entry in batch {
             let answer = match &outcome {
                 Ok(()) => Ok(()),

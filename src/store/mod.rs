@@ -205,6 +205,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// made durable (`Err`) still counts as used in this process.
     async fn claim_fire(&self, plan: &str, at: DateTime<Utc>) -> Result<Claim, StoreError>;
 
+    /// [`Store::claim_fire`] again, after its answer was lost (an error): a claim this very
+    /// holder made and kept, and that no run began yet, is [`Claim::Won`] this time. Only
+    /// for that retry: a second claim of a fire time otherwise stays [`Claim::Taken`].
+    async fn claim_fire_again(&self, plan: &str, at: DateTime<Utc>) -> Result<Claim, StoreError> {
+        self.claim_fire(plan, at).await
+    }
+
     /// Records a fire time claimed with [`Store::claim_fire`] as skipped (overlap, missed): a
     /// takeover must not give it back to run. The state folder keeps no such difference.
     async fn fire_skipped(&self, _plan: &str, _at: DateTime<Utc>) -> Result<(), StoreError> {
