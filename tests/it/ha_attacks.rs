@@ -384,7 +384,7 @@ async fn a_database_restart_during_a_fire_claim_loses_no_fire() {
         wait_for(5, "a fire time", async || {
             let now = chrono::Utc::now();
             use chrono::Timelike;
-            now.second() % 2 == 0 && now.timestamp_subsec_millis() >= 120
+            now.second().is_multiple_of(2) && now.timestamp_subsec_millis() >= 120
         })
         .await;
         proxy.reset();
