@@ -757,13 +757,17 @@ impl Controller {
                             info!(plan, at = %crate::results::ts(&at), "this fire time is another node's (it ran there): not run here");
                             c.claims.insert((plan, at), FireClaim::NotHere);
                         }
-                        (Some(c), Err(e @ StoreError::Fenced { .. })) => {
+                        // Not leading any more: the fire is the next leader's (its catch-up).
+                        (Some(c), Err(e @ StoreError::Fenced { .. })) if !c.leading => {
                             warn!(plan, at = %crate::results::ts(&at), "the fire time could not be claimed ({e}): not run here");
                             c.claims.insert((plan, at), FireClaim::NotHere);
                         }
-                        // The claim may have been kept with its answer lost: asked again before
-                        // the run begins (and, failing that, tried again like a run that could
-                        // not begin), never dropped with a warning.
+                        // The claim may have been kept with its answer lost, or the lead was
+                        // unconfirmed for a moment (a renewal late, its fence lapsed, no step
+                        // down): asked again before the run begins (and, failing that, tried
+                        // again like a run that could not begin), never dropped with a warning.
+                        // Were the lead lost, the role change ends the wait and the next
+                        // leader's catch-up runs the fire.
                         (Some(c), Err(e)) if runs => {
                             warn!(plan, at = %crate::results::ts(&at), "the fire time could not be claimed yet ({e}): asked again before it runs");
                             c.claims.insert((plan, at), FireClaim::Unsure);
@@ -833,10 +837,12 @@ impl Controller {
                 c.claims.insert(key, FireClaim::Won);
                 None
             }
-            Ok(Claim::Taken(_)) | Err(StoreError::Fenced { .. }) => {
+            Ok(Claim::Taken(_)) => {
                 c.claims.insert(key, FireClaim::NotHere);
                 None
             }
+            // Fenced too: while this node has not stepped down, its lead may come back with
+            // the next renewal; if it does not, the role change ends the wait.
             Err(e) => Some(format!(
                 "its fire time could not be claimed in the cluster's database ({e})"
             )),

@@ -419,35 +419,71 @@ impl Scheduler {
         }
     }
 
+    /// Takes every fire time that is due: the armed one, and each later one the clock has
+    /// passed too (a paused process, a busy host, a small clock jump). Each is run if at most
+    /// [`MISSED_FIRE`] late, or skipped as missed; a span of missed fire times is named by its
+    /// ends in one line, so that every fire time is accounted for.
     fn fire_due(&mut self, s: &mut Step<'_>) {
         let now = s.now.wall;
+        let recent = now - TimeDelta::from_std(MISSED_FIRE).unwrap_or(TimeDelta::MAX);
         let due: Vec<(Arc<Plan>, DateTime<Utc>)> = self
             .armed
             .values()
             .filter_map(|a| a.next.filter(|t| *t <= now).map(|t| (a.plan.clone(), t)))
             .collect();
-        for (plan, at) in due {
-            // Recorded (claimed) before it is started: a cluster's claim decides whether it may.
-            let record = s.out.len();
-            let used = self.use_fire(s, &plan.name, at);
-            let late = (now - at).to_std().unwrap_or(Duration::ZERO);
-            let runs = if late > MISSED_FIRE {
-                s.note(Note::FireSkipped {
-                    plan: plan.name.clone(),
-                    at,
-                    reason: SkipReason::Missed { late },
-                });
-                false
-            } else {
-                self.request(s, plan.clone(), Trigger::Schedule, Some(at))
+        for (plan, first) in due {
+            let Some(schedule) = plan.schedule.clone() else {
+                continue;
             };
-            s.mark_runs(record, runs);
+            let mut at = first;
+            let mut taken = 0;
+            let used = loop {
+                // Recorded (claimed) before it is started: a cluster's claim decides whether
+                // it may.
+                let record = s.out.len();
+                let used = self.use_fire(s, &plan.name, at);
+                let late = (now - at).to_std().unwrap_or(Duration::ZERO);
+                let runs = if late > MISSED_FIRE {
+                    s.note(Note::FireSkipped {
+                        plan: plan.name.clone(),
+                        at,
+                        reason: SkipReason::Missed { late },
+                    });
+                    false
+                } else {
+                    self.request(s, plan.clone(), Trigger::Schedule, Some(at))
+                };
+                s.mark_runs(record, runs);
+                taken += 1;
+                let Some(next) = schedule.next_unused(self.floor(&plan.name, at), &used) else {
+                    break used;
+                };
+                if next > now || taken >= CATCH_UP_MAX {
+                    break used;
+                }
+                if next >= recent {
+                    at = next;
+                    continue;
+                }
+                // Missed by more than MISSED_FIRE: the span up to the first recent fire time
+                // is named, not walked (a year asleep is not millions of lines).
+                let resume = schedule.next_unused(
+                    self.floor(&plan.name, recent - TimeDelta::milliseconds(1)),
+                    &used,
+                );
+                s.note(Note::MissedSpan {
+                    plan: plan.name.clone(),
+                    after: at,
+                    before: resume,
+                });
+                match resume {
+                    Some(r) if r <= now => at = r,
+                    _ => break used,
+                }
+            };
             let floor = self.floor(&plan.name, at.max(now));
             if let Some(a) = self.armed.get_mut(&plan.name) {
-                a.next = plan
-                    .schedule
-                    .as_ref()
-                    .and_then(|sch| sch.next_unused(floor, &used));
+                a.next = schedule.next_unused(floor, &used);
             }
         }
     }

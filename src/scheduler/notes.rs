@@ -137,6 +137,16 @@ pub enum Note {
         /// Why.
         reason: SkipReason,
     },
+    /// Every fire time of a plan after `after` and before `before` was missed by more than
+    /// [`super::MISSED_FIRE`] (a suspended host, a clock jump): not run, named as a span.
+    MissedSpan {
+        /// The plan.
+        plan: String,
+        /// The last fire time taken before the span (run or skipped on its own).
+        after: DateTime<Utc>,
+        /// The first fire time after the span (`None`: the schedule ends).
+        before: Option<DateTime<Utc>>,
+    },
     /// A run waits instead of starting.
     Waits {
         /// The plan.
@@ -220,6 +230,16 @@ impl Note {
             } => {
                 info!(plan = %plan, "this content already ran (run {run_id}); not running it again")
             }
+            Note::MissedSpan {
+                plan,
+                after,
+                before,
+            } => warn!(
+                plan = %plan,
+                "missed every fire time after {} and before {} (host asleep, process paused or clock changed); not replayed",
+                ts(after),
+                before.as_ref().map_or_else(|| "the schedule's end".to_string(), ts)
+            ),
             Note::FireSkipped { plan, at, reason } => match reason {
                 SkipReason::Missed { late } => warn!(
                     plan = %plan,

@@ -1042,3 +1042,55 @@ fn a_skipped_fire_is_recorded_as_not_running() {
     assert_eq!(runs(&first), [true]);
     assert_eq!(runs(&second), [false], "skipped: the run is still going");
 }
+
+/// A process paused for 4 s (or a host busy that long) finds two fire times of a two-second
+/// schedule passed: both run, in order, each recorded; none is dropped unnamed.
+#[test]
+fn every_fire_time_a_short_pause_passed_runs() {
+    let mut sim = Sim::new(8, "2026-06-01T10:00:00.500Z");
+    let tick = cron("tick", "1", "*/2 * * * * *", Overlap::Allow);
+    sim.add(&[&tick]);
+    let actions = sim.pass(Duration::from_millis(4_000));
+    let ran: Vec<_> = starts(&actions)
+        .into_iter()
+        .map(|d| d.scheduled_for.expect("a fire"))
+        .collect();
+    assert_eq!(
+        ran,
+        [t("2026-06-01T10:00:02Z"), t("2026-06-01T10:00:04Z")],
+        "{actions:#?}"
+    );
+    assert_eq!(recorded(&actions), ran);
+    assert_eq!(sim.next("tick"), Some(t("2026-06-01T10:00:06Z")));
+}
+
+/// Asleep for two hours over a one-minute schedule: the armed fire is skipped on its own, the
+/// ones more than a minute late are named as one span, and the one within the minute runs.
+#[test]
+fn a_long_sleep_names_the_missed_span_and_runs_the_recent_fire() {
+    let mut sim = Sim::new(8, "2026-06-01T10:00:30Z");
+    let tick = cron("tick", "1", "0 * * * * *", Overlap::Allow);
+    sim.add(&[&tick]);
+    let actions = sim.pass_to("2026-06-01T12:00:20Z");
+    assert_eq!(
+        skips(&actions)
+            .iter()
+            .map(|(at, _)| *at)
+            .collect::<Vec<_>>(),
+        [t("2026-06-01T10:01:00Z")]
+    );
+    assert!(
+        notes(&actions).contains(&Note::MissedSpan {
+            plan: "tick".into(),
+            after: t("2026-06-01T10:01:00Z"),
+            before: Some(t("2026-06-01T12:00:00Z")),
+        }),
+        "{actions:#?}"
+    );
+    let ran: Vec<_> = starts(&actions)
+        .into_iter()
+        .map(|d| d.scheduled_for.expect("a fire"))
+        .collect();
+    assert_eq!(ran, [t("2026-06-01T12:00:00Z")]);
+    assert_eq!(sim.next("tick"), Some(t("2026-06-01T12:01:00Z")));
+}

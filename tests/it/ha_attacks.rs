@@ -481,3 +481,44 @@ async fn a_leader_whose_database_flow_is_black_holed_steps_down_and_calls_no_mor
         b.log()
     );
 }
+
+/// The only node, paused for less than its lease but longer than its fence (2/3 of it): on
+/// waking, its fence has lapsed while the lead may still be its own. The fires it finds due
+/// are claimed again once the lead is confirmed (or caught up by its next lead), not dropped
+/// as "not leading".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_paused_past_its_fence_but_within_its_lease_loses_no_fire() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let emulator = start_emulator(emulator_config()).await;
+    let base = tempfile::tempdir().expect("tempdir");
+    let plans = [(
+        "tick.yaml",
+        format!("schedule: \"*/2 * * * * *\"\noverlap: allow\ntasks:\n  - {T1}\n"),
+    )];
+    let mut a = Node::start(base.path(), "a", &db.database, &emulator, &plans, None);
+    wait_for(30, "a leads", async || a.leads()).await;
+    wait_for(30, "a fires", async || a.results("tick").len() >= 2).await;
+    for pause in [3800, 4200, 4600] {
+        kill(a.child.as_ref().expect("running"), "-STOP");
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        kill(a.child.as_ref().expect("running"), "-CONT");
+        let settled = emulator.stats().accepted;
+        wait_for(30, "fires after the pause", async || {
+            emulator.stats().accepted >= settled + 3
+        })
+        .await;
+    }
+    a.stop().await;
+    let fires = by_fire(&[&a], "tick");
+    let twice: Vec<_> = fires.iter().filter(|(_, r)| r.len() > 1).collect();
+    assert!(twice.is_empty(), "fire times run twice: {twice:#?}");
+    let times: Vec<String> = fires.keys().cloned().collect();
+    let lost = gaps(&times, 2);
+    assert!(
+        lost.is_empty(),
+        "fire times lost between: {lost:?}\n--- a:\n{}",
+        a.log()
+    );
+}
