@@ -146,7 +146,9 @@ async fn takeover(args: &Args) -> anyhow::Result<()> {
         node(&bin, root.path(), &emulator, &db, "b", lease)?,
     ];
     let mut led_count = [0usize; 2];
-    led(&nodes[0], 1, 60).await?;
+    led(&nodes[0], 1, 60)
+        .await
+        .with_context(|| format!("the first lead: {}", dump(&nodes)))?;
     led_count[0] = 1;
     nodes[1].ready(30).await?;
     let mut leader = 0;

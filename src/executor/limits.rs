@@ -1,4 +1,4 @@
-//! The account-wide limits every API call goes through: a GCRA rate limiter (`governor`), a
+//! The account-wide limits every API call goes through: a GCRA pace of booked slots ([`Gcra`]), a
 //! semaphore bounding calls in flight, and a slow lane that opens when the gateway answers 429:
 //! the pace drops for everybody (multiplicatively, and a `Retry-After` pauses every caller),
 //! then recovers a little with each success (AIMD), so a rate set too high settles instead of
@@ -6,7 +6,6 @@
 //! API quota is per account.
 
 use std::future::Future;
-use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,18 +13,18 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::gcra::Gcra;
 use crate::api::pace::Pacer;
 
 /// Smallest `rate` accepted: one call every 1,000 s. Below this the GCRA period (and the
-/// slow lane's interval, 20 times longer) would leave what `Duration` and `governor` can hold.
+/// slow lane's interval, 20 times longer) would leave what `Duration` can hold.
 pub const MIN_RATE: f64 = 0.001;
 /// Largest `rate` accepted, in calls per second.
 pub const MAX_RATE: f64 = 10_000.0;
-/// Largest `burst` accepted (governor's burst capacity is `period * burst` nanoseconds in a
-/// `u64`, which this keeps far from overflowing at the slowest rate).
+/// Largest `burst` accepted (the pace's tolerance is `period * (burst - 1)`, which this keeps
+/// far from overflowing an `Instant` at the slowest rate).
 pub const MAX_BURST: u32 = 10_000;
 /// Largest `concurrency` accepted, global or per plan (the plan format's bound).
 pub use crate::plan::validate::MAX_CONCURRENCY;
@@ -117,7 +116,7 @@ impl Default for CallLimits {
 
 /// Shared rate and concurrency limits.
 pub struct Limits {
-    limiter: DefaultDirectRateLimiter,
+    pace: Mutex<Gcra>,
     in_flight: Arc<Semaphore>,
     rate: f64,
     burst: u32,
@@ -201,13 +200,15 @@ impl Limits {
             burst,
             concurrency,
         } = limits;
-        let burst_nz = NonZeroU32::new(burst).ok_or(LimitsError::Burst(burst))?;
-        let period = Duration::from_secs_f64(1.0 / rate);
-        let quota = Quota::with_period(period)
-            .ok_or(LimitsError::Rate(rate))?
-            .allow_burst(burst_nz);
+        if burst == 0 {
+            return Err(LimitsError::Burst(burst));
+        }
+        let period = Duration::try_from_secs_f64(1.0 / rate)
+            .ok()
+            .filter(|p| !p.is_zero())
+            .ok_or(LimitsError::Rate(rate))?;
         Ok(Self {
-            limiter: RateLimiter::direct(quota),
+            pace: Mutex::new(Gcra::new(period, burst)),
             in_flight: Arc::new(Semaphore::new(concurrency)),
             rate,
             burst,
@@ -325,13 +326,14 @@ impl Limits {
     /// `Retry-After` pause). No slot in flight is taken.
     pub async fn wait_turn(&self) {
         let started = std::time::Instant::now();
-        // A little jitter keeps waiters that became ready together from waking in lock step.
-        // It is kept to 0.5% of the emission interval: at burst 1 every moment a caller is
-        // late is lost for good (GCRA does not catch up), so more jitter lowers the rate
-        // (up to 5% of the interval cost 0.6% of the rate in `bench_rate`).
-        let jitter =
-            Jitter::up_to(Duration::from_secs_f64(0.005 / self.rate).min(Duration::from_millis(2)));
-        self.limiter.until_ready_with_jitter(jitter).await;
+        // The slot is booked now and slept to: a timer waking late delays this call only,
+        // never the ones booked after it (see `gcra`).
+        let at = self
+            .pace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .reserve(Instant::now());
+        tokio::time::sleep_until(at).await;
         let slot = self
             .slow
             .lock()

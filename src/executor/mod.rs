@@ -7,6 +7,7 @@
 //! (calls in flight are dropped, at the end of the shutdown grace period).
 
 pub mod follow;
+pub mod gcra;
 pub mod limited;
 pub mod limits;
 pub mod reconcile;
