@@ -13,19 +13,19 @@ use deployd::ha::connect::connect;
 
 use crate::helpers::*;
 
-fn server_url() -> String {
+pub(crate) fn server_url() -> String {
     std::env::var("DEPLOYD_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".into())
 }
 
 /// A database of its own for one test, dropped (with its connections) when it goes.
-struct TestDb {
-    name: String,
-    database: Database,
+pub(crate) struct TestDb {
+    pub(crate) name: String,
+    pub(crate) database: Database,
 }
 
 impl TestDb {
-    async fn create() -> Option<Self> {
+    pub(crate) async fn create() -> Option<Self> {
         let admin = Database::parse(&server_url()).expect("DEPLOYD_TEST_POSTGRES is a URL");
         let client = match connect(&admin, None, "deployd-tests").await {
             Ok(c) => c,
@@ -70,22 +70,22 @@ impl Drop for TestDb {
 }
 
 /// A node's folders and process; its wall clock optionally faked (libfaketime file).
-struct Node {
-    name: String,
-    root: PathBuf,
-    child: Option<Child>,
-    log: Arc<Mutex<String>>,
-    clock: Option<PathBuf>,
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) root: PathBuf,
+    pub(crate) child: Option<Child>,
+    pub(crate) log: Arc<Mutex<String>>,
+    pub(crate) clock: Option<PathBuf>,
 }
 
 impl Node {
-    fn config(database: &Database, name: &str, extra: &str) -> String {
+    pub(crate) fn config(database: &Database, name: &str, extra: &str) -> String {
         format!("settle: 1s\nha:\n  postgres: \"{database}\"\n  node: {name}\n  lease: 5s\n{extra}")
     }
 
     /// Starts `deployd run` as node `name` over `database`, with `plans`; `clock` (a
     /// libfaketime offset such as `-40s`) fakes its wall clock.
-    fn start(
+    pub(crate) fn start(
         base: &Path,
         name: &str,
         database: &Database,
@@ -115,7 +115,7 @@ impl Node {
         node
     }
 
-    fn spawn(&mut self, emulator: &Emulator) {
+    pub(crate) fn spawn(&mut self, emulator: &Emulator) {
         let mut cmd = daemon_command(&self.root, emulator, "100", "2");
         if let Some(clock) = &self.clock {
             with_faked_clock(&mut cmd, clock);
@@ -132,27 +132,27 @@ impl Node {
         self.child = Some(child);
     }
 
-    fn leads(&self) -> bool {
+    pub(crate) fn leads(&self) -> bool {
         count_logged(&self.log, "this node leads now") > count_logged(&self.log, "steps down")
     }
 
-    async fn kill9(&mut self) {
+    pub(crate) async fn kill9(&mut self) {
         let mut child = self.child.take().expect("running");
         kill(&child, "-KILL");
         exit_within(&mut child, 10, &self.name).await;
     }
 
-    async fn stop(&mut self) -> Option<i32> {
+    pub(crate) async fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         kill(&child, "-TERM");
         exit_within(&mut child, 60, &self.name).await.code()
     }
 
-    fn results(&self, plan: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn results(&self, plan: &str) -> Vec<serde_json::Value> {
         results(&self.root.join("results"), plan)
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().map(|t| t.clone()).unwrap_or_default()
     }
 }
@@ -167,7 +167,7 @@ impl Drop for Node {
 }
 
 /// Every result of `plan` on `nodes`, by fire time.
-fn by_fire(
+pub(crate) fn by_fire(
     nodes: &[&Node],
     plan: &str,
 ) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
@@ -182,7 +182,7 @@ fn by_fire(
 }
 
 /// Fire times `step` seconds apart: pairs of consecutive fire times with a gap between them.
-fn gaps(fires: &[String], step: i64) -> Vec<(String, String)> {
+pub(crate) fn gaps(fires: &[String], step: i64) -> Vec<(String, String)> {
     let times: Vec<chrono::DateTime<chrono::Utc>> =
         fires.iter().map(|t| t.parse().expect("RFC 3339")).collect();
     times
@@ -251,14 +251,14 @@ async fn a_leader_with_a_slow_clock_dies_and_no_fire_time_is_lost() {
 /// before it is forwarded; `reset` drops every open connection (a database restart, a
 /// failover) and keeps accepting new ones; `freeze` stops forwarding while keeping every
 /// connection open, the ones open now and the new ones (a black-holed route).
-struct Proxy {
-    port: u16,
+pub(crate) struct Proxy {
+    pub(crate) port: u16,
     reset: Arc<tokio::sync::watch::Sender<u64>>,
     freeze: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Proxy {
-    async fn start(target: String, latency: Duration) -> Self {
+    pub(crate) async fn start(target: String, latency: Duration) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -305,11 +305,11 @@ impl Proxy {
         }
     }
 
-    fn reset(&self) {
+    pub(crate) fn reset(&self) {
         self.reset.send_modify(|n| *n += 1);
     }
 
-    fn freeze(&self) {
+    pub(crate) fn freeze(&self) {
         self.freeze.send_modify(|n| *n += 1);
     }
 }

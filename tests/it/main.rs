@@ -14,6 +14,7 @@ mod exec;
 mod faults;
 mod ha;
 mod ha_attacks;
+mod ha_attacks2;
 mod hardening;
 mod helpers;
 mod ops;
