@@ -593,6 +593,7 @@ impl Controller {
             Role::Leader {
                 epoch,
                 previous_expiry,
+                database_now,
             } => {
                 info!(
                     epoch,
@@ -628,16 +629,31 @@ impl Controller {
                     ..Diff::default()
                 };
                 self.apply_diff_to_scheduler(&diff).await;
-                // The fires missed since the old lead's last renewal, within the window.
+                // The fires missed since the old lead's last renewal, within the window, on
+                // the database's clock: a host whose clock is ahead would take fire times of
+                // the real future for missed ones and run them in a burst.
+                let host_now = Utc::now();
+                let now = database_now.unwrap_or(host_now);
+                let skew = host_now - now;
+                if skew.abs() > chrono::TimeDelta::seconds(1) {
+                    warn!(
+                        skew_secs = skew.num_milliseconds() as f64 / 1000.0,
+                        "this host's clock differs from the database's by more than a second: fire times follow this host's clock; fix its time sync (NTP)"
+                    );
+                }
                 if let Some(expired) = previous_expiry {
-                    let now = Utc::now();
                     let window = chrono::TimeDelta::from_std(catch_up).unwrap_or_default();
                     let lease = chrono::TimeDelta::from_std(lease).unwrap_or_default();
                     let window = now - window;
                     let from = (expired - lease).max(window);
                     if from <= now {
-                        info!(from = %crate::results::ts(&from), "catching up the fires missed during the takeover");
-                        self.handle(Event::CaughtUp { from, window }).await;
+                        info!(from = %crate::results::ts(&from), until = %crate::results::ts(&now), "catching up the fires missed during the takeover");
+                        self.handle(Event::CaughtUp {
+                            from,
+                            window,
+                            until: now,
+                        })
+                        .await;
                     }
                 }
             }

@@ -32,6 +32,8 @@ pub enum Role {
         /// When the previous lead expired (database clock), if there was one: the start of
         /// the takeover's catch-up window.
         previous_expiry: Option<DateTime<Utc>>,
+        /// The database's clock when the lead was taken.
+        database_now: Option<DateTime<Utc>>,
     },
 }
 
@@ -90,6 +92,7 @@ pub async fn run(presence: Presence, role: watch::Sender<Role>, shutdown: Cancel
                     let _ = role.send(Role::Leader {
                         epoch: h.epoch,
                         previous_expiry: h.previous_expiry,
+                        database_now: h.database_now,
                     });
                 }
                 Ok(None) => {
@@ -115,6 +118,7 @@ pub async fn run(presence: Presence, role: watch::Sender<Role>, shutdown: Cancel
                         fence.lead(next.epoch, next.calls_until);
                         held = Some(Held {
                             previous_expiry: h.previous_expiry,
+                            database_now: h.database_now,
                             ..next
                         });
                     }

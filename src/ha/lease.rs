@@ -22,6 +22,9 @@ pub struct Held {
     /// When taken: when the previous lead expired (on the database's clock), if there was
     /// one. The fires missed since are the takeover's to catch up.
     pub previous_expiry: Option<chrono::DateTime<chrono::Utc>>,
+    /// When taken: the database's clock at that moment (a takeover's catch-up reads the
+    /// time from it, not from this host's clock).
+    pub database_now: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The pure timing of a lease.
@@ -64,7 +67,7 @@ pub async fn try_acquire(
                      epoch = deployd_lease.epoch + 1,
                      expires_at = excluded.expires_at
                  where deployd_lease.expires_at < now()
-             returning epoch, (select expires_at from previous)",
+             returning epoch, (select expires_at from previous), now()",
             &[&node, &secs],
         )
         .await
@@ -73,6 +76,7 @@ pub async fn try_acquire(
         epoch: r.get(0),
         calls_until: timing.calls_until(sent),
         previous_expiry: r.get(1),
+        database_now: Some(r.get(2)),
     }))
 }
 
@@ -99,6 +103,7 @@ pub async fn renew(
         epoch,
         calls_until: timing.calls_until(sent),
         previous_expiry: None,
+        database_now: None,
     }))
 }
 

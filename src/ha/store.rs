@@ -184,6 +184,10 @@ struct Inner {
     fence: Arc<Fence>,
     zone: Mutex<Option<LearnedZone>>,
     journal: mpsc::UnboundedSender<Submitted>,
+    /// Runs whose beginning may or may not have been written (the database's answer was
+    /// lost) and that this node will never run: undone before the next run begins, so that
+    /// no takeover finds a run that never was, nor a claim held by it.
+    doubtful: Mutex<Vec<String>>,
 }
 
 /// One journal entry on its way to the database.
@@ -219,12 +223,52 @@ impl PgStore {
                 fence,
                 zone: Mutex::new(zone),
                 journal: tx,
+                doubtful: Mutex::new(Vec::new()),
             }),
         })
     }
 
     async fn client(&self) -> Result<Arc<Client>, StoreError> {
         self.inner.conn.client().await
+    }
+
+    /// Remembers that `run_id`'s beginning may have been written while this node will not
+    /// run it (a lost answer).
+    fn doubt(&self, run_id: &str) {
+        self.inner
+            .doubtful
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(run_id.to_string());
+    }
+
+    /// Undoes the runs in doubt (their row, journal and claims, if written): an error when
+    /// the database does not answer, and the next run does not begin either.
+    async fn settle_doubtful(&self) -> Result<(), StoreError> {
+        let ids: Vec<String> = std::mem::take(
+            &mut *self
+                .inner
+                .doubtful
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for (i, id) in ids.iter().enumerate() {
+            let undone = self
+                .inner
+                .conn
+                .bounded(async {
+                    let client = self.client().await?;
+                    finish_run(&client, id, None).await
+                })
+                .await;
+            if let Err(e) = undone {
+                for rest in &ids[i..] {
+                    self.doubt(rest);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// A claim of `(plan, slot)`, fenced: `Won`, `Taken` (with the run that has it), or
@@ -309,6 +353,8 @@ fn fire_slot(at: DateTime<Utc>) -> String {
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn ran_once(&self, plan: &str, sha256: &str) -> Result<Option<RunId>, StoreError> {
+        // A claim held by a run in doubt is not a run that ran: undone first.
+        self.settle_doubtful().await?;
         self.inner
             .conn
             .bounded(async {
@@ -332,8 +378,16 @@ impl Store for PgStore {
         sha256: &str,
         run_id: &RunId,
     ) -> Result<Claim, StoreError> {
-        self.claim(plan, &once_slot(sha256), run_id.as_str(), false)
-            .await
+        self.settle_doubtful().await?;
+        let claimed = self
+            .claim(plan, &once_slot(sha256), run_id.as_str(), false)
+            .await;
+        // The claim may have been kept with its answer lost: the run does not begin, and
+        // the claim it may hold is given back before the next try.
+        if let Err(StoreError::Database(_)) = &claimed {
+            self.doubt(run_id.as_str());
+        }
+        claimed
     }
 
     async fn fired(&self, plan: &str) -> Result<Vec<DateTime<Utc>>, StoreError> {
@@ -403,7 +457,9 @@ impl Store for PgStore {
     }
 
     async fn create_journal(&self, header: &RunHeader) -> Result<RunJournal, StoreError> {
-        self.inner.conn.bounded(async {
+        self.settle_doubtful().await?;
+        let run_id = header.run_id.as_str();
+        let created = self.inner.conn.bounded(async {
             let run_id = header.run_id.as_str().to_string();
             let location = format!("database run {run_id}");
             let Some(epoch) = self.inner.fence.current() else {
@@ -450,7 +506,11 @@ impl Store for PgStore {
                 seq: AtomicI64::new(1),
             })))
         })
-        .await
+        .await;
+        if let Err(StoreError::Database(_)) = &created {
+            self.doubt(run_id);
+        }
+        created
     }
 
     async fn unfinished(&self) -> (Vec<Unfinished>, Vec<String>) {
@@ -685,13 +745,20 @@ async fn finish_run(
                 .map_err(|e| db(&e))?;
         }
         None => {
-            // The run never began: its fire claim (if any) is unbegun again.
+            // The run never began: its fire claim (if any) is unbegun again, its run-once
+            // claim (if any) is given back. Only if its row was still without a result: a run
+            // a takeover already recovered keeps its claims.
             client
                 .execute(
-                    "with gone as (delete from deployd_runs where run_id = $1 and result is null),
-                          claim as (update deployd_claims set run_id = '' where run_id = $1
-                                    and slot not like 'sha256:%')
-                     delete from deployd_journal where run_id = $1",
+                    "with gone as (delete from deployd_runs where run_id = $1 and result is null
+                                   returning run_id),
+                          fire as (update deployd_claims set run_id = ''
+                                   where run_id in (select run_id from gone)
+                                     and slot not like 'sha256:%'),
+                          once as (delete from deployd_claims
+                                   where run_id in (select run_id from gone)
+                                     and slot like 'sha256:%')
+                     delete from deployd_journal where run_id in (select run_id from gone)",
                     &[&run_id],
                 )
                 .await
@@ -737,7 +804,13 @@ impl JournalWriter for PgJournal {
     }
 
     async fn close(self: Box<Self>, result: Option<&RunReport>) -> Result<(), StoreError> {
-        self.close_if_leading(result).await
+        let closed = self.close_if_leading(result).await;
+        if result.is_none()
+            && let Err(StoreError::Database(_)) = &closed
+        {
+            self.store.doubt(&self.run_id);
+        }
+        closed
     }
 }
 

@@ -128,6 +128,10 @@ pub enum Event<'a> {
         from: DateTime<Utc>,
         /// The catch-up window's start: no fire time before it runs.
         window: DateTime<Utc>,
+        /// The newest fire time to run: the database's clock at the takeover when this host's
+        /// clock is ahead of it (the fire times between are named as missed, not run in a
+        /// burst); this host's now otherwise.
+        until: DateTime<Utc>,
     },
 }
 
@@ -284,8 +288,12 @@ impl Scheduler {
                 self.admit_waiting(&mut s);
             }
             Event::ShuttingDown => self.shut_down(&mut s),
-            Event::CaughtUp { from, window } => {
-                self.catch_up(&mut s, from, window);
+            Event::CaughtUp {
+                from,
+                window,
+                until,
+            } => {
+                self.catch_up(&mut s, from, window, until);
                 self.admit_waiting(&mut s);
             }
         }
@@ -490,8 +498,15 @@ impl Scheduler {
 
     /// A takeover's catch-up: the fire times from `from` to now no node used, each recorded
     /// then requested, in order; then every plan is armed again from now.
-    fn catch_up(&mut self, s: &mut Step<'_>, from: DateTime<Utc>, window: DateTime<Utc>) {
+    fn catch_up(
+        &mut self,
+        s: &mut Step<'_>,
+        from: DateTime<Utc>,
+        window: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) {
         let now = s.now.wall;
+        let until = until.min(now);
         let plans: Vec<Arc<Plan>> = self.armed.values().map(|a| a.plan.clone()).collect();
         for plan in plans {
             let Some(schedule) = plan.schedule.clone() else {
@@ -510,7 +525,17 @@ impl Scheduler {
             let mut cursor = self.floor(&plan.name, start - TimeDelta::milliseconds(1));
             let mut ran = 0;
             while let Some(at) = schedule.next_unused(cursor, &self.used_fires(&plan.name)) {
-                if at > now {
+                if at > until {
+                    // Past on this host's clock only (it is ahead of the database's): named,
+                    // not run.
+                    if at <= now {
+                        let used = self.used_fires(&plan.name);
+                        s.note(Note::MissedSpan {
+                            plan: plan.name.clone(),
+                            after: until,
+                            before: schedule.next_unused(self.floor(&plan.name, now), &used),
+                        });
+                    }
                     break;
                 }
                 if ran == CATCH_UP_MAX {

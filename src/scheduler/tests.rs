@@ -928,6 +928,7 @@ fn a_takeover_runs_the_fires_missed_in_its_window_once() {
     let actions = sim.event(Event::CaughtUp {
         from: t("2026-06-01T09:59:58Z"),
         window: t("2026-06-01T09:59:58Z"),
+        until: t("2100-01-01T00:00:00Z"),
     });
     let ran: Vec<_> = starts(&actions)
         .into_iter()
@@ -948,6 +949,7 @@ fn a_takeover_runs_the_fires_missed_in_its_window_once() {
     let again = sim.event(Event::CaughtUp {
         from: t("2026-06-01T09:59:58Z"),
         window: t("2026-06-01T09:59:58Z"),
+        until: t("2100-01-01T00:00:00Z"),
     });
     assert!(starts(&again).is_empty());
 }
@@ -979,6 +981,7 @@ fn a_takeover_runs_the_fires_a_slow_leader_had_not_reached() {
     let actions = sim.event(Event::CaughtUp {
         from: t("2026-06-01T10:00:50Z"),
         window: t("2026-06-01T09:56:00Z"),
+        until: t("2100-01-01T00:00:00Z"),
     });
     let ran = |plan: &str| -> Vec<_> {
         starts(&actions)
@@ -1011,6 +1014,7 @@ fn a_catch_up_is_bounded() {
     let actions = sim.event(Event::CaughtUp {
         from: t("2026-06-01T10:00:00Z"),
         window: t("2026-06-01T10:00:00Z"),
+        until: t("2100-01-01T00:00:00Z"),
     });
     // max_runs 8: the first 8 start, the rest of the window's runs wait their turn.
     assert_eq!(starts(&actions).len(), 8);
@@ -1093,4 +1097,44 @@ fn a_long_sleep_names_the_missed_span_and_runs_the_recent_fire() {
         .collect();
     assert_eq!(ran, [t("2026-06-01T12:00:00Z")]);
     assert_eq!(sim.next("tick"), Some(t("2026-06-01T12:01:00Z")));
+}
+
+/// A new leader whose clock is an hour ahead of the database's runs only the fire times past
+/// on the database's clock (`until`), and names the hour between as missed: no burst of fire
+/// times of the real future.
+#[test]
+fn a_takeover_by_a_host_ahead_runs_only_what_the_database_clock_passed() {
+    let mut sim = Sim::new(8, "2026-06-01T11:00:09Z");
+    let p = cron("p", "1", "*/2 * * * * *", Overlap::Allow);
+    sim.s.remember_fires(
+        "p",
+        FireMemory {
+            used: vec![t("2026-06-01T10:00:02Z"), t("2026-06-01T10:00:04Z")],
+            floor: None,
+        },
+    );
+    sim.add(&[&p]);
+    let actions = sim.event(Event::CaughtUp {
+        from: t("2026-06-01T10:00:03Z"),
+        window: t("2026-06-01T09:55:09Z"),
+        until: t("2026-06-01T10:00:09Z"),
+    });
+    let ran: Vec<_> = starts(&actions)
+        .into_iter()
+        .map(|d| d.scheduled_for.expect("a fire"))
+        .collect();
+    assert_eq!(
+        ran,
+        [t("2026-06-01T10:00:06Z"), t("2026-06-01T10:00:08Z")],
+        "{actions:#?}"
+    );
+    assert!(
+        notes(&actions).contains(&Note::MissedSpan {
+            plan: "p".into(),
+            after: t("2026-06-01T10:00:09Z"),
+            before: Some(t("2026-06-01T11:00:10Z")),
+        }),
+        "{actions:#?}"
+    );
+    assert_eq!(sim.next("p"), Some(t("2026-06-01T11:00:10Z")));
 }

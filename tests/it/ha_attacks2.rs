@@ -131,13 +131,15 @@ fn once_plan(name: &str, ids: &[String]) -> String {
 /// attempt, under a new run id, finds the claim taken by the first run id and logs "this
 /// content already ran (run <first id>); not running it again": no call is ever made, no
 /// result is written, and `status` reports the content as run. The plan is silently lost.
-/// Fix: `Controller::launch` in src/daemon.rs claims a run-once plan with
+/// The cause: `Controller::launch` in src/daemon.rs claims a run-once plan with
 /// `Store::claim_once` and never asks again as `claim_fire_again` does; `PgStore::claim`
 /// (src/ha/store.rs) is called with `again = false` for it, and the retry comes with a new
 /// run id. The claim of a run whose journal is discarded (`finish_run(None)`) should be given
 /// back (it only resets fire slots, `slot not like 'sha256:%'`), or a claim found held by this
 /// node and lead for a run that never began should count as won.
-#[ignore = "reproduces: a lost answer to a run-once claim drops the plan for good"]
+/// Fixed: `PgStore` keeps the run ids whose beginning is in doubt (a lost answer to a claim or
+/// a journal creation) and undoes them (row, journal, fire claim reset, run-once claim given back)
+/// before the run-once memory is read or the next run begins.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_answer_to_a_run_once_claim_does_not_drop_the_plan() {
     let Some(db) = TestDb::create().await else {
@@ -196,13 +198,14 @@ async fn a_lost_answer_to_a_run_once_claim_does_not_drop_the_plan() {
 /// .../tick/<first run id>.json ... started=0 failed=0 skipped=1" for the fire time that a
 /// ran under its second run id: two results for one fire time (one `succeeded` on a, one
 /// `interrupted` on b, the latter also in `deployd_runs`), and `status` may show the
-/// phantom `interrupted` run. Fix: when `PgStore::create_journal` (src/ha/store.rs) fails
+/// phantom `interrupted` run. The cause: when `PgStore::create_journal` (src/ha/store.rs) fails
 /// with a database error, the run row it may have written stays (`result is null`, this
 /// epoch) and its claim keeps the first run id; the retry in `Controller::launch`
 /// (src/daemon.rs) should reuse the run id (and find its own row), or the failed creation
 /// should be undone, or `PgStore::unfinished` should drop a header-only run whose fire claim
 /// names another run.
-#[ignore = "reproduces: a lost answer to a journal creation gives a phantom interrupted run"]
+/// Fixed: the same list of runs in doubt in `PgStore` (src/ha/store.rs): the half-written run
+/// is undone before the retry begins.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_answer_to_a_journal_creation_gives_no_second_result_at_the_next_takeover() {
     let Some(db) = TestDb::create().await else {
@@ -384,7 +387,8 @@ async fn repeated_connection_resets_during_a_run_start_no_task_twice() {
 /// everything up to this host's now; the span actually missed is the old lead's expiry
 /// (database clock) minus the lease up to the database's now, which the takeover should use
 /// (and warn that this host's clock differs from the database's).
-#[ignore = "reproduces: a takeover by a node whose clock is ahead runs a burst of 150 catch-up fires"]
+/// Fixed: the takeover reads the database's clock with the lease; the catch-up runs fire times up
+/// to it only, names the span past on this host's clock alone as missed, and warns of the skew.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_follower_an_hour_ahead_takes_over_without_a_burst_of_catch_up_runs() {
     let Some(db) = TestDb::create().await else {
