@@ -23,8 +23,8 @@
 //! retries included), then after `shutdown_grace` `abort` (calls in flight abandoned); every
 //! run writes its result (`interrupted` when cut short) before `run` returns.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -172,6 +172,11 @@ struct Controller {
     /// Runs that could not begin now (their fire's claim unanswered), to be tried again.
     not_begun: Vec<(Due, String)>,
     stop: StopTokens,
+    /// Plan files folder events named since the last scan: the next event-driven scan looks
+    /// at them only (a few `stat`s, whatever the folder's size).
+    hinted: BTreeSet<PathBuf>,
+    /// A scan left files unsettled: the scan that looks at them again takes every file.
+    recheck_all: bool,
     /// Invalid-file reports currently written, file name -> text.
     invalid_written: BTreeMap<String, String>,
     status: String,
@@ -240,6 +245,8 @@ pub async fn run(
         generation: 0,
         max_runs,
         not_begun: Vec::new(),
+        hinted: BTreeSet::new(),
+        recheck_all: false,
         cluster: cluster.map(|c| ClusterState {
             role: c.role,
             catalog: c.catalog,
@@ -346,6 +353,7 @@ pub async fn run(
                 Some(Hint::Path(path, kind)) => {
                     if concerns_plans(&plans_dir, &path) {
                         debug!(path = %path.display(), ?kind, "folder event");
+                        c.hinted.insert(path.clone());
                         c.scanner.note(path, kind);
                         scan_at = Some(scan_at.map_or(Instant::now() + DEBOUNCE, |a| a.min(Instant::now() + DEBOUNCE)));
                     }
@@ -528,7 +536,16 @@ impl Controller {
             error!("{e}; the plans loaded so far stay as they are");
             return;
         }
-        let scan = match self.scanner.scan(dir, full) {
+        // Events named the files that changed: only those are looked at. The periodic scan,
+        // SIGHUP, lost events and files left unsettled take every file.
+        let names = std::mem::take(&mut self.hinted);
+        let named = !full && !self.recheck_all && !names.is_empty();
+        let scanned = if named {
+            Ok(self.scanner.scan_named(dir, &names))
+        } else {
+            self.scanner.scan(dir, full)
+        };
+        let scan = match scanned {
             Ok(s) => s,
             Err(e) => {
                 error!(
@@ -540,6 +557,9 @@ impl Controller {
         };
         if let Some(at) = scan.recheck_at {
             *scan_at = Some(scan_at.map_or(at, |s| s.min(at)));
+            self.recheck_all = true;
+        } else if !named {
+            self.recheck_all = false;
         }
         if full {
             for path in &scan.being_written {
@@ -549,8 +569,13 @@ impl Controller {
                 );
             }
         }
-        let diff = self.catalog.apply(scan.seen);
+        let diff = if named {
+            self.catalog.apply_named(scan.seen, &scan.gone)
+        } else {
+            self.catalog.apply(scan.seen)
+        };
         self.apply_diff(&diff).await;
+
         self.sync_invalid_reports();
         if let Some(cluster) = &self.cluster {
             let plans: PlanCatalog = self

@@ -11,6 +11,10 @@ use super::{Exit, Target, connect, load_settings};
 use crate::cli::RunArgs;
 use crate::daemon::{self, Control, DaemonParts};
 
+/// How long the exit waits for the leadership task once the daemon is done: a lead not
+/// released by then expires on its own (a follower takes it a lease later; nothing is lost).
+const LEAVE_LIMIT: Duration = Duration::from_secs(5);
+
 /// Runs the daemon.
 pub async fn run(args: RunArgs) -> Exit {
     let RunArgs {
@@ -157,7 +161,11 @@ pub async fn run(args: RunArgs) -> Exit {
     let result = daemon::run(DaemonParts { settings, executor }, control, Some(reloader)).await;
     leave.cancel();
     if let Some(task) = leadership {
-        let _ = task.await;
+        // It only has the lead to release (bounded to 2 s) and a round of calls to finish
+        // (each bounded to a third of the lease): never a reason to hold the exit longer.
+        if tokio::time::timeout(LEAVE_LIMIT, task).await.is_err() {
+            tracing::warn!("the cluster's leadership task did not end in time; exiting anyway");
+        }
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     signals.abort();

@@ -75,6 +75,10 @@ pub async fn run(presence: Presence, role: watch::Sender<Role>, shutdown: Cancel
     // Plans that differ between nodes, as last warned about.
     let mut warned: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     loop {
+        // A shutdown wins over the next round of calls (each may wait up to a period).
+        if shutdown.is_cancelled() {
+            break;
+        }
         let sent = Instant::now();
         match held {
             None => match bounded(period, &conn, |c| {
@@ -157,6 +161,7 @@ pub async fn run(presence: Presence, role: watch::Sender<Role>, shutdown: Cancel
             wake = wake.min(at);
         }
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep_until(wake) => {}
         }
