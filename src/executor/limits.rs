@@ -333,7 +333,11 @@ impl Limits {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .reserve(Instant::now());
-        tokio::time::sleep_until(at).await;
+        // A slot that is now goes at once: a timer, even an elapsed one, waits for the
+        // timer wheel's next tick (up to a millisecond).
+        if at > Instant::now() {
+            tokio::time::sleep_until(at).await;
+        }
         let slot = self
             .slow
             .lock()

@@ -78,6 +78,18 @@ pub struct Catalog {
     active: BTreeMap<String, (PathBuf, Arc<Plan>)>,
     /// Files refused because another file holds their plan name: file -> issue.
     conflicts: BTreeMap<PathBuf, Issues>,
+    /// name -> the files whose last valid plan claims it (the index step 2 of an update reads).
+    claims: BTreeMap<String, BTreeSet<PathBuf>>,
+}
+
+/// Drops `file` from the files claiming `name`.
+fn unclaim(claims: &mut BTreeMap<String, BTreeSet<PathBuf>>, name: &str, file: &Path) {
+    if let Some(files) = claims.get_mut(name) {
+        files.remove(file);
+        if files.is_empty() {
+            claims.remove(name);
+        }
+    }
 }
 
 impl Catalog {
@@ -117,26 +129,55 @@ impl Catalog {
     /// Applies a scan of the whole folder (`seen` holds every plan file present) and returns
     /// what changed.
     pub fn apply(&mut self, seen: BTreeMap<PathBuf, Seen>) -> Diff {
-        self.files.retain(|f, _| seen.contains_key(f));
-        self.update(seen)
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|f| !seen.contains_key(*f))
+            .cloned()
+            .collect();
+        // Every name is looked at again: a full scan also settles what events missed.
+        let touched: BTreeSet<String> = self
+            .active
+            .keys()
+            .chain(self.claims.keys())
+            .cloned()
+            .collect();
+        let files: BTreeSet<PathBuf> = self.files.keys().cloned().collect();
+        self.update(seen, &gone, touched, files)
     }
 
     /// Applies a look at some files only: `seen` for those present, `gone` for those no longer
-    /// there; every other file is as it was.
+    /// there; every other file is as it was. Its cost is that of the named files and the names
+    /// they held or hold, not of the folder.
     pub fn apply_named(&mut self, seen: BTreeMap<PathBuf, Seen>, gone: &[PathBuf]) -> Diff {
-        for file in gone {
-            self.files.remove(file);
-        }
-        self.update(seen)
+        self.update(seen, gone, BTreeSet::new(), BTreeSet::new())
     }
 
-    fn update(&mut self, seen: BTreeMap<PathBuf, Seen>) -> Diff {
+    /// Takes the files seen and gone, then decides again who provides each name they held or
+    /// hold (and every name in `touched`); `stale` files have their conflicts judged again.
+    fn update(
+        &mut self,
+        seen: BTreeMap<PathBuf, Seen>,
+        gone: &[PathBuf],
+        mut touched: BTreeSet<String>,
+        mut stale: BTreeSet<PathBuf>,
+    ) -> Diff {
         let mut diff = Diff::default();
-        // 1. Update the per-file view.
+        // 1. Update the per-file view, and the index of which files claim which name.
+        for file in gone {
+            if let Some(entry) = self.files.remove(file)
+                && let Some(old) = entry.last_valid
+            {
+                unclaim(&mut self.claims, &old.name, file);
+                touched.insert(old.name.clone());
+            }
+            stale.insert(file.clone());
+        }
         for (file, seen) in seen {
             let Seen::Read(outcome) = seen else {
                 continue;
             };
+            stale.insert(file.clone());
             let entry = self.files.entry(file.clone()).or_insert(FileEntry {
                 issues: None,
                 last_valid: None,
@@ -144,6 +185,15 @@ impl Catalog {
             });
             match outcome {
                 Ok(valid) => {
+                    if let Some(old) = &entry.last_valid {
+                        unclaim(&mut self.claims, &old.name, &file);
+                        touched.insert(old.name.clone());
+                    }
+                    self.claims
+                        .entry(valid.plan.name.clone())
+                        .or_default()
+                        .insert(file.clone());
+                    touched.insert(valid.plan.name.clone());
                     entry.issues = None;
                     entry.last_valid = Some(valid.plan);
                     entry.warnings = valid.warnings;
@@ -157,22 +207,23 @@ impl Catalog {
                 }
             }
         }
-
-        // 2. Which file provides each name: files whose last valid plan claims it.
-        let mut claims: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-        for (file, entry) in &self.files {
-            if let Some(plan) = &entry.last_valid {
-                claims
-                    .entry(plan.name.clone())
-                    .or_default()
-                    .push(file.clone());
-            }
+        for file in &stale {
+            self.conflicts.remove(file);
         }
-        let mut next: BTreeMap<String, (PathBuf, Arc<Plan>)> = BTreeMap::new();
-        self.conflicts.clear();
-        for (name, files) in claims {
-            let owner = if files.len() == 1 {
-                Some(files[0].clone())
+
+        // 2. Which file provides each touched name: files whose last valid plan claims it.
+        // 3. The diff of the active set, by name (in name order, as the sets are sorted).
+        for name in touched {
+            let files: Vec<PathBuf> = self
+                .claims
+                .get(&name)
+                .map(|f| f.iter().cloned().collect())
+                .unwrap_or_default();
+            for f in &files {
+                self.conflicts.remove(f);
+            }
+            let owner = if files.len() <= 1 {
+                files.first().cloned()
             } else {
                 // The file that already provides the name keeps it; a newcomer never takes
                 // its place, and without an incumbent nobody gets it.
@@ -201,32 +252,30 @@ impl Catalog {
                 }
                 incumbent
             };
-            if let Some(file) = owner
-                && let Some(plan) = self.files.get(&file).and_then(|e| e.last_valid.clone())
-            {
-                next.insert(name, (file, plan));
-            }
-        }
-
-        // 3. Diff the active sets by name.
-        let old_names: BTreeSet<&String> = self.active.keys().collect();
-        for (name, (_, plan)) in &next {
-            match self.active.get(name) {
-                None => diff.added.push(plan.clone()),
-                Some((_, old)) if old.sha256 != plan.sha256 || old.file_name != plan.file_name => {
-                    diff.changed.push((old.clone(), plan.clone()))
+            let next = owner.and_then(|file| {
+                self.files
+                    .get(&file)
+                    .and_then(|e| e.last_valid.clone())
+                    .map(|plan| (file, plan))
+            });
+            match (self.active.get(&name), next) {
+                (None, Some(next)) => {
+                    diff.added.push(next.1.clone());
+                    self.active.insert(name, next);
                 }
-                Some(_) => {}
+                (Some((_, old)), Some(next)) => {
+                    if old.sha256 != next.1.sha256 || old.file_name != next.1.file_name {
+                        diff.changed.push((old.clone(), next.1.clone()));
+                    }
+                    self.active.insert(name, next);
+                }
+                (Some((_, old)), None) => {
+                    diff.removed.push(old.clone());
+                    self.active.remove(&name);
+                }
+                (None, None) => {}
             }
         }
-        for name in old_names {
-            if !next.contains_key(name)
-                && let Some((_, old)) = self.active.get(name)
-            {
-                diff.removed.push(old.clone());
-            }
-        }
-        self.active = next;
         diff
     }
 
@@ -327,6 +376,34 @@ mod tests {
         assert!(d.added.is_empty() && d.changed.is_empty(), "{d:?}");
         assert_eq!(named.file_of("b"), Some(Path::new("b.yaml")));
         assert!(named.invalid_files().contains_key(Path::new("d.yaml")));
+        // The newcomer takes another name: its conflict goes, its plan comes.
+        let d = named.apply_named(
+            scan(vec![("d.yaml", Seen::Read(Ok(plan("e", "d.yaml", "9"))))]),
+            &[],
+        );
+        assert_eq!(names(&d.added), ["e"]);
+        assert!(
+            named.invalid_files().is_empty(),
+            "{:?}",
+            named.invalid_files()
+        );
+        // Back to the taken name, then the incumbent's file goes: the name passes to it.
+        named.apply_named(
+            scan(vec![("d.yaml", Seen::Read(Ok(plan("b", "d.yaml", "9"))))]),
+            &[],
+        );
+        assert_eq!(named.file_of("b"), Some(Path::new("b.yaml")));
+        let d = named.apply_named(BTreeMap::new(), &[PathBuf::from("b.yaml")]);
+        assert_eq!(d.changed.len(), 1, "{d:?}");
+        assert_eq!(named.file_of("b"), Some(Path::new("d.yaml")));
+        assert!(named.get("e").is_none());
+        assert!(named.invalid_files().is_empty());
+        // A full scan agrees with what the named looks built.
+        let d = named.apply(scan(vec![
+            ("c.yaml", Seen::Read(Ok(plan("c", "c.yaml", "1")))),
+            ("d.yaml", Seen::Read(Ok(plan("b", "d.yaml", "9")))),
+        ]));
+        assert!(d.is_empty(), "{d:?}");
     }
 
     #[test]
