@@ -618,7 +618,7 @@ impl Controller {
             Role::Leader {
                 epoch,
                 previous_expiry,
-                database_now,
+                clock_skew,
             } => {
                 info!(
                     epoch,
@@ -657,10 +657,11 @@ impl Controller {
                 // The fires missed since the old lead's last renewal, within the window, on
                 // the database's clock: a host whose clock is ahead would take fire times of
                 // the real future for missed ones and run them in a burst.
-                let host_now = Utc::now();
-                let now = database_now.unwrap_or(host_now);
-                let skew = host_now - now;
-                if skew.abs() > chrono::TimeDelta::seconds(1) {
+                // The database's clock now, from this host's and the skew measured when the
+                // lead was taken (the handling of the role may come seconds after, under load).
+                let (skew, uncertain) = clock_skew.unwrap_or_default();
+                let now = Utc::now() - skew;
+                if skew.abs() > chrono::TimeDelta::seconds(1) + uncertain {
                     warn!(
                         skew_secs = skew.num_milliseconds() as f64 / 1000.0,
                         "this host's clock differs from the database's by more than a second: fire times follow this host's clock; fix its time sync (NTP)"

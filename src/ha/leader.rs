@@ -32,8 +32,9 @@ pub enum Role {
         /// When the previous lead expired (database clock), if there was one: the start of
         /// the takeover's catch-up window.
         previous_expiry: Option<DateTime<Utc>>,
-        /// The database's clock when the lead was taken.
-        database_now: Option<DateTime<Utc>>,
+        /// How far this host's clock is ahead of the database's (negative: behind), measured
+        /// when the lead was taken, and how uncertain that is (half the round trip).
+        clock_skew: Option<(chrono::TimeDelta, chrono::TimeDelta)>,
     },
 }
 
@@ -88,6 +89,10 @@ pub async fn run(presence: Presence, role: watch::Sender<Role>, shutdown: Cancel
             .await
             {
                 Ok(Some(h)) => {
+                    // The database's `now()` was read somewhere within the round trip: this
+                    // host's clock at its middle is compared with it.
+                    let half = chrono::TimeDelta::from_std(sent.elapsed() / 2).unwrap_or_default();
+                    let clock_skew = h.database_now.map(|db| (Utc::now() - half - db, half));
                     fence.lead(h.epoch, h.calls_until);
                     held = Some(h);
                     metrics.ha_leader(true);
@@ -96,7 +101,7 @@ pub async fn run(presence: Presence, role: watch::Sender<Role>, shutdown: Cancel
                     let _ = role.send(Role::Leader {
                         epoch: h.epoch,
                         previous_expiry: h.previous_expiry,
-                        database_now: h.database_now,
+                        clock_skew,
                     });
                 }
                 Ok(None) => {
