@@ -78,18 +78,6 @@ pub struct Catalog {
     active: BTreeMap<String, (PathBuf, Arc<Plan>)>,
     /// Files refused because another file holds their plan name: file -> issue.
     conflicts: BTreeMap<PathBuf, Issues>,
-    /// name -> the files whose last valid plan claims it (the index step 2 of an update reads).
-    claims: BTreeMap<String, BTreeSet<PathBuf>>,
-}
-
-/// Drops `file` from the files claiming `name`.
-fn unclaim(claims: &mut BTreeMap<String, BTreeSet<PathBuf>>, name: &str, file: &Path) {
-    if let Some(files) = claims.get_mut(name) {
-        files.remove(file);
-        if files.is_empty() {
-            claims.remove(name);
-        }
-    }
 }
 
 impl Catalog {
@@ -139,8 +127,12 @@ impl Catalog {
         let touched: BTreeSet<String> = self
             .active
             .keys()
-            .chain(self.claims.keys())
             .cloned()
+            .chain(
+                self.files
+                    .values()
+                    .filter_map(|e| e.last_valid.as_ref().map(|p| p.name.clone())),
+            )
             .collect();
         let files: BTreeSet<PathBuf> = self.files.keys().cloned().collect();
         self.update(seen, &gone, touched, files)
@@ -168,7 +160,6 @@ impl Catalog {
             if let Some(entry) = self.files.remove(file)
                 && let Some(old) = entry.last_valid
             {
-                unclaim(&mut self.claims, &old.name, file);
                 touched.insert(old.name.clone());
             }
             stale.insert(file.clone());
@@ -186,13 +177,8 @@ impl Catalog {
             match outcome {
                 Ok(valid) => {
                     if let Some(old) = &entry.last_valid {
-                        unclaim(&mut self.claims, &old.name, &file);
                         touched.insert(old.name.clone());
                     }
-                    self.claims
-                        .entry(valid.plan.name.clone())
-                        .or_default()
-                        .insert(file.clone());
                     touched.insert(valid.plan.name.clone());
                     entry.issues = None;
                     entry.last_valid = Some(valid.plan);
@@ -207,6 +193,23 @@ impl Catalog {
                 }
             }
         }
+        // The files that may claim a touched name: every file claiming a name is its active
+        // provider or in conflict for it, or was just seen (kept true by each update).
+        let mut candidates: BTreeSet<PathBuf> = stale.clone();
+        candidates.extend(self.conflicts.keys().cloned());
+        for name in &touched {
+            if let Some((file, _)) = self.active.get(name) {
+                candidates.insert(file.clone());
+            }
+        }
+        let mut claims: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        for file in candidates {
+            if let Some(plan) = self.files.get(&file).and_then(|e| e.last_valid.as_ref())
+                && touched.contains(&plan.name)
+            {
+                claims.entry(plan.name.clone()).or_default().push(file);
+            }
+        }
         for file in &stale {
             self.conflicts.remove(file);
         }
@@ -214,11 +217,7 @@ impl Catalog {
         // 2. Which file provides each touched name: files whose last valid plan claims it.
         // 3. The diff of the active set, by name (in name order, as the sets are sorted).
         for name in touched {
-            let files: Vec<PathBuf> = self
-                .claims
-                .get(&name)
-                .map(|f| f.iter().cloned().collect())
-                .unwrap_or_default();
+            let files: Vec<PathBuf> = claims.remove(&name).unwrap_or_default();
             for f in &files {
                 self.conflicts.remove(f);
             }
