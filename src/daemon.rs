@@ -575,7 +575,6 @@ impl Controller {
             self.catalog.apply(scan.seen)
         };
         self.apply_diff(&diff).await;
-
         self.sync_invalid_reports();
         if let Some(cluster) = &self.cluster {
             let plans: PlanCatalog = self
@@ -655,10 +654,10 @@ impl Controller {
                 };
                 self.apply_diff_to_scheduler(&diff).await;
                 // The fires missed since the old lead's last renewal, within the window, on
-                // the database's clock: a host whose clock is ahead would take fire times of
-                // the real future for missed ones and run them in a burst.
-                // The database's clock now, from this host's and the skew measured when the
-                // lead was taken (the handling of the role may come seconds after, under load).
+                // the database's clock (a host whose clock is ahead would take fire times of
+                // the real future for missed ones, and run them in a burst): its now is this
+                // host's minus the skew measured when the lead was taken (the role may be
+                // handled seconds after that, under load).
                 let (skew, uncertain) = clock_skew.unwrap_or_default();
                 let now = Utc::now() - skew;
                 if skew.abs() > chrono::TimeDelta::seconds(1) + uncertain {
