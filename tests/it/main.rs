@@ -19,6 +19,7 @@ mod hardening;
 mod helpers;
 mod ops;
 mod reconcile_attacks;
+mod scan_attacks;
 mod signals;
 mod store;
 mod symlink_plans;
