@@ -539,7 +539,8 @@ impl Controller {
         // Events named the files that changed: only those are looked at. The periodic scan,
         // SIGHUP, lost events and files left unsettled take every file.
         let names = std::mem::take(&mut self.hinted);
-        let named = !full && !self.recheck_all && !names.is_empty();
+        let named =
+            !full && !self.recheck_all && !names.is_empty() && !self.scanner.has_linked_files();
         let scanned = if named {
             Ok(self.scanner.scan_named(dir, &names))
         } else {

@@ -29,6 +29,9 @@ pub struct FolderScanner {
     complete: HashSet<PathBuf>,
     /// Last parse per file, with the file's identity and content hash.
     cache: HashMap<PathBuf, KnownFile>,
+    /// Files that are symlinks or have other hard links: an event about their twin or
+    /// target names another path, so a scan of the named files alone could miss their change.
+    linked: HashSet<PathBuf>,
 }
 
 /// What the scanner remembers of a file it read.
@@ -121,6 +124,7 @@ impl FolderScanner {
             seen.insert(path, look);
         }
         self.cache.retain(|p, _| seen.contains_key(p));
+        self.linked.retain(|p| seen.contains_key(p));
         self.complete.retain(|p| seen.contains_key(p));
         Ok(Scan {
             seen,
@@ -150,6 +154,7 @@ impl FolderScanner {
             let absent = std::fs::symlink_metadata(&path).is_err();
             if absent || std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
                 self.cache.remove(&path);
+                self.linked.remove(&path);
                 self.complete.remove(&path);
                 self.open_writes.remove(&path);
                 gone.push(path);
@@ -166,7 +171,21 @@ impl FolderScanner {
         }
     }
 
+    /// Whether some plan file is a symlink or hard-linked: a change to it may come with an
+    /// event naming another path only, so event-driven scans must look at every file.
+    pub fn has_linked_files(&self) -> bool {
+        !self.linked.is_empty()
+    }
+
     fn read(&mut self, path: &Path, full: bool) -> Result<Valid, Issues> {
+        use std::os::unix::fs::MetadataExt;
+        let linked = std::fs::symlink_metadata(path)
+            .is_ok_and(|m| m.file_type().is_symlink() || m.nlink() > 1);
+        if linked {
+            self.linked.insert(path.to_path_buf());
+        } else {
+            self.linked.remove(path);
+        }
         let identity = FileIdentity::of(path);
         if !full
             && let Some(cached) = self.cache.get(path)

@@ -185,6 +185,10 @@ impl Catalog {
                     entry.warnings = valid.warnings;
                 }
                 Err(issues) => {
+                    // Its last valid version still claims its name: decided again with it.
+                    if let Some(old) = &entry.last_valid {
+                        touched.insert(old.name.clone());
+                    }
                     if entry.issues.is_none() {
                         diff.became_invalid
                             .push((file.clone(), entry.last_valid.clone()));

@@ -37,14 +37,15 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Seen: `b.yaml` is a hard link of `a.yaml` (same inode). Rewriting `b.yaml` in place
+/// Seen before the fix: `b.yaml` is a hard link of `a.yaml` (same inode). Rewriting `b.yaml` in place
 /// (`cat > b.yaml`, which an event names) changes `a.yaml` too: plan `b` runs the new content at
 /// once, plan `a` not before the 60 s rescan. Before the change, the event's scan `stat`ed every
 /// file and saw `a.yaml`'s new ctime/size. Fix belongs in `FolderScanner::scan_named`
 /// (src/scan.rs): also look at the files that shared the named file's inode (the cache knows
 /// their identities), or fall back to a full `stat` scan when a named file has `nlink > 1`.
+/// Fixed: the scanner remembers plan files that are symlinks or hard-linked; while there are
+/// any, an event's scan takes every file (a `stat` each), as before the named scans.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "reproduces: a hard-linked twin of an edited plan keeps its old content until the 60 s rescan"]
 async fn a_hard_linked_plan_edited_through_its_twin_changes_at_once() {
     let emulator = start_emulator(emulator_config()).await;
     let root = tempfile::tempdir().expect("tempdir");
@@ -73,14 +74,14 @@ async fn a_hard_linked_plan_edited_through_its_twin_changes_at_once() {
     );
 }
 
-/// Seen: `a.yaml` is a symlink to `b.yaml` in the same folder. Replacing `b.yaml` (`mv` of a new
+/// Seen before the fix: `a.yaml` is a symlink to `b.yaml` in the same folder. Replacing `b.yaml` (`mv` of a new
 /// version, the documented way) changes what `a.yaml` reads, but the event names `b.yaml`
 /// only: plan `a` keeps the old content until the 60 s rescan. Before, the event's scan
 /// `stat`ed `a.yaml` (following the link) and saw the new inode. Fix belongs in
 /// `FolderScanner::scan_named` (src/scan.rs): also look at cached files that are symlinks
 /// (or whose resolved path is a named file).
+/// Fixed: as above (a symlinked plan file makes event scans look at every file).
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "reproduces: a symlinked plan whose in-folder target is replaced keeps the old content until the 60 s rescan"]
 async fn a_symlinked_plan_follows_its_replaced_target_at_once() {
     let emulator = start_emulator(emulator_config()).await;
     let root = tempfile::tempdir().expect("tempdir");
@@ -107,7 +108,7 @@ async fn a_symlinked_plan_follows_its_replaced_target_at_once() {
     );
 }
 
-/// Seen: `a.yaml` holds `name: web`, `b.yaml` also claims `web` (refused: a conflict), then
+/// Seen before the fix: `a.yaml` holds `name: web`, `b.yaml` also claims `web` (refused: a conflict), then
 /// `b.yaml` turns invalid (a YAML error; it keeps its last valid version, as the README says).
 /// `rm a.yaml`: the event's scan removes `web` and nothing else happens — until the 60 s rescan,
 /// which hands `web` to b's last valid version and runs it (T2) with no change made at that
@@ -119,8 +120,9 @@ async fn a_symlinked_plan_follows_its_replaced_target_at_once() {
 /// provider, the conflicts and the files seen only, and misses b. Fix: keep a file whose
 /// `last_valid` claims a name among the candidates (touch its old name when its read fails,
 /// or keep its conflict entry while its last valid plan stands).
+/// Fixed: a file whose read fails has the name of its last valid version decided again
+/// (`Catalog::update`), so it stays in conflict and takes the name when the holder goes.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "reproduces: after rm of a name's holder, an invalid former rival's last version takes the name only at the 60 s rescan"]
 async fn a_name_passes_as_a_full_scan_would_when_its_holder_goes() {
     let emulator = start_emulator(emulator_config()).await;
     let root = tempfile::tempdir().expect("tempdir");
