@@ -177,6 +177,8 @@ struct Controller {
     hinted: BTreeSet<PathBuf>,
     /// A scan left files unsettled: the scan that looks at them again takes every file.
     recheck_all: bool,
+    /// The plans whose next fire time this daemon last published in the metrics.
+    published_fires: BTreeSet<String>,
     /// Invalid-file reports currently written, file name -> text.
     invalid_written: BTreeMap<String, String>,
     status: String,
@@ -247,6 +249,7 @@ pub async fn run(
         not_begun: Vec::new(),
         hinted: BTreeSet::new(),
         recheck_all: false,
+        published_fires: BTreeSet::new(),
         cluster: cluster.map(|c| ClusterState {
             role: c.role,
             catalog: c.catalog,
@@ -1159,11 +1162,19 @@ impl Controller {
         );
         let metrics = crate::metrics::global();
         metrics.set_plans(plans as u64, scheduled as u64, invalid as u64);
-        metrics.set_next_fires(
-            self.scheduler
-                .next_fires()
-                .map(|(name, t)| (name.to_string(), t)),
-        );
+        let fires: BTreeMap<String, DateTime<Utc>> = self
+            .scheduler
+            .next_fires()
+            .map(|(name, t)| (name.to_string(), t))
+            .collect();
+        let gone: Vec<String> = self
+            .published_fires
+            .iter()
+            .filter(|name| !fires.contains_key(*name))
+            .cloned()
+            .collect();
+        self.published_fires = fires.keys().cloned().collect();
+        metrics.update_next_fires(gone, fires);
         if status != self.status {
             on_status(&status);
             self.status = status;

@@ -76,10 +76,19 @@ impl Metrics {
         }
     }
 
-    /// The next fire times of the scheduled plans (replaces the previous set).
-    pub fn set_next_fires(&self, fires: impl IntoIterator<Item = (String, DateTime<Utc>)>) {
+    /// Updates the next fire times of one daemon's plans: `gone` are the plans it published
+    /// before and schedules no more. Other plans' entries are left alone (the registry is per
+    /// process; a test process may hold several daemons).
+    pub fn update_next_fires(
+        &self,
+        gone: impl IntoIterator<Item = String>,
+        fires: impl IntoIterator<Item = (String, DateTime<Utc>)>,
+    ) {
         if let Ok(mut m) = self.next_fire.lock() {
-            *m = fires.into_iter().collect();
+            for name in gone {
+                m.remove(&name);
+            }
+            m.extend(fires);
         }
     }
 
@@ -495,10 +504,13 @@ mod tests {
             "succeeded",
             DateTime::from_timestamp(1_800_000_000, 0).expect("t"),
         );
-        m.set_next_fires([(
-            "nightly".to_string(),
-            DateTime::from_timestamp(1_800_003_600, 0).expect("t"),
-        )]);
+        m.update_next_fires(
+            Vec::new(),
+            [(
+                "nightly".to_string(),
+                DateTime::from_timestamp(1_800_003_600, 0).expect("t"),
+            )],
+        );
         m.set_plans(3, 1, 2);
         let text = m.render();
         for line in [
