@@ -12,7 +12,8 @@
 //! the fire times [`schedule`] computes, or once on arrival for a plan without a schedule.
 //!
 //! A run is the [`executor`]: it resolves params, starts the tasks concurrently through one
-//! limited client ([`executor::limited`]: the account-wide [`executor::limits`], GCRA rate,
+//! limited client ([`executor::limited`]: the account-wide [`executor::limits`], GCRA rate
+//! ([`executor::gcra`], slots booked when asked),
 //! calls in flight, 429 slow lane and `Retry-After`, for every call), retries what
 //! [`executor::retry`] allows, looks unknown outcomes up in the task's history
 //! ([`executor::reconcile`]) instead of re-sending blindly, and journals each call's intent
