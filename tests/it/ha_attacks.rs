@@ -192,6 +192,43 @@ pub(crate) fn gaps(fires: &[String], step: i64) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Every `tick` fire time on `nodes` ran once (one result), and none is missing between the
+/// first and the last (2 s apart); the nodes' logs in the message. Returns the results.
+pub(crate) fn assert_each_tick_once_none_lost(
+    nodes: &[&Node],
+) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
+    let logs = || {
+        nodes
+            .iter()
+            .map(|n| format!("--- {}:\n{}", n.name, n.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let fires = by_fire(nodes, "tick");
+    let twice: Vec<_> = fires.iter().filter(|(_, r)| r.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "fire times run twice: {twice:#?}\n{}",
+        logs()
+    );
+    let times: Vec<String> = fires.keys().cloned().collect();
+    let lost = gaps(&times, 2);
+    assert!(
+        lost.is_empty(),
+        "fire times lost between: {lost:?}\n{}",
+        logs()
+    );
+    fires
+}
+
+/// A plan firing every two seconds, runs allowed to overlap: the attacks' clock of fire times.
+pub(crate) fn tick_plan() -> [(&'static str, String); 1] {
+    [(
+        "tick.yaml",
+        format!("schedule: \"*/2 * * * * *\"\noverlap: allow\ntasks:\n  - {T1}\n"),
+    )]
+}
+
 /// A leader whose wall clock is 40 s behind fires each time 40 s late. When it dies, the fire
 /// times it had not reached yet were never claimed; the takeover's catch-up must run them
 /// (they are at most `catch_up` late), not start only from the dead leader's last renewal:
@@ -203,10 +240,7 @@ async fn a_leader_with_a_slow_clock_dies_and_no_fire_time_is_lost() {
     };
     let emulator = start_emulator(emulator_config()).await;
     let base = tempfile::tempdir().expect("tempdir");
-    let plans = [(
-        "tick.yaml",
-        format!("schedule: \"*/2 * * * * *\"\noverlap: allow\ntasks:\n  - {T1}\n"),
-    )];
+    let plans = tick_plan();
     let mut a = Node::start(
         base.path(),
         "a",
@@ -230,21 +264,12 @@ async fn a_leader_with_a_slow_clock_dies_and_no_fire_time_is_lost() {
     .await;
     b.stop().await;
 
-    let fires = by_fire(&[&a, &b], "tick");
-    let twice: Vec<_> = fires.iter().filter(|(_, r)| r.len() > 1).collect();
-    assert!(twice.is_empty(), "fire times run twice: {twice:#?}");
+    let fires = assert_each_tick_once_none_lost(&[&a, &b]);
     let started = fires
         .values()
         .filter(|r| r[0]["summary"]["started"] == 1)
         .count();
     assert_eq!(emulator.stats().accepted as usize, started);
-    let times: Vec<String> = fires.keys().cloned().collect();
-    let lost = gaps(&times, 2);
-    assert!(
-        lost.is_empty(),
-        "fire times silently lost between: {lost:?}\n--- b:\n{}",
-        b.log()
-    );
 }
 
 /// A TCP proxy the test controls in front of the database: each chunk is held `latency`
@@ -372,10 +397,7 @@ async fn a_database_restart_during_a_fire_claim_loses_no_fire() {
     .await;
     let mut through_proxy = db.database.clone();
     through_proxy.port = proxy.port;
-    let plans = [(
-        "tick.yaml",
-        format!("schedule: \"*/2 * * * * *\"\noverlap: allow\ntasks:\n  - {T1}\n"),
-    )];
+    let plans = tick_plan();
     let mut a = Node::start(base.path(), "a", &through_proxy, &emulator, &plans, None);
     wait_for(30, "a leads", async || a.leads()).await;
     wait_for(30, "a fires", async || a.results("tick").len() >= 2).await;
@@ -401,16 +423,7 @@ async fn a_database_restart_during_a_fire_claim_loses_no_fire() {
     .await;
     assert!(a.leads(), "a keeps the lead through short outages");
     a.stop().await;
-    let fires = by_fire(&[&a], "tick");
-    let twice: Vec<_> = fires.iter().filter(|(_, r)| r.len() > 1).collect();
-    assert!(twice.is_empty(), "fire times run twice: {twice:#?}");
-    let times: Vec<String> = fires.keys().cloned().collect();
-    let lost = gaps(&times, 2);
-    assert!(
-        lost.is_empty(),
-        "fire times silently lost between: {lost:?}\n--- a:\n{}",
-        a.log()
-    );
+    assert_each_tick_once_none_lost(&[&a]);
 }
 
 /// The leader's database flow black-holed (packets dropped, no reset: a firewall, a dead
@@ -431,10 +444,7 @@ async fn a_leader_whose_database_flow_is_black_holed_steps_down_and_calls_no_mor
     .await;
     let mut through_proxy = db.database.clone();
     through_proxy.port = proxy.port;
-    let plans = [(
-        "tick.yaml",
-        format!("schedule: \"*/2 * * * * *\"\noverlap: allow\ntasks:\n  - {T1}\n"),
-    )];
+    let plans = tick_plan();
     let mut a = Node::start(base.path(), "a", &through_proxy, &emulator, &plans, None);
     wait_for(30, "a leads", async || a.leads()).await;
     let mut b = Node::start(base.path(), "b", &db.database, &emulator, &plans, None);
@@ -493,10 +503,7 @@ async fn a_leader_paused_past_its_fence_but_within_its_lease_loses_no_fire() {
     };
     let emulator = start_emulator(emulator_config()).await;
     let base = tempfile::tempdir().expect("tempdir");
-    let plans = [(
-        "tick.yaml",
-        format!("schedule: \"*/2 * * * * *\"\noverlap: allow\ntasks:\n  - {T1}\n"),
-    )];
+    let plans = tick_plan();
     let mut a = Node::start(base.path(), "a", &db.database, &emulator, &plans, None);
     wait_for(30, "a leads", async || a.leads()).await;
     wait_for(30, "a fires", async || a.results("tick").len() >= 2).await;
@@ -511,14 +518,5 @@ async fn a_leader_paused_past_its_fence_but_within_its_lease_loses_no_fire() {
         .await;
     }
     a.stop().await;
-    let fires = by_fire(&[&a], "tick");
-    let twice: Vec<_> = fires.iter().filter(|(_, r)| r.len() > 1).collect();
-    assert!(twice.is_empty(), "fire times run twice: {twice:#?}");
-    let times: Vec<String> = fires.keys().cloned().collect();
-    let lost = gaps(&times, 2);
-    assert!(
-        lost.is_empty(),
-        "fire times lost between: {lost:?}\n--- a:\n{}",
-        a.log()
-    );
+    assert_each_tick_once_none_lost(&[&a]);
 }

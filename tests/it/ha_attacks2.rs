@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::ha_attacks::{Node, Proxy, TestDb, by_fire};
+use crate::ha_attacks::{Node, Proxy, TestDb, assert_each_tick_once_none_lost, by_fire, tick_plan};
 use crate::helpers::*;
 
 /// A TCP proxy in front of the database that loses one answer on purpose: once armed, the
@@ -216,10 +216,7 @@ async fn a_lost_answer_to_a_journal_creation_gives_no_second_result_at_the_next_
     let cutter = Cutter::start(format!("{}:{}", db.database.host, db.database.port)).await;
     let mut through = db.database.clone();
     through.port = cutter.port;
-    let plans = [(
-        "tick.yaml",
-        format!("schedule: \"*/2 * * * * *\"\noverlap: allow\ntasks:\n  - {T1}\n"),
-    )];
+    let plans = tick_plan();
     let mut a = Node::start(base.path(), "a", &through, &emulator, &plans, None);
     wait_for(30, "a leads", async || a.leads()).await;
     let mut b = Node::start(base.path(), "b", &db.database, &emulator, &plans, None);
@@ -396,10 +393,7 @@ async fn a_follower_an_hour_ahead_takes_over_without_a_burst_of_catch_up_runs() 
     };
     let emulator = start_emulator(emulator_config()).await;
     let base = tempfile::tempdir().expect("tempdir");
-    let plans = [(
-        "tick.yaml",
-        format!("schedule: \"*/2 * * * * *\"\noverlap: allow\ntasks:\n  - {T1}\n"),
-    )];
+    let plans = tick_plan();
     let mut a = Node::start(base.path(), "a", &db.database, &emulator, &plans, None);
     wait_for(30, "a leads", async || a.leads()).await;
     let mut b = Node::start(
@@ -443,10 +437,7 @@ async fn two_nodes_with_the_same_name_run_each_fire_once() {
         tempfile::tempdir().expect("tempdir"),
         tempfile::tempdir().expect("tempdir"),
     );
-    let plans = [(
-        "tick.yaml",
-        format!("schedule: \"*/2 * * * * *\"\noverlap: allow\ntasks:\n  - {T1}\n"),
-    )];
+    let plans = tick_plan();
     let mut a1 = Node::start(one.path(), "a", &db.database, &emulator, &plans, None);
     wait_for(30, "a1 leads", async || a1.leads()).await;
     let mut a2 = Node::start(two.path(), "a", &db.database, &emulator, &plans, None);
@@ -464,12 +455,7 @@ async fn two_nodes_with_the_same_name_run_each_fire_once() {
     })
     .await;
     a2.stop().await;
-    let fires = by_fire(&[&a1, &a2], "tick");
-    let twice: Vec<_> = fires.iter().filter(|(_, r)| r.len() > 1).collect();
-    assert!(twice.is_empty(), "fire times run twice: {twice:#?}");
-    let times: Vec<String> = fires.keys().cloned().collect();
-    let lost = crate::ha_attacks::gaps(&times, 2);
-    assert!(lost.is_empty(), "lost between {lost:?}\n{}", a2.log());
+    let fires = assert_each_tick_once_none_lost(&[&a1, &a2]);
     let started = fires
         .values()
         .filter(|r| r[0]["summary"]["started"] == 1)
@@ -487,10 +473,7 @@ async fn a_leader_restarted_within_its_own_lease_runs_each_fire_once() {
     };
     let emulator = start_emulator(emulator_config()).await;
     let base = tempfile::tempdir().expect("tempdir");
-    let plans = [(
-        "tick.yaml",
-        format!("schedule: \"*/2 * * * * *\"\noverlap: allow\ntasks:\n  - {T1}\n"),
-    )];
+    let plans = tick_plan();
     let mut a = Node::start(base.path(), "a", &db.database, &emulator, &plans, None);
     wait_for(30, "a leads", async || a.leads()).await;
     wait_for(30, "a fires", async || a.results("tick").len() >= 2).await;
@@ -504,10 +487,5 @@ async fn a_leader_restarted_within_its_own_lease_runs_each_fire_once() {
     })
     .await;
     a.stop().await;
-    let fires = by_fire(&[&a], "tick");
-    let twice: Vec<_> = fires.iter().filter(|(_, r)| r.len() > 1).collect();
-    assert!(twice.is_empty(), "fire times run twice: {twice:#?}");
-    let times: Vec<String> = fires.keys().cloned().collect();
-    let lost = crate::ha_attacks::gaps(&times, 2);
-    assert!(lost.is_empty(), "lost between {lost:?}\n{}", a.log());
+    assert_each_tick_once_none_lost(&[&a]);
 }
