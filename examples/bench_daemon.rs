@@ -80,12 +80,13 @@ async fn main() -> anyhow::Result<()> {
     let calls_before = emulator.log().len();
     let idle = idle_window(&daemon, idle_secs, 30).await?;
     println!(
-        "idle: {plans} plans ({once} run-once done, {} scheduled), window {:.1} s: CPU {:.3} s = {:.3} s per idle minute; RSS {} (peak {}); calls during the window: {}",
+        "idle: {plans} plans ({once} run-once done, {} scheduled), window {:.1} s: CPU {:.3} s = {:.3} s per idle minute; RSS {} (at the end: {}; peak {}); calls during the window: {}",
         plans - once,
         idle.window,
         idle.cpu,
         idle.cpu_per_min(),
         idle.rss_line(),
+        daemon.rss_split()?,
         mib(daemon.hwm_kib()?),
         emulator.log().len() - calls_before
     );

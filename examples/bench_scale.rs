@@ -103,11 +103,12 @@ async fn load(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = idle_window(&daemon, idle_secs, args.num("--sample-secs", 30)).await?;
     println!(
-        "idle with {plans} plans, window {:.1} s: CPU {:.3} s = {:.3} s per idle minute; RSS {} (peak {})",
+        "idle with {plans} plans, window {:.1} s: CPU {:.3} s = {:.3} s per idle minute; RSS {} (at the end: {}; peak {})",
         idle.window,
         idle.cpu,
         idle.cpu_per_min(),
         idle.rss_line(),
+        daemon.rss_split()?,
         mib(daemon.hwm_kib()?)
     );
     let mut lat = Vec::new();

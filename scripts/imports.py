@@ -119,7 +119,7 @@ LAYERS = [
     ["plan", "value_files", "results", "schedule"],
     ["emulator"],
     ["api", "auth", "issue", "yaml", "secret", "duration", "wall_clock", "signals",
-     "telemetry", "metrics"],
+     "telemetry", "metrics", "zone"],
 ]
 
 def layer(m):

@@ -42,6 +42,7 @@
 //! | [`issue`], [`yaml`] | problems in files users write; YAML budgets and field positions |
 //! | [`value_files`] | opening `value_from.file` files safely (no `/proc`, FIFOs, secrets) |
 //! | [`schedule`] | cron parsing and DST-correct fire times (pure) |
+//! | [`zone`] | IANA time zones from the bundled database: offsets, local times (pure) |
 //! | [`api`] | API field rules, wire bytes, the HTTP client, credentials and IAM tokens, error parsing, bounded answer reads, the credential guard, the service's clock |
 //! | [`auth`] | AK/SK signing (pure): the one RFC 3986 encoder and canonical query |
 //! | [`executor`] | one run of one plan: the limited client, limits, retries, history lookups, following |
@@ -79,7 +80,7 @@
 //! 10. [`emulator`] (uses only API rules, wire bytes and the signer, below)
 //! 11. leaves: the rest of [`api`] (rules, wire, types, endpoint, pace, body, errors, guard),
 //!     [`auth`], [`issue`], [`yaml`], [`secret`], [`duration`], [`wall_clock`], [`signals`],
-//!     [`telemetry`], [`metrics`]
+//!     [`telemetry`], [`metrics`], [`zone`]
 
 #![warn(missing_docs)]
 
@@ -112,3 +113,4 @@ pub mod value_files;
 pub mod wall_clock;
 pub mod watcher;
 pub mod yaml;
+pub mod zone;

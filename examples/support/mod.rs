@@ -307,6 +307,14 @@ impl DaemonProc {
         proc_status_kib(self.pid(), "VmRSS")
     }
 
+    /// The RSS's parts at this moment: anonymous (heap, stacks) and file-backed (the binary's
+    /// code and read-only data, libc), as "anon A + file F MiB" from `/proc/PID/status`.
+    pub fn rss_split(&self) -> anyhow::Result<String> {
+        let anon = proc_status_kib(self.pid(), "RssAnon")?;
+        let file = proc_status_kib(self.pid(), "RssFile")?;
+        Ok(format!("anon {} + file {}", mib(anon), mib(file)))
+    }
+
     /// VmHWM (peak RSS), in KiB.
     pub fn hwm_kib(&self) -> anyhow::Result<u64> {
         proc_status_kib(self.pid(), "VmHWM")

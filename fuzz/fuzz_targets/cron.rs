@@ -1,7 +1,7 @@
 //! The cron parser and fire-time search: `Schedule::parse` in any IANA zone, then the next
 //! fire times after any instant chrono can represent.
 //!
-//! Input: 2 bytes zone index (into chrono-tz's list), 8 bytes start instant (seconds, folded
+//! Input: 2 bytes zone index (into the bundled database's list), 8 bytes start instant (seconds, folded
 //! into chrono's range), 1 byte count of fire times (0-7), then the expression (UTF-8).
 //!
 //! Oracles besides "no panic, no hang" (libFuzzer's `-timeout`): fire times strictly increase
@@ -10,19 +10,27 @@
 #![no_main]
 
 use chrono::{DateTime, Datelike, Utc};
-use chrono_tz::TZ_VARIANTS;
+use std::sync::LazyLock;
+
 use deployd::schedule::Schedule;
+use deployd::zone::Zone;
 use libfuzzer_sys::fuzz_target;
 
 /// chrono's representable instants, in seconds: `MIN_UTC..=MAX_UTC` folded with `rem_euclid`.
 const MIN_SECS: i64 = -8_334_601_228_800;
 const SPAN_SECS: i64 = 8_210_266_876_799 - MIN_SECS + 1;
 
+static ZONES: LazyLock<Vec<Zone>> = LazyLock::new(|| {
+    Zone::names()
+        .map(|name| Zone::parse(name).expect("a bundled zone"))
+        .collect()
+});
+
 fuzz_target!(|data: &[u8]| {
     if data.len() < 11 {
         return;
     }
-    let tz = TZ_VARIANTS[usize::from(u16::from_le_bytes([data[0], data[1]])) % TZ_VARIANTS.len()];
+    let tz = ZONES[usize::from(u16::from_le_bytes([data[0], data[1]])) % ZONES.len()].clone();
     let raw = i64::from_le_bytes(data[2..10].try_into().expect("8 bytes"));
     let Some(after) = DateTime::<Utc>::from_timestamp(MIN_SECS + raw.rem_euclid(SPAN_SECS), 0)
     else {
@@ -32,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(expr) = std::str::from_utf8(&data[11..]) else {
         return;
     };
-    let Ok(schedule) = Schedule::parse(expr, tz) else {
+    let Ok(schedule) = Schedule::parse(expr, tz.clone()) else {
         return;
     };
     let fires = schedule.upcoming(after, count);

@@ -38,11 +38,14 @@ pub fn next(args: &NextArgs) -> Exit {
                 if fires.is_empty() {
                     println!("  no further fire time");
                 }
+                let zone = schedule.timezone();
                 for t in fires {
-                    let local = t.with_timezone(&schedule.timezone());
+                    let local = t.with_timezone(&zone.offset_at(t));
                     println!(
-                        "  {}  {}",
-                        local.format("%Y-%m-%d %H:%M:%S %Z (%:z)"),
+                        "  {} {} ({})  {}",
+                        local.format("%Y-%m-%d %H:%M:%S"),
+                        zone.abbreviation_at(t),
+                        local.format("%:z"),
                         ts(&t)
                     );
                 }

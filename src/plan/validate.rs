@@ -10,7 +10,6 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono_tz::Tz;
 use serde_saphyr::{Location, Spanned};
 
 use super::raw::{self, MAX_TASKS, RawParam, RawPlan, RawRetry, RawTask, RawValueFrom};
@@ -19,6 +18,7 @@ use crate::api::rules::{self, ParamType};
 use crate::issue::{Issue, Issues, line_col};
 use crate::schedule::{Schedule, parse_timezone};
 use crate::secret::Secret;
+use crate::zone::Zone;
 
 /// Most params a plan may hold in total once plan-level params are merged into every task
 /// (tasks x merged params): bounds the memory a 1 MiB file can make the daemon allocate.
@@ -140,10 +140,10 @@ pub fn validate(raw: RawPlan, src: &PlanSource<'_>) -> Result<Validated, Issues>
             Ok(tz) => tz,
             Err(e) => {
                 r.error(&zone.referenced, "timezone", e.to_string());
-                Tz::UTC
+                Zone::utc()
             }
         },
-        None => Tz::UTC,
+        None => Zone::utc(),
     };
     let schedule = match &raw.schedule {
         Some(expr) => match Schedule::parse(&expr.value, tz) {

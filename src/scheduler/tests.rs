@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::zone::Zone;
 use chrono::{DateTime, TimeDelta, Utc};
-use chrono_tz::Tz;
 
 use super::*;
 use crate::plan::{Overlap, Plan, RetryOverrides, Task};
@@ -17,7 +17,7 @@ fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).expect("time").to_utc()
 }
 
-fn plan_with(name: &str, sha: &str, cron: Option<(&str, Tz)>, overlap: Overlap) -> Arc<Plan> {
+fn plan_with(name: &str, sha: &str, cron: Option<(&str, Zone)>, overlap: Overlap) -> Arc<Plan> {
     Arc::new(Plan {
         name: name.into(),
         file_name: format!("{name}.yaml"),
@@ -39,7 +39,7 @@ fn plan_with(name: &str, sha: &str, cron: Option<(&str, Tz)>, overlap: Overlap) 
 
 /// A scheduled plan in UTC.
 fn cron(name: &str, sha: &str, expr: &str, overlap: Overlap) -> Arc<Plan> {
-    plan_with(name, sha, Some((expr, Tz::UTC)), overlap)
+    plan_with(name, sha, Some((expr, Zone::utc())), overlap)
 }
 
 /// A run-once plan.
@@ -245,7 +245,7 @@ fn recorded(actions: &[Action]) -> Vec<DateTime<Utc>> {
 fn spring_forward_a_time_in_the_gap_fires_once_at_the_end_of_the_gap() {
     // 2026-03-29, Europe/Berlin: 02:00 CET jumps to 03:00 CEST (01:00Z); 02:30 does not exist.
     let mut sim = Sim::new(8, "2026-03-28T23:00:00Z");
-    let berlin: Tz = "Europe/Berlin".parse().expect("zone");
+    let berlin = Zone::parse("Europe/Berlin").expect("zone");
     let nightly = plan_with(
         "nightly",
         "1",
@@ -266,11 +266,11 @@ fn spring_forward_a_time_in_the_gap_fires_once_at_the_end_of_the_gap() {
 fn fall_back_a_repeated_time_fires_once() {
     // 2026-10-25, Europe/Berlin: 03:00 CEST goes back to 02:00 CET (01:00Z); 02:30 occurs twice.
     let mut sim = Sim::new(8, "2026-10-24T22:00:00Z");
-    let berlin: Tz = "Europe/Berlin".parse().expect("zone");
+    let berlin = Zone::parse("Europe/Berlin").expect("zone");
     let nightly = plan_with(
         "nightly",
         "1",
-        Some(("0 30 2 * * *", berlin)),
+        Some(("0 30 2 * * *", berlin.clone())),
         Overlap::Skip,
     );
     let half = plan_with("half", "1", Some(("0 30 * * * *", berlin)), Overlap::Skip);
