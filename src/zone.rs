@@ -263,6 +263,15 @@ mod tests {
         assert!(count > 500, "{count} zones");
     }
 
+    /// A plan that loaded with chrono-tz's names (before this module) still loads.
+    #[test]
+    fn every_name_chrono_tz_knew_still_parses() {
+        for tz in chrono_tz::TZ_VARIANTS {
+            let zone = Zone::parse(tz.name()).unwrap_or_else(|e| panic!("{}: {e}", tz.name()));
+            assert_eq!(zone.name(), tz.name());
+        }
+    }
+
     #[test]
     fn offsets_follow_dst_including_after_2037() {
         let berlin = Zone::parse("Europe/Berlin").expect("zone");
