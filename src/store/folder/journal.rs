@@ -1,7 +1,8 @@
 //! Run journals in the state folder: one append-only JSON-lines file per run under
 //! `STATE/runs/`, locked (`flock`) while its run is alive, removed once the run's result is
-//! written. Lines from concurrent tasks are batched: one `fdatasync` covers every line queued
-//! meanwhile (group commit), and each writer waits for the sync that covers its line. Reading
+//! written. Lines from concurrent tasks are batched: one `writev` and one `fdatasync` cover
+//! every line queued meanwhile (group commit), and each task waits for the sync that covers
+//! its line (see [`LINGER`] for the lines no call waits for). Reading
 //! them back for recovery is [`unfinished`]; what the lines mean is [`crate::journal`].
 
 use std::fs::{File, OpenOptions};
@@ -18,11 +19,12 @@ use crate::store::{JournalAck, JournalWriter, StoreError};
 
 type Ack = oneshot::Sender<Result<(), StoreError>>;
 
-/// How long an entry that no call waits for (an answer, a task's end) may wait for one that a
-/// call does (an intent), so that both share one `fdatasync`. While calls are being made, an
-/// answer is followed by the next call's intent within microseconds (the slot it frees goes to
-/// the next task at once); when none comes, the answer is made durable on its own this much
-/// later. No intent ever waits for it.
+/// How long the sync of an entry that no call waits for (an answer, a task's end) may wait for
+/// one that a call does (an intent), so that both share one `fdatasync`. While calls are being
+/// made, an answer is followed by the next call's intent within microseconds (the slot it
+/// frees goes to the next task at once); when none comes, the answer is made durable on its
+/// own this much later. It is written to the file at once either way, and no intent ever
+/// waits for it.
 pub const LINGER: Duration = Duration::from_micros(500);
 
 /// One line queued for the writer.
@@ -84,7 +86,7 @@ impl FolderJournal {
             let location = location.clone();
             std::thread::Builder::new()
                 .name("run-journal".into())
-                .spawn(move || group_commit(file, &location, rx))
+                .spawn(move || group_commit(file, &location, rx, LINGER))
                 .map(|writer| (tx, writer))
         });
         let (tx, writer) = match writer {
@@ -179,15 +181,22 @@ pub fn remove(journal: &Path) -> Result<(), StoreError> {
 /// Writes the queued lines, syncs once, acknowledges them all; repeats until the sender is
 /// gone (after the last lines). Closing the file releases the lock.
 ///
-/// A batch is every line queued when the writer gets to it, written with one `writev` (in
-/// order, never copied) and made durable by one `fdatasync`. A batch holding an intent (or
-/// any line, once the journal closes) is synced at once: nothing waits for lines to come. A
-/// batch of lines no call waits for waits up to [`LINGER`] for one that a call does.
-fn group_commit(mut file: impl Durable, location: &str, rx: mpsc::Receiver<Queued>) {
+/// Lines are written as soon as the writer takes them (every line queued by then, with one
+/// `writev`, in order, never copied), so that a killed process leaves them in the file as
+/// before; what waits is their `fdatasync`. Lines that include an intent (or any line, once
+/// the journal closes) are synced at once: nothing waits for lines to come. Lines no call
+/// waits for are synced with the next intent's lines, or `linger` after the first of them.
+fn group_commit(
+    mut file: impl Durable,
+    location: &str,
+    rx: mpsc::Receiver<Queued>,
+    linger: Duration,
+) {
     // After a failed write the file may end in a torn line: nothing more is appended (every
     // later append fails, so no call is made that the journal could not record).
     let mut poisoned: Option<(std::io::ErrorKind, String)> = None;
     let mut lines: Vec<Vec<u8>> = Vec::new();
+    // Lines written (or refused) and not yet synced, in order.
     let mut acks: Vec<Ack> = Vec::new();
     let mut urgent = false;
     // When the lines waiting (none of them urgent) are synced anyway.
@@ -206,29 +215,32 @@ fn group_commit(mut file: impl Durable, location: &str, rx: mpsc::Receiver<Queue
             lines.push(queued.line);
             acks.push(queued.ack);
         }
-        if lines.is_empty() {
+        if acks.is_empty() {
             if closed {
                 return;
             }
             continue;
         }
-        let until = *linger_until.get_or_insert_with(|| Instant::now() + LINGER);
-        if !urgent && !closed && Instant::now() < until {
-            continue;
-        }
-        let result = match &poisoned {
+        let mut result = match &poisoned {
             Some((kind, msg)) => Err(std::io::Error::new(
                 *kind,
                 format!("an earlier write failed: {msg}"),
             )),
-            None => write_lines(&mut file, &lines).and_then(|()| file.sync()),
+            None => write_lines(&mut file, &lines),
         };
+        lines.clear();
+        let until = *linger_until.get_or_insert_with(|| Instant::now() + linger);
+        if result.is_ok() {
+            if !urgent && !closed && Instant::now() < until {
+                continue;
+            }
+            result = file.sync();
+        }
         if poisoned.is_none()
             && let Err(e) = &result
         {
             poisoned = Some((e.kind(), e.to_string()));
         }
-        lines.clear();
         (urgent, linger_until) = (false, None);
         for ack in acks.drain(..) {
             let _ = ack.send(match &result {
@@ -622,7 +634,7 @@ mod tests {
         let full = OpenOptions::new().write(true).open("/dev/full");
         let Ok(full) = full else { return };
         let (tx, rx) = mpsc::channel();
-        let writer = std::thread::spawn(move || group_commit(full, "full", rx));
+        let writer = std::thread::spawn(move || group_commit(full, "full", rx, LINGER));
         let first = queue(&tx, b"x\n", true).await.expect("ack");
         assert!(first.is_err());
         let second = queue(&tx, b"y\n", true).await.expect("ack");
@@ -725,7 +737,7 @@ mod tests {
             .collect();
         let writer = {
             let sink = sink.clone();
-            std::thread::spawn(move || group_commit(sink, "rec", rx))
+            std::thread::spawn(move || group_commit(sink, "rec", rx, LINGER))
         };
         for ack in acks {
             ack.await.expect("ack").expect("durable");
@@ -777,7 +789,7 @@ mod tests {
                 queue(&tx, &line, attempt % 2 == 0)
             })
             .collect();
-        let writer = std::thread::spawn(move || group_commit(file, "file", rx));
+        let writer = std::thread::spawn(move || group_commit(file, "file", rx, LINGER));
         for ack in acks {
             ack.await.expect("ack").expect("durable");
         }
@@ -797,7 +809,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let writer = {
             let sink = sink.clone();
-            std::thread::spawn(move || group_commit(sink, "rec", rx))
+            std::thread::spawn(move || group_commit(sink, "rec", rx, LINGER))
         };
         // Alone: acknowledged once synced, whatever the wait.
         queue(&tx, b"a\n", false)
@@ -818,7 +830,7 @@ mod tests {
         drop(tx);
         let writer = {
             let sink = sink.clone();
-            std::thread::spawn(move || group_commit(sink, "rec", rx))
+            std::thread::spawn(move || group_commit(sink, "rec", rx, LINGER))
         };
         for ack in [lazy, urgent, last] {
             ack.await.expect("ack").expect("durable");
@@ -827,6 +839,40 @@ mod tests {
         let r = sink.0.lock().expect("lock");
         assert_eq!(r.bytes, b"b\nc\nd\n");
         assert_eq!(r.synced_at, vec![6], "one batch, one sync");
+    }
+
+    /// A line no call waits for is in the file before its sync (a killed process leaves it
+    /// there, as it always did); its acknowledgement waits for the sync the next intent brings.
+    #[tokio::test]
+    async fn a_lingering_line_is_written_at_once_and_acknowledged_with_the_next_sync() {
+        let sink = Recorder::default();
+        let (tx, rx) = mpsc::channel();
+        let writer = {
+            let sink = sink.clone();
+            // A linger no test outlasts: only the intent can end it.
+            std::thread::spawn(move || group_commit(sink, "rec", rx, Duration::from_secs(3600)))
+        };
+        let mut answer = queue(&tx, b"answer\n", false);
+        let written = async {
+            while sink.0.lock().expect("lock").bytes.is_empty() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), written)
+            .await
+            .expect("written");
+        assert_eq!(sink.0.lock().expect("lock").syncs, 0);
+        assert!(answer.try_recv().is_err(), "not acknowledged before it is durable");
+        queue(&tx, b"intent\n", true)
+            .await
+            .expect("ack")
+            .expect("durable");
+        answer.await.expect("ack").expect("durable");
+        drop(tx);
+        writer.join().expect("join");
+        let r = sink.0.lock().expect("lock");
+        assert_eq!(r.bytes, b"answer\nintent\n");
+        assert_eq!((r.writes, r.synced_at.as_slice()), (2, &[14][..]));
     }
 
     /// A batch whose write or sync fails fails every line in it, and every later line is
@@ -844,7 +890,7 @@ mod tests {
             let batch: Vec<JournalAck> = (0..3).map(|i| queue(&tx, b"x\n", i == 1)).collect();
             let writer = {
                 let sink = sink.clone();
-                std::thread::spawn(move || group_commit(sink, "rec", rx))
+                std::thread::spawn(move || group_commit(sink, "rec", rx, LINGER))
             };
             for ack in batch {
                 let e = ack.await.expect("ack").expect_err("failed").to_string();
