@@ -862,7 +862,10 @@ mod tests {
             .await
             .expect("written");
         assert_eq!(sink.0.lock().expect("lock").syncs, 0);
-        assert!(answer.try_recv().is_err(), "not acknowledged before it is durable");
+        assert!(
+            answer.try_recv().is_err(),
+            "not acknowledged before it is durable"
+        );
         queue(&tx, b"intent\n", true)
             .await
             .expect("ack")
