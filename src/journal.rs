@@ -155,8 +155,14 @@ pub enum Entry {
         /// out before any answer had measured it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         skew_lo_ms: Option<i64>,
+        /// This answer ended the task and `report` is its final line: no [`Entry::Task`] line
+        /// follows (one line per call instead of two on the common path: started, or
+        /// refused). Absent (false) in journals of earlier versions, which always wrote one.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        done: bool,
     },
-    /// A task reached its final state in this run (written without its params).
+    /// A task reached its final state in this run (written without its params), when its
+    /// last outcome line did not already say so.
     Task(#[serde(serialize_with = "lean_box")] Box<TaskReport>),
     /// The run's whole result, when its file could not be written (a full results disk): the
     /// next start writes this, with its true status, instead of `interrupted`.
@@ -369,6 +375,7 @@ impl Replay {
                 report,
                 answered_at,
                 skew_lo_ms,
+                done,
             } => {
                 self.run_skew_lo_ms = self.run_skew_lo_ms.or(skew_lo_ms);
                 let trail = self.trails.entry(task_id).or_default();
@@ -386,6 +393,9 @@ impl Replay {
                     trail.created.push((id, sent, answered));
                 }
                 if let Some(report) = report {
+                    if done {
+                        trail.done = Some((*report).clone());
+                    }
                     trail.last_answer = Some(*report);
                 }
             }
@@ -516,6 +526,7 @@ mod tests {
             report: None,
             answered_at: Some(t0),
             skew_lo_ms: Some(2_000),
+            done: false,
         });
         r.push(intent(2, t0, Some(3_000)));
         let u = r
@@ -532,5 +543,58 @@ mod tests {
             trail.uncertain_since_service(),
             Some(t0 + chrono::TimeDelta::seconds(2))
         );
+    }
+
+    /// An outcome line marked `done` is the task's end, as a task line after it would be
+    /// (params back from the header included); without the mark it is only the last answer.
+    #[test]
+    fn an_outcome_marked_done_ends_the_task_as_a_task_line_would() {
+        let t0 = Utc::now();
+        let mut h = header();
+        let param = ReportParam {
+            key: "v".into(),
+            ty: crate::api::rules::ParamType::Text,
+            value: Some("1".into()),
+        };
+        h.tasks[0].params = vec![param.clone()];
+        h.share_params();
+        let mut report = TaskReport::new("a", TaskStatus::Started, vec![param]);
+        report.record_id = Some("rec".into());
+        report.attempts = 1;
+        let outcome = |done| Entry::Outcome {
+            task_id: "a".into(),
+            attempt: 1,
+            class: CallClass::Started,
+            report: Some(Box::new(report.clone())),
+            answered_at: Some(t0),
+            skew_lo_ms: None,
+            done,
+        };
+        let replay = |entries: Vec<Entry>| {
+            let mut r = Replay::new();
+            r.push(Entry::Run(Box::new(h.clone())));
+            r.push(intent(1, t0, None));
+            for e in entries {
+                // Through the JSON a journal holds.
+                let line = serde_json::to_string(&e).expect("json");
+                r.push(serde_json::from_str(&line).expect("read"));
+            }
+            r.finish("k".into(), "j".into())
+                .expect("read")
+                .expect("a run")
+                .trails
+                .remove("a")
+                .expect("trail")
+        };
+        let merged = replay(vec![outcome(true)]);
+        let separate = replay(vec![outcome(false), Entry::Task(Box::new(report.clone()))]);
+        assert_eq!(merged.done.as_ref(), Some(&report));
+        assert_eq!(merged, separate, "the same facts either way");
+        let open = replay(vec![outcome(false)]);
+        assert_eq!(open.done, None);
+        assert_eq!(open.last_answer.as_ref(), Some(&report));
+        // The mark is left out when false: lines of earlier versions stay as they were.
+        let line = serde_json::to_string(&outcome(false)).expect("json");
+        assert!(!line.contains("done"), "{line}");
     }
 }

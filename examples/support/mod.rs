@@ -371,16 +371,22 @@ pub fn proc_status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
 
 /// utime + stime of a process, from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let (user, sys) = cpu_split(pid)?;
+    Ok(user + sys)
+}
+
+/// utime and stime of a process, from `/proc/PID/stat` (in clock ticks, 10 ms).
+pub fn cpu_split(pid: u32) -> anyhow::Result<(Duration, Duration)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start at field 3 (state).
     let rest = text.rsplit_once(')').context("bad stat")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        Ok(fields.get(i).context("short stat")?.parse::<u64>()?)
+    let ticks = |i: usize| -> anyhow::Result<Duration> {
+        let n = fields.get(i).context("short stat")?.parse::<u64>()?;
+        Ok(Duration::from_secs_f64(n as f64 / clock_ticks() as f64))
     };
     // utime is field 14, stime 15: indexes 11 and 12 counting from field 3.
-    let total = ticks(11)? + ticks(12)?;
-    Ok(Duration::from_secs_f64(total as f64 / clock_ticks() as f64))
+    Ok((ticks(11)?, ticks(12)?))
 }
 
 /// `getconf CLK_TCK` (100 on Linux almost everywhere).
@@ -525,14 +531,24 @@ pub async fn run_in_process_with(
     settings: &deployd::settings::Settings,
     store: Option<deployd::store::SharedStore>,
 ) -> anyhow::Result<(deployd::results::RunReport, Duration)> {
+    let mut runs = run_plans_in_process(emulator, &[yaml], settings, store).await?;
+    runs.pop().context("no run")
+}
+
+/// Runs plans (YAML texts) one after the other on one executor, as one daemon process would
+/// (what the first run learned, such as credentials that work, the later ones know), against
+/// `emulator`. Returns each run's report and time.
+pub async fn run_plans_in_process(
+    emulator: &Emulator,
+    yamls: &[&str],
+    settings: &deployd::settings::Settings,
+    store: Option<deployd::store::SharedStore>,
+) -> anyhow::Result<Vec<(deployd::results::RunReport, Duration)>> {
     use deployd::api::client::{ClientOptions, DeployClient, Endpoint};
     use deployd::api::credentials::Credentials;
     use deployd::executor::{NoObserver, RunRequest, StopTokens};
     use deployd::results::{RunId, Trigger};
 
-    let plan = deployd::plan::load::parse_plan("bench.yaml".as_ref(), yaml.as_bytes())
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .plan;
     let client = DeployClient::new(
         Endpoint::parse(&emulator.base_url())?,
         Credentials::Token(Secret::new(TOKEN)),
@@ -542,19 +558,26 @@ pub async fn run_in_process_with(
         Some(store) => settings.executor(client).with_store(Some(store)),
         None => settings.executor(client),
     };
-    let started_at = Utc::now();
-    let req = RunRequest {
-        plan: Arc::new(plan),
-        plan_dir: ".".into(),
-        trigger: Trigger::Manual,
-        scheduled_for: None,
-        run_id: RunId::new(started_at),
-        started_at,
-    };
-    let clock = Instant::now();
-    let report = executor
-        .run(req, StopTokens::default(), Arc::new(NoObserver))
-        .await
-        .report;
-    Ok((report, clock.elapsed()))
+    let mut runs = Vec::new();
+    for yaml in yamls {
+        let plan = deployd::plan::load::parse_plan("bench.yaml".as_ref(), yaml.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .plan;
+        let started_at = Utc::now();
+        let req = RunRequest {
+            plan: Arc::new(plan),
+            plan_dir: ".".into(),
+            trigger: Trigger::Manual,
+            scheduled_for: None,
+            run_id: RunId::new(started_at),
+            started_at,
+        };
+        let clock = Instant::now();
+        let report = executor
+            .run(req, StopTokens::default(), Arc::new(NoObserver))
+            .await
+            .report;
+        runs.push((report, clock.elapsed()));
+    }
+    Ok(runs)
 }

@@ -23,6 +23,7 @@ mod error;
 mod http;
 mod service;
 mod state;
+mod timer;
 /// Public only for the fuzz targets (`fuzz/`); not part of the API.
 #[doc(hidden)]
 pub mod validate;

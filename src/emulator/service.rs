@@ -286,10 +286,11 @@ impl Shared {
             .unwrap_or_else(Utc::now)
     }
 
-    /// Waits `d`, or less if the emulator shuts down. True if the whole time passed.
+    /// Waits `d` (on time, see [`super::timer`]), or less if the emulator shuts down. True if
+    /// the whole time passed.
     async fn pause(&self, d: Duration) -> bool {
         tokio::select! {
-            () = tokio::time::sleep(d) => true,
+            () = super::timer::sleep(d) => true,
             () = self.cancel.cancelled() => false,
         }
     }
@@ -302,6 +303,7 @@ impl Shared {
         request_id: &str,
     ) -> Result<Response<Body>, DropConnection> {
         let received_at = self.now();
+        let _in_flight = InFlight::begin(self);
         let faults = {
             let mut store = self.store();
             store.stats.total += 1;
@@ -840,6 +842,26 @@ impl Shared {
             resp.headers_mut().insert("x-subject-token", value);
         }
         Ok(resp)
+    }
+}
+
+/// One request counted in flight while it is served, however its service ends (answered,
+/// connection dropped, or abandoned by a client that went away).
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn begin(shared: &'a Shared) -> Self {
+        let mut store = shared.store();
+        store.stats.in_flight += 1;
+        store.stats.max_in_flight = store.stats.max_in_flight.max(store.stats.in_flight);
+        Self(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut store = self.0.store();
+        store.stats.in_flight = store.stats.in_flight.saturating_sub(1);
     }
 }
 

@@ -129,6 +129,14 @@ pub struct Stats {
     /// Requests refused by authentication (any 401).
     #[serde(default)]
     pub auth_failures: u64,
+    /// Requests being served now (from their arrival to their answer or dropped
+    /// connection): a client's calls in flight, as the service sees them.
+    #[serde(default)]
+    pub in_flight: u64,
+    /// The most requests ever served at once: a client that keeps its concurrency limit
+    /// never exceeds it (a request is in flight here for less time than at the client).
+    #[serde(default)]
+    pub max_in_flight: u64,
 }
 
 impl Stats {

@@ -319,8 +319,9 @@ impl Executor {
                 let task = task.clone();
                 let observer = observer.clone();
                 set.spawn(async move {
-                    let report = ctx.run_task(&task).await;
-                    if let Some(j) = &ctx.shared.journal
+                    let TaskEnd { report, journaled } = ctx.run_task(&task).await;
+                    if !journaled
+                        && let Some(j) = &ctx.shared.journal
                         && let Err(e) = j.append(&Entry::Task(Box::new(report.clone()))).await
                     {
                         warn!("{e}");
@@ -490,6 +491,22 @@ impl Attempt {
     }
 }
 
+/// How a task ended: its final line, and whether the journal has it already (the outcome
+/// line of its last call said the task was done, so no task line is needed).
+struct TaskEnd {
+    report: TaskReport,
+    journaled: bool,
+}
+
+impl From<TaskReport> for TaskEnd {
+    fn from(report: TaskReport) -> Self {
+        Self {
+            report,
+            journaled: false,
+        }
+    }
+}
+
 /// An answered call, and what judging it needs.
 struct Answered {
     /// The task's line, with the answer in it.
@@ -498,6 +515,8 @@ struct Answered {
     attempt: u32,
     /// When it was sent, for a history lookup.
     sent: Since,
+    /// The journal's outcome line said the task ends with this answer (and it was written).
+    journaled_done: bool,
     /// The task's lock, held until the outcome is settled.
     task_guard: task_locks::TaskGuard,
 }
@@ -533,17 +552,17 @@ fn journal_class(class: OutcomeClass) -> CallClass {
 }
 
 impl TaskCtx {
-    async fn run_task(&self, task: &Task) -> TaskReport {
+    async fn run_task(&self, task: &Task) -> TaskEnd {
         let span = info_span!("task", task_id = %task.task_id);
         self.run_task_inner(task).instrument(span).await
     }
 
     /// The task's calls until one settles it: attempts, each judged by its outcome (an
     /// unknown one looked up in the history), with the retry policy deciding between them.
-    async fn run_task_inner(&self, task: &Task) -> TaskReport {
+    async fn run_task_inner(&self, task: &Task) -> TaskEnd {
         let call = match self.prepare(task) {
             Ok(call) => call,
-            Err(report) => return *report,
+            Err(report) => return (*report).into(),
         };
         let mut report = TaskReport::new(&task.task_id, TaskStatus::Failed, call.params.clone());
         let first = Instant::now();
@@ -552,15 +571,20 @@ impl TaskCtx {
         // show up for them later, the report lists every record.
         let mut unknown_since: Option<Since> = None;
         loop {
-            let answered = match self.attempt(task, &call, report).await {
+            // A started record ends the task unless records of earlier unknown outcomes are
+            // to be listed or the deployment is to be followed: then its outcome line can
+            // say so, and no task line follows.
+            let ends_if_started = unknown_since.is_none() && self.plan.follow.is_none();
+            let answered = match self.attempt(task, &call, report, ends_if_started).await {
                 Attempt::Answered(answered) => answered,
-                Attempt::Ended(report) => return *report,
+                Attempt::Ended(report) => return (*report).into(),
             };
             let Answered {
                 report: answered_report,
                 outcome,
                 attempt,
                 sent,
+                journaled_done,
                 task_guard,
             } = *answered;
             let retry_after = outcome.info().retry_after;
@@ -597,21 +621,29 @@ impl TaskCtx {
                     // The record is known: another call of this task may go while this one
                     // is followed.
                     drop(task_guard);
-                    return self.followed(report).await;
+                    return TaskEnd {
+                        report: self.followed(report).await,
+                        journaled: journaled_done,
+                    };
                 }
-                Next::Done(report) => return report,
+                Next::Done(report) => {
+                    return TaskEnd {
+                        report,
+                        journaled: journaled_done,
+                    };
+                }
                 Next::Retry(report) => report,
             };
             // Settled (not processed, or looked up and not found): another call of this task
             // may go while this one waits to retry.
             drop(task_guard);
             let Some(delay) = self.retry_delay(attempt, first, retry_after, &mut report) else {
-                return report;
+                return report.into();
             };
             crate::metrics::global().retry();
             tokio::select! {
                 biased;
-                _ = self.stop.stop.cancelled() => return self.stopped(report),
+                _ = self.stop.stop.cancelled() => return self.stopped(report).into(),
                 _ = tokio::time::sleep(delay) => {}
             }
         }
@@ -674,8 +706,15 @@ impl TaskCtx {
     }
 
     /// One call of the task: the task's lock, its turn in the limits, its intent made
-    /// durable, the call through the limited client, and its outcome recorded.
-    async fn attempt(&self, task: &Task, call: &PreparedCall, mut report: TaskReport) -> Attempt {
+    /// durable, the call through the limited client, and its outcome recorded (as the task's
+    /// end when it is refused for good, or started and `ends_if_started`).
+    async fn attempt(
+        &self,
+        task: &Task,
+        call: &PreparedCall,
+        mut report: TaskReport,
+        ends_if_started: bool,
+    ) -> Attempt {
         if self.stop.stop.is_cancelled() {
             return Attempt::ended(self.stopped(report));
         }
@@ -740,20 +779,27 @@ impl TaskCtx {
             );
             return Attempt::ended(report);
         };
-        self.record(
-            task,
-            call,
-            attempt,
-            &outcome,
-            (sent_at, answered_at),
-            &mut report,
-        )
-        .await;
+        let ends = match &outcome {
+            StartOutcome::Started { .. } => ends_if_started,
+            StartOutcome::Final(_) => true,
+            StartOutcome::Retryable(_) | StartOutcome::Unknown(_) => false,
+        };
+        let journaled_done = self
+            .record(
+                task,
+                call,
+                (attempt, ends),
+                &outcome,
+                (sent_at, answered_at),
+                &mut report,
+            )
+            .await;
         Attempt::Answered(Box::new(Answered {
             report,
             outcome,
             attempt,
             sent,
+            journaled_done,
             task_guard,
         }))
     }
@@ -796,6 +842,7 @@ impl TaskCtx {
             report: None,
             answered_at: None,
             skew_lo_ms: None,
+            done: false,
         };
         if let Err(e) = j.append(&not_sent).await {
             warn!("{e}");
@@ -808,16 +855,17 @@ impl TaskCtx {
 
     /// Records an answered call: the report's line (scrubbed of encrypt values), a started
     /// record remembered as ours (and as a witness of the service's clock), the journal's
-    /// outcome line and the metrics.
+    /// outcome line (marked as the task's end when `ends`) and the metrics. Returns whether
+    /// the journal has the task's end.
     async fn record(
         &self,
         task: &Task,
         call: &PreparedCall,
-        attempt: u32,
+        (attempt, ends): (u32, bool),
         outcome: &StartOutcome,
         (sent_at, answered_at): (DateTime<Utc>, DateTime<Utc>),
         report: &mut TaskReport,
-    ) {
+    ) -> bool {
         set_info(report, outcome.info());
         mask_secrets_in_report(report, &call.secrets);
         let clock = self.exec.calls.clock();
@@ -836,6 +884,7 @@ impl TaskCtx {
             }
         }
         let class = outcome.class();
+        let mut journaled_done = false;
         if let Some(j) = &self.shared.journal {
             let entry = Entry::Outcome {
                 task_id: task.task_id.clone(),
@@ -847,12 +896,15 @@ impl TaskCtx {
                     let skew = clock.skew();
                     skew.measured.then(|| skew.lo.num_milliseconds())
                 },
+                done: ends,
             };
-            if let Err(e) = j.append(&entry).await {
-                warn!("{e}");
+            match j.append(&entry).await {
+                Ok(()) => journaled_done = ends,
+                Err(e) => warn!("{e}"),
             }
         }
         crate::metrics::global().start_call(class.as_str(), outcome.info().http_status);
+        journaled_done
     }
 
     /// An answer that never came (or could not be read): the call may have made a record.

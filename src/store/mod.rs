@@ -282,10 +282,19 @@ pub trait JournalWriter: Send + Sync {
     /// Where the journal is, for messages.
     fn location(&self) -> &str;
 
-    /// Queues one entry (its JSON, without a line end). After one failed write every later
-    /// entry is refused: nothing is appended after a possibly torn one, so no call is made
-    /// that the journal could not record.
+    /// Queues one entry (its JSON, without a line end) that a call waits for (an intent): it
+    /// is made durable as soon as the writer can. After one failed write every later entry is
+    /// refused: nothing is appended after a possibly torn one, so no call is made that the
+    /// journal could not record.
     fn submit(&self, json: Vec<u8>) -> Result<JournalAck, StoreError>;
+
+    /// Queues one entry that no call waits for (an answer, a task's end, the run's result):
+    /// it may wait a little (the folder: at most [`folder::journal::LINGER`]) for an entry that a call
+    /// waits for, to share its `fdatasync`. It is acknowledged, like any entry, only once it
+    /// is durable; entries stay in the order they were queued.
+    fn submit_unhurried(&self, json: Vec<u8>) -> Result<JournalAck, StoreError> {
+        self.submit(json)
+    }
 
     /// Keeps the run's result with the journal when the journal itself takes no more entries
     /// (the folder: a file beside it).
@@ -322,16 +331,20 @@ impl RunJournal {
     }
 
     /// Appends an entry and waits until it is durable. A database store may refuse it with
-    /// [`StoreError::Fenced`].
+    /// [`StoreError::Fenced`]. An intent is made durable at once (its call waits for it); any
+    /// other entry may wait a little to share the sync of the next intent
+    /// ([`JournalWriter::submit_unhurried`]).
     pub async fn append(&self, entry: &Entry) -> Result<(), StoreError> {
         let journal_error = |source| StoreError::Journal {
             location: self.location().to_string(),
             source,
         };
         let json = serde_json::to_vec(entry).map_err(|e| journal_error(e.into()))?;
-        self.writer
-            .submit(json)?
-            .await
+        let ack = match entry {
+            Entry::Intent { .. } => self.writer.submit(json)?,
+            _ => self.writer.submit_unhurried(json)?,
+        };
+        ack.await
             .map_err(|_| journal_error(std::io::Error::other("journal writer stopped")))?
     }
 

@@ -17,6 +17,7 @@ mod ha_attacks;
 mod ha_attacks2;
 mod hardening;
 mod helpers;
+mod journal;
 mod ops;
 mod reconcile_attacks;
 mod scan_attacks;

@@ -1,13 +1,15 @@
 //! Run journals in the state folder: one append-only JSON-lines file per run under
 //! `STATE/runs/`, locked (`flock`) while its run is alive, removed once the run's result is
-//! written. Lines from concurrent tasks are batched: one `fdatasync` covers every line queued
-//! meanwhile (group commit), and each writer waits for the sync that covers its line. Reading
+//! written. Lines from concurrent tasks are batched: one `writev` and one `fdatasync` cover
+//! every line queued meanwhile (group commit), and each task waits for the sync that covers
+//! its line (see [`LINGER`] for the lines no call waits for). Reading
 //! them back for recovery is [`unfinished`]; what the lines mean is [`crate::journal`].
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IoSlice, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -16,6 +18,23 @@ use crate::results::RunReport;
 use crate::store::{JournalAck, JournalWriter, StoreError};
 
 type Ack = oneshot::Sender<Result<(), StoreError>>;
+
+/// How long the sync of an entry that no call waits for (an answer, a task's end) may wait for
+/// one that a call does (an intent), so that both share one `fdatasync`. While calls are being
+/// made, an answer is followed by the next call's intent within microseconds (the slot it
+/// frees goes to the next task at once); when none comes, the answer is made durable on its
+/// own this much later. It is written to the file at once either way, and no intent ever
+/// waits for it.
+pub const LINGER: Duration = Duration::from_micros(500);
+
+/// One line queued for the writer.
+struct Queued {
+    /// The entry's JSON and its line end.
+    line: Vec<u8>,
+    /// A call waits for it: synced at once, taking every line queued before with it.
+    urgent: bool,
+    ack: Ack,
+}
 
 /// Where a run's result is kept when its journal could take no more lines (`<run id>.result.json`
 /// beside `<run id>.jsonl`).
@@ -34,7 +53,7 @@ fn journal_error(location: &str, source: std::io::Error) -> StoreError {
 pub struct FolderJournal {
     path: PathBuf,
     location: String,
-    tx: Option<mpsc::Sender<(Vec<u8>, Ack)>>,
+    tx: Option<mpsc::Sender<Queued>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -63,11 +82,11 @@ impl FolderJournal {
             File::open(runs_dir).and_then(|d| d.sync_all())
         })();
         let writer = begun.and_then(|()| {
-            let (tx, rx) = mpsc::channel::<(Vec<u8>, Ack)>();
+            let (tx, rx) = mpsc::channel::<Queued>();
             let location = location.clone();
             std::thread::Builder::new()
                 .name("run-journal".into())
-                .spawn(move || group_commit(file, &location, rx))
+                .spawn(move || group_commit(file, &location, rx, LINGER))
                 .map(|writer| (tx, writer))
         });
         let (tx, writer) = match writer {
@@ -85,6 +104,27 @@ impl FolderJournal {
             tx: Some(tx),
             writer: Some(writer),
         })
+    }
+
+    /// Queues a line for the writer.
+    fn queue(&self, mut json: Vec<u8>, urgent: bool) -> Result<JournalAck, StoreError> {
+        json.push(b'\n');
+        let (ack, done) = oneshot::channel();
+        let tx = self.tx.as_ref().ok_or_else(|| {
+            journal_error(&self.location, std::io::Error::other("journal closed"))
+        })?;
+        tx.send(Queued {
+            line: json,
+            urgent,
+            ack,
+        })
+        .map_err(|_| {
+            journal_error(
+                &self.location,
+                std::io::Error::other("journal writer stopped"),
+            )
+        })?;
+        Ok(done)
     }
 
     /// Stops the writer (after the lines queued) and closes the file, which releases the lock.
@@ -108,19 +148,12 @@ impl JournalWriter for FolderJournal {
         &self.location
     }
 
-    fn submit(&self, mut json: Vec<u8>) -> Result<JournalAck, StoreError> {
-        json.push(b'\n');
-        let (ack, done) = oneshot::channel();
-        let tx = self.tx.as_ref().ok_or_else(|| {
-            journal_error(&self.location, std::io::Error::other("journal closed"))
-        })?;
-        tx.send((json, ack)).map_err(|_| {
-            journal_error(
-                &self.location,
-                std::io::Error::other("journal writer stopped"),
-            )
-        })?;
-        Ok(done)
+    fn submit(&self, json: Vec<u8>) -> Result<JournalAck, StoreError> {
+        self.queue(json, true)
+    }
+
+    fn submit_unhurried(&self, json: Vec<u8>) -> Result<JournalAck, StoreError> {
+        self.queue(json, false)
     }
 
     async fn keep_result(&self, report: &RunReport) -> Result<(), StoreError> {
@@ -145,40 +178,71 @@ pub fn remove(journal: &Path) -> Result<(), StoreError> {
     removed
 }
 
-/// Writes every queued line, syncs once, acknowledges them all; repeats until the sender is
-/// gone. Closing the file releases the lock.
-fn group_commit(mut file: File, location: &str, rx: mpsc::Receiver<(Vec<u8>, Ack)>) {
+/// Writes the queued lines, syncs once, acknowledges them all; repeats until the sender is
+/// gone (after the last lines). Closing the file releases the lock.
+///
+/// Lines are written as soon as the writer takes them (every line queued by then, with one
+/// `writev`, in order, never copied), so that a killed process leaves them in the file as
+/// before; what waits is their `fdatasync`. Lines that include an intent (or any line, once
+/// the journal closes) are synced at once: nothing waits for lines to come. Lines no call
+/// waits for are synced with the next intent's lines, or `linger` after the first of them.
+fn group_commit(
+    mut file: impl Durable,
+    location: &str,
+    rx: mpsc::Receiver<Queued>,
+    linger: Duration,
+) {
     // After a failed write the file may end in a torn line: nothing more is appended (every
     // later append fails, so no call is made that the journal could not record).
     let mut poisoned: Option<(std::io::ErrorKind, String)> = None;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    // Lines written (or refused) and not yet synced, in order.
+    let mut acks: Vec<Ack> = Vec::new();
+    let mut urgent = false;
+    // When the lines waiting (none of them urgent) are synced anyway.
+    let mut linger_until: Option<Instant> = None;
+    loop {
+        let next = match linger_until {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(until) => rx.recv_timeout(until.saturating_duration_since(Instant::now())),
+        };
+        let closed = matches!(next, Err(RecvTimeoutError::Disconnected));
+        for queued in next
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+        {
+            urgent |= queued.urgent;
+            lines.push(queued.line);
+            acks.push(queued.ack);
         }
-        if let Some((kind, msg)) = &poisoned {
-            for (_, ack) in batch {
-                let _ = ack.send(Err(journal_error(
-                    location,
-                    std::io::Error::new(*kind, format!("an earlier write failed: {msg}")),
-                )));
+        if acks.is_empty() {
+            if closed {
+                return;
             }
             continue;
         }
-        let mut result = Ok(());
-        for (line, _) in &batch {
-            if let Err(e) = file.write_all(line) {
-                result = Err(e);
-                break;
-            }
-        }
+        let mut result = match &poisoned {
+            Some((kind, msg)) => Err(std::io::Error::new(
+                *kind,
+                format!("an earlier write failed: {msg}"),
+            )),
+            None => write_lines(&mut file, &lines),
+        };
+        lines.clear();
+        let until = *linger_until.get_or_insert_with(|| Instant::now() + linger);
         if result.is_ok() {
-            result = file.sync_data();
+            if !urgent && !closed && Instant::now() < until {
+                continue;
+            }
+            result = file.sync();
         }
-        if let Err(e) = &result {
+        if poisoned.is_none()
+            && let Err(e) = &result
+        {
             poisoned = Some((e.kind(), e.to_string()));
         }
-        for (_, ack) in batch {
+        (urgent, linger_until) = (false, None);
+        for ack in acks.drain(..) {
             let _ = ack.send(match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(journal_error(
@@ -187,7 +251,40 @@ fn group_commit(mut file: File, location: &str, rx: mpsc::Receiver<(Vec<u8>, Ack
                 )),
             });
         }
+        if closed {
+            return;
+        }
     }
+}
+
+/// What the writer appends to: the journal's file, or a fake in tests.
+trait Durable: Write {
+    /// Makes what was written durable (`fdatasync` for a file).
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
+impl Durable for File {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.sync_data()
+    }
+}
+
+/// Appends `lines` in order, with as few `writev` calls as the kernel allows (one, unless a
+/// batch holds more than `IOV_MAX` lines or the write is cut short).
+fn write_lines(file: &mut impl Write, lines: &[Vec<u8>]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = lines.iter().map(|l| IoSlice::new(l)).collect();
+    let mut rest = &mut slices[..];
+    // Empty slices at the front would make a zero-length write look like a full disk.
+    IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads every journal in `runs_dir` whose run is not alive (not locked). A torn last line
@@ -361,6 +458,7 @@ mod tests {
             report: Some(Box::new(done.clone())),
             answered_at: None,
             skew_lo_ms: None,
+            done: false,
         })
         .await
         .expect("outcome");
@@ -415,6 +513,7 @@ mod tests {
             report: None,
             answered_at: None,
             skew_lo_ms: None,
+            done: false,
         })
         .await
         .expect("outcome");
@@ -535,15 +634,10 @@ mod tests {
         let full = OpenOptions::new().write(true).open("/dev/full");
         let Ok(full) = full else { return };
         let (tx, rx) = mpsc::channel();
-        let writer = std::thread::spawn(move || group_commit(full, "full", rx));
-        let send = |line: &[u8]| {
-            let (ack, done) = oneshot::channel();
-            tx.send((line.to_vec(), ack)).expect("send");
-            done
-        };
-        let first = send(b"x\n").await.expect("ack");
+        let writer = std::thread::spawn(move || group_commit(full, "full", rx, LINGER));
+        let first = queue(&tx, b"x\n", true).await.expect("ack");
         assert!(first.is_err());
-        let second = send(b"y\n").await.expect("ack");
+        let second = queue(&tx, b"y\n", true).await.expect("ack");
         let text = second.expect_err("refused").to_string();
         assert!(text.contains("an earlier write failed"), "{text}");
         drop(tx);
@@ -551,5 +645,279 @@ mod tests {
         j.append(&entry(1))
             .await
             .expect("the real one still takes entries");
+    }
+
+    fn queue(tx: &mpsc::Sender<Queued>, line: &[u8], urgent: bool) -> JournalAck {
+        let (ack, done) = oneshot::channel();
+        tx.send(Queued {
+            line: line.to_vec(),
+            urgent,
+            ack,
+        })
+        .expect("send");
+        done
+    }
+
+    /// A sink that records each write call and each sync, and fails where told.
+    #[derive(Default, Clone)]
+    struct Recorder(std::sync::Arc<std::sync::Mutex<Recorded>>);
+
+    #[derive(Default)]
+    struct Recorded {
+        bytes: Vec<u8>,
+        writes: usize,
+        syncs: usize,
+        /// Bytes written at each sync.
+        synced_at: Vec<usize>,
+        fail_write: bool,
+        fail_sync: bool,
+        /// Most bytes one write call takes (0: all it is given).
+        chunk: usize,
+    }
+
+    impl Write for Recorder {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+            let mut r = self.0.lock().expect("lock");
+            r.writes += 1;
+            if r.fail_write {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            let limit = if r.chunk == 0 { usize::MAX } else { r.chunk };
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(limit - n);
+                r.bytes.extend_from_slice(&b[..take]);
+                n += take;
+                if n == limit {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Durable for Recorder {
+        fn sync(&mut self) -> std::io::Result<()> {
+            let mut r = self.0.lock().expect("lock");
+            if r.fail_sync {
+                return Err(std::io::Error::other("EIO"));
+            }
+            r.syncs += 1;
+            let len = r.bytes.len();
+            r.synced_at.push(len);
+            Ok(())
+        }
+    }
+
+    /// Lines queued together go out in one batch: one write call, in order, one sync for all,
+    /// each acknowledged once durable. A short write goes on where it stopped.
+    #[tokio::test]
+    async fn a_batch_is_one_write_in_order_and_one_sync() {
+        for chunk in [0, 7] {
+            batch_through(chunk).await;
+        }
+    }
+
+    async fn batch_through(chunk: usize) {
+        let sink = Recorder::default();
+        sink.0.lock().expect("lock").chunk = chunk;
+        let (tx, rx) = mpsc::channel();
+        // Queued before the writer starts: one batch, deterministically.
+        let lines: Vec<String> = (0..5).map(|i| format!("{{\"line\":{i}}}\n")).collect();
+        let acks: Vec<JournalAck> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| queue(&tx, l.as_bytes(), i == 2))
+            .collect();
+        let writer = {
+            let sink = sink.clone();
+            std::thread::spawn(move || group_commit(sink, "rec", rx, LINGER))
+        };
+        for ack in acks {
+            ack.await.expect("ack").expect("durable");
+        }
+        drop(tx);
+        writer.join().expect("join");
+        let r = sink.0.lock().expect("lock");
+        assert_eq!(String::from_utf8_lossy(&r.bytes), lines.concat());
+        assert_eq!(r.syncs, 1, "one sync for the batch");
+        assert_eq!(r.synced_at, vec![lines.concat().len()]);
+        let expected = match chunk {
+            0 => 1,
+            // The fewest calls that can carry the batch.
+            n => lines.concat().len().div_ceil(n),
+        };
+        assert_eq!(
+            r.writes, expected,
+            "write calls, at most {chunk} bytes each"
+        );
+    }
+
+    /// The real file: lines queued together (urgent or not) written as one batch, and every
+    /// one of them read back by recovery.
+    #[tokio::test]
+    async fn a_batch_in_a_real_file_reads_back_line_by_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = header("r11");
+        let path = dir.path().join("r11.jsonl");
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .expect("open");
+        let mut head = serde_json::to_vec(&Entry::Run(Box::new(h))).expect("json");
+        head.push(b'\n');
+        file.write_all(&head).expect("header");
+        let (tx, rx) = mpsc::channel();
+        let t0 = Utc::now();
+        let acks: Vec<JournalAck> = (1..=40)
+            .map(|attempt| {
+                let mut line = serde_json::to_vec(&Entry::Intent {
+                    task_id: "a".into(),
+                    attempt,
+                    sent_at: t0,
+                    skew_lo_ms: None,
+                })
+                .expect("json");
+                line.push(b'\n');
+                queue(&tx, &line, attempt % 2 == 0)
+            })
+            .collect();
+        let writer = std::thread::spawn(move || group_commit(file, "file", rx, LINGER));
+        for ack in acks {
+            ack.await.expect("ack").expect("durable");
+        }
+        drop(tx);
+        writer.join().expect("join");
+        let (found, problems) = unfinished(dir.path());
+        assert!(problems.is_empty(), "{problems:?}");
+        let calls: Vec<u32> = found[0].trails["a"].calls.iter().map(|c| c.0).collect();
+        assert_eq!(calls, (1..=40).collect::<Vec<_>>());
+    }
+
+    /// A line no call waits for is still made durable when nothing follows it (after the
+    /// linger) and when the journal closes; one that a call waits for takes it along.
+    #[tokio::test]
+    async fn lines_no_call_waits_for_are_synced_alone_along_or_at_close() {
+        let sink = Recorder::default();
+        let (tx, rx) = mpsc::channel();
+        let writer = {
+            let sink = sink.clone();
+            std::thread::spawn(move || group_commit(sink, "rec", rx, LINGER))
+        };
+        // Alone: acknowledged once synced, whatever the wait.
+        queue(&tx, b"a\n", false)
+            .await
+            .expect("ack")
+            .expect("durable");
+        assert_eq!(sink.0.lock().expect("lock").synced_at, vec![2]);
+        drop(tx);
+        writer.join().expect("join");
+
+        // Queued with an urgent line behind it: one sync for both.
+        let sink = Recorder::default();
+        let (tx, rx) = mpsc::channel();
+        let lazy = queue(&tx, b"b\n", false);
+        let urgent = queue(&tx, b"c\n", true);
+        // And one queued when the journal closes: synced before the writer ends.
+        let last = queue(&tx, b"d\n", false);
+        drop(tx);
+        let writer = {
+            let sink = sink.clone();
+            std::thread::spawn(move || group_commit(sink, "rec", rx, LINGER))
+        };
+        for ack in [lazy, urgent, last] {
+            ack.await.expect("ack").expect("durable");
+        }
+        writer.join().expect("join");
+        let r = sink.0.lock().expect("lock");
+        assert_eq!(r.bytes, b"b\nc\nd\n");
+        assert_eq!(r.synced_at, vec![6], "one batch, one sync");
+    }
+
+    /// A line no call waits for is in the file before its sync (a killed process leaves it
+    /// there, as it always did); its acknowledgement waits for the sync the next intent brings.
+    #[tokio::test]
+    async fn a_lingering_line_is_written_at_once_and_acknowledged_with_the_next_sync() {
+        let sink = Recorder::default();
+        let (tx, rx) = mpsc::channel();
+        let writer = {
+            let sink = sink.clone();
+            // A linger no test outlasts: only the intent can end it.
+            std::thread::spawn(move || group_commit(sink, "rec", rx, Duration::from_secs(3600)))
+        };
+        let mut answer = queue(&tx, b"answer\n", false);
+        let written = async {
+            while sink.0.lock().expect("lock").bytes.is_empty() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), written)
+            .await
+            .expect("written");
+        assert_eq!(sink.0.lock().expect("lock").syncs, 0);
+        assert!(
+            answer.try_recv().is_err(),
+            "not acknowledged before it is durable"
+        );
+        queue(&tx, b"intent\n", true)
+            .await
+            .expect("ack")
+            .expect("durable");
+        answer.await.expect("ack").expect("durable");
+        drop(tx);
+        writer.join().expect("join");
+        let r = sink.0.lock().expect("lock");
+        assert_eq!(r.bytes, b"answer\nintent\n");
+        assert_eq!((r.writes, r.synced_at.as_slice()), (2, &[14][..]));
+    }
+
+    /// A batch whose write or sync fails fails every line in it, and every later line is
+    /// refused without a write (the file may end in a torn line).
+    #[tokio::test]
+    async fn a_failed_batch_fails_all_its_lines_and_poisons_the_rest() {
+        for fail_sync in [false, true] {
+            let sink = Recorder::default();
+            {
+                let mut r = sink.0.lock().expect("lock");
+                r.fail_write = !fail_sync;
+                r.fail_sync = fail_sync;
+            }
+            let (tx, rx) = mpsc::channel();
+            let batch: Vec<JournalAck> = (0..3).map(|i| queue(&tx, b"x\n", i == 1)).collect();
+            let writer = {
+                let sink = sink.clone();
+                std::thread::spawn(move || group_commit(sink, "rec", rx, LINGER))
+            };
+            for ack in batch {
+                let e = ack.await.expect("ack").expect_err("failed").to_string();
+                assert!(!e.contains("an earlier write failed"), "{e}");
+            }
+            let writes = sink.0.lock().expect("lock").writes;
+            {
+                // The sink works again: the journal still refuses.
+                let mut r = sink.0.lock().expect("lock");
+                (r.fail_write, r.fail_sync) = (false, false);
+            }
+            for urgent in [true, false] {
+                let e = queue(&tx, b"y\n", urgent)
+                    .await
+                    .expect("ack")
+                    .expect_err("refused")
+                    .to_string();
+                assert!(e.contains("an earlier write failed"), "{e}");
+            }
+            drop(tx);
+            writer.join().expect("join");
+            let r = sink.0.lock().expect("lock");
+            assert_eq!(r.writes, writes, "nothing written after the failure");
+            assert_eq!(r.syncs, 0);
+        }
     }
 }
