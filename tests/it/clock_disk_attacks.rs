@@ -99,15 +99,8 @@ async fn a_shared_disk_full_through_a_shutdown_keeps_the_true_status() {
     let emulator = start_emulator(config).await;
     let root = tempfile::tempdir().expect("tempdir");
     let disk = root.path().join("disk");
-    std::fs::create_dir_all(&disk).expect("mkdir");
     std::fs::create_dir_all(root.path().join("plans")).expect("mkdir");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=100k", "tmpfs"])
-        .arg(&disk)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs (not root)");
+    if !mount_tmpfs(&disk, "100k") {
         return;
     }
     let spawn = || {
@@ -172,7 +165,7 @@ async fn a_shared_disk_full_through_a_shutdown_keeps_the_true_status() {
     kill(&second, "-TERM");
     let _ = second.wait();
     let r = &results(&results_dir, "once")[0];
-    let _ = std::process::Command::new("umount").arg(&disk).status();
+    unmount(&disk);
     assert_eq!(emulator.log().len(), 1, "one call");
     assert_eq!(
         r["status"],

@@ -88,15 +88,24 @@ pub fn results(dir: &Path, plan: &str) -> Vec<Value> {
 
 /// Waits until `cond` holds, polling every 20 ms; panics with `what` after `secs` seconds.
 /// The one way tests wait: on a condition, with a deadline, never a bare sleep.
-pub async fn wait_for(secs: u64, what: &str, mut cond: impl AsyncFnMut() -> bool) {
+pub async fn wait_for(secs: u64, what: &str, cond: impl AsyncFnMut() -> bool) {
+    assert!(
+        holds_within(secs, cond).await,
+        "timed out waiting for: {what}"
+    );
+}
+
+/// Whether `cond` comes to hold within `secs` seconds, polling every 20 ms: for a test that
+/// must clean up (stop a daemon) before it asserts.
+pub async fn holds_within(secs: u64, mut cond: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    true
 }
 
 /// Waits for a child's exit; kills it and fails with `what` after `secs` seconds.
@@ -301,4 +310,24 @@ pub fn spawn_with_faked_clock(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn")
+}
+
+/// Mounts a tmpfs of `size` (`100k`, `1m`) on the folder `dir` (created), to fill a disk on
+/// purpose. `false` where mounting is not allowed (not root): the caller skips, saying so.
+pub fn mount_tmpfs(dir: &Path, size: &str) -> bool {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs (not root)");
+    }
+    mounted
+}
+
+/// Unmounts what [`mount_tmpfs`] mounted.
+pub fn unmount(dir: &Path) {
+    let _ = Command::new("umount").arg(dir).status();
 }

@@ -190,18 +190,11 @@ async fn a_state_disk_full_mid_run_stops_the_calls_it_cannot_journal() {
     let root = tempfile::tempdir().expect("tempdir");
     let root = root.path();
     let disk = root.join("disk");
-    std::fs::create_dir_all(&disk).expect("mkdir");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&disk)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs (not root)");
+    if !mount_tmpfs(&disk, "1m") {
         return;
     }
     let outcome = full_disk_run(&emulator, root, &disk).await;
-    let _ = std::process::Command::new("umount").arg(&disk).status();
+    unmount(&disk);
     let (code, r, journaled) = outcome;
     assert_eq!(code, Some(1), "some tasks could not be called: {r}");
     let started = records_by_task(&emulator.log());

@@ -58,15 +58,7 @@ async fn a_hard_linked_plan_edited_through_its_twin_changes_at_once() {
     std::fs::write(plans.join("b.yaml"), format!("tasks:\n  - {T2}\n")).expect("write");
     wait_for(10, "b ran T2", async || calls(&emulator, T2) >= 1).await;
     let both = async || calls(&emulator, T2) == 2;
-    let mut ok = true;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !both().await {
-        if tokio::time::Instant::now() >= deadline {
-            ok = false;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let ok = holds_within(10, both).await;
     stop(&mut child);
     assert!(
         ok,
@@ -92,15 +84,7 @@ async fn a_symlinked_plan_follows_its_replaced_target_at_once() {
     wait_for(20, "a and b ran T1", async || calls(&emulator, T1) == 2).await;
     drop_plan(&plans.join("b.yaml"), &format!("tasks:\n  - {T2}\n"));
     wait_for(10, "b ran T2", async || calls(&emulator, T2) >= 1).await;
-    let mut ok = true;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while calls(&emulator, T2) < 2 {
-        if tokio::time::Instant::now() >= deadline {
-            ok = false;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let ok = holds_within(10, async || calls(&emulator, T2) >= 2).await;
     stop(&mut child);
     assert!(
         ok,
@@ -153,15 +137,7 @@ async fn a_name_passes_as_a_full_scan_would_when_its_holder_goes() {
     })
     .await;
     // What a full scan decides: b's last valid version provides `web` (and runs, run-once).
-    let mut ok = true;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while calls(&emulator, T2) < 1 {
-        if tokio::time::Instant::now() >= deadline {
-            ok = false;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let ok = holds_within(10, async || calls(&emulator, T2) >= 1).await;
     // A SIGHUP (a full scan) now changes what the event's scan left.
     if !ok {
         kill(&child, "-HUP");
